@@ -1,0 +1,102 @@
+"""chronik: event sourcing for Python services.
+
+From one process on an embedded SQLite file to a fleet of services on PostgreSQL::
+
+    import chronik
+    store = await chronik.connect("sqlite:///app.db")
+    await store.append("order-42", [chronik.NewEvent("OrderPlaced", {"total": 10})],
+                       expected_version=chronik.NO_STREAM)
+"""
+
+from chronik.aggregate import (
+    Aggregate,
+    CommandHandler,
+    HandleResult,
+    Loaded,
+    Repository,
+    execute,
+    load_state,
+)
+from chronik.codec import EventRegistry, EventType, default_registry, event
+from chronik.context import MessageContext, context, current_context
+from chronik.decider import Decider
+from chronik.errors import (
+    BatchTooLarge,
+    ChronikError,
+    ConcurrencyError,
+    DuplicateEventId,
+    InvalidExpectedVersion,
+    InvalidStreamId,
+    PayloadTooLarge,
+    RegistryError,
+    SchemaError,
+    SerializationError,
+    StoreUnavailable,
+    StreamDeleted,
+    StreamNotFound,
+    UnknownEventType,
+    UnsupportedStoreUrl,
+)
+from chronik.events import (
+    ANY,
+    NO_STREAM,
+    STREAM_EXISTS,
+    AppendResult,
+    NewEvent,
+    RecordedEvent,
+    StreamState,
+    category_of,
+    new_event_id,
+    validate_stream_id,
+)
+from chronik.store import EventStore, StoreStats, StreamInfo, connect
+
+__version__ = "0.1.0"
+
+__all__ = [
+    "ANY",
+    "NO_STREAM",
+    "STREAM_EXISTS",
+    "Aggregate",
+    "AppendResult",
+    "BatchTooLarge",
+    "ChronikError",
+    "CommandHandler",
+    "ConcurrencyError",
+    "Decider",
+    "DuplicateEventId",
+    "EventRegistry",
+    "EventStore",
+    "EventType",
+    "HandleResult",
+    "InvalidExpectedVersion",
+    "InvalidStreamId",
+    "Loaded",
+    "MessageContext",
+    "NewEvent",
+    "PayloadTooLarge",
+    "RecordedEvent",
+    "RegistryError",
+    "Repository",
+    "SchemaError",
+    "SerializationError",
+    "StoreStats",
+    "StoreUnavailable",
+    "StreamDeleted",
+    "StreamInfo",
+    "StreamNotFound",
+    "StreamState",
+    "UnknownEventType",
+    "UnsupportedStoreUrl",
+    "__version__",
+    "category_of",
+    "connect",
+    "context",
+    "current_context",
+    "default_registry",
+    "event",
+    "execute",
+    "load_state",
+    "new_event_id",
+    "validate_stream_id",
+]

@@ -1,0 +1,187 @@
+"""Every error chronik raises, in one tree.
+
+::
+
+    ChronikError
+    ├── ConcurrencyError            expected_version did not match; nothing written
+    ├── DuplicateEventId            an event id is stored already, elsewhere or with other content
+    ├── StreamNotFound (LookupError)
+    ├── StreamDeleted
+    ├── InvalidStreamId (ValueError)
+    ├── InvalidExpectedVersion (ValueError)
+    ├── BatchTooLarge (ValueError)  more events in one append than a backend can number
+    ├── PayloadTooLarge (ValueError)
+    ├── UnknownEventType (LookupError)
+    ├── SerializationError (ValueError)
+    ├── RegistryError (ValueError)  an event type declared twice, or malformed
+    ├── StoreUnavailable (ConnectionError)
+    ├── UnsupportedStoreUrl (ValueError)
+    └── SchemaError                 the database schema is newer than this code
+
+Driver exceptions never leak: each backend raises one of these ``from`` the driver's error.
+The core knows no HTTP status codes; the HTTP layer maps them.
+"""
+
+from __future__ import annotations
+
+__all__ = [
+    "BatchTooLarge",
+    "ChronikError",
+    "ConcurrencyError",
+    "DuplicateEventId",
+    "InvalidExpectedVersion",
+    "InvalidStreamId",
+    "PayloadTooLarge",
+    "RegistryError",
+    "SchemaError",
+    "SerializationError",
+    "StoreUnavailable",
+    "StreamDeleted",
+    "StreamNotFound",
+    "UnknownEventType",
+    "UnsupportedStoreUrl",
+]
+
+
+class ChronikError(Exception):
+    """Base class of every error chronik raises on purpose."""
+
+
+def _describe_version(version: int | None) -> str:
+    from chronik.events import describe_expected_version
+
+    return describe_expected_version(version)
+
+
+class ConcurrencyError(ChronikError):
+    """The stream was not at the expected version; the append wrote nothing.
+
+    ``actual`` is the stream's version when the conflict was detected (``-1``: no stream).
+    """
+
+    def __init__(self, stream_id: str, expected: int, actual: int | None) -> None:
+        self.stream_id = stream_id
+        self.expected = expected
+        self.actual = actual
+        super().__init__(
+            f"stream {stream_id!r}: expected version {_describe_version(expected)}, "
+            f"actual {_describe_version(actual)}"
+        )
+
+
+class DuplicateEventId(ChronikError):
+    """An event id in the append is already stored at another place or with other content."""
+
+    def __init__(self, stream_id: str, event_id: object, reason: str) -> None:
+        self.stream_id = stream_id
+        self.event_id = event_id
+        self.reason = reason
+        super().__init__(f"stream {stream_id!r}: event id {event_id} {reason}")
+
+
+class StreamNotFound(ChronikError, LookupError):
+    """The stream has no events."""
+
+    def __init__(self, stream_id: str) -> None:
+        self.stream_id = stream_id
+        super().__init__(f"stream {stream_id!r} not found")
+
+
+class StreamDeleted(ChronikError):
+    """The stream was deleted and cannot be written or read."""
+
+    def __init__(self, stream_id: str) -> None:
+        self.stream_id = stream_id
+        super().__init__(f"stream {stream_id!r} is deleted")
+
+
+class InvalidStreamId(ChronikError, ValueError):
+    """A stream id breaks the grammar (see :func:`chronik.validate_stream_id`)."""
+
+    def __init__(self, stream_id: object, reason: str) -> None:
+        self.stream_id = stream_id
+        self.reason = reason
+        super().__init__(f"invalid stream id {stream_id!r}: {reason}")
+
+
+class InvalidExpectedVersion(ChronikError, ValueError):
+    """``expected_version`` is neither a version >= 0 nor one of the stream states."""
+
+
+class BatchTooLarge(ChronikError, ValueError):
+    """One append holds more events than the backend can give positions to."""
+
+
+class PayloadTooLarge(ChronikError, ValueError):
+    """An encoded event is larger than the store's ``max_event_bytes``; nothing written."""
+
+    def __init__(self, stream_id: str, index: int, event_type: str, size: int, limit: int) -> None:
+        self.stream_id = stream_id
+        self.index = index
+        self.event_type = event_type
+        self.size = size
+        self.limit = limit
+        super().__init__(
+            f"stream {stream_id!r}: event #{index} ({event_type}) is {size} bytes, "
+            f"over the limit of {limit} bytes"
+        )
+
+
+class UnknownEventType(ChronikError, LookupError):
+    """A stored or given event type is not registered."""
+
+    def __init__(
+        self,
+        event_type: str,
+        *,
+        stream_id: str | None = None,
+        version: int | None = None,
+        schema_version: int | None = None,
+    ) -> None:
+        self.event_type = event_type
+        self.stream_id = stream_id
+        self.version = version
+        self.schema_version = schema_version
+        where = f" (stream {stream_id!r} version {version})" if stream_id is not None else ""
+        super().__init__(f"unknown event type {event_type!r}{where}")
+
+
+class SerializationError(ChronikError, ValueError):
+    """An event could not be encoded, or stored data could not be decoded into its type."""
+
+    def __init__(
+        self,
+        message: str,
+        *,
+        event_type: str | None = None,
+        stream_id: str | None = None,
+        version: int | None = None,
+        schema_version: int | None = None,
+    ) -> None:
+        self.event_type = event_type
+        self.stream_id = stream_id
+        self.version = version
+        self.schema_version = schema_version
+        parts = []
+        if stream_id is not None:
+            parts.append(f"stream {stream_id!r} version {version}")
+        if event_type is not None:
+            parts.append(f"type {event_type!r} v{schema_version}")
+        where = f" ({', '.join(parts)})" if parts else ""
+        super().__init__(f"{message}{where}")
+
+
+class RegistryError(ChronikError, ValueError):
+    """An event type was registered twice under one name, or is not a dataclass/Struct."""
+
+
+class StoreUnavailable(ChronikError, ConnectionError):
+    """The database could not be reached or failed in a way that says nothing about data."""
+
+
+class UnsupportedStoreUrl(ChronikError, ValueError):
+    """``chronik.connect`` got a URL whose scheme it does not know."""
+
+
+class SchemaError(ChronikError):
+    """The database schema is newer than this version of chronik knows how to use."""

@@ -1,0 +1,280 @@
+"""Events as they go into the store (:class:`NewEvent`) and come out (:class:`RecordedEvent`).
+
+Also the vocabulary every backend shares: stream ids and their category, the expected-version
+states, and :class:`AppendResult`.
+"""
+
+from __future__ import annotations
+
+import os
+import time
+import unicodedata
+import uuid
+from collections.abc import Mapping
+from dataclasses import dataclass, field
+from datetime import datetime
+from enum import IntEnum
+from typing import Any
+
+import msgspec
+
+from chronik.errors import InvalidExpectedVersion, InvalidStreamId
+
+__all__ = [
+    "ANY",
+    "NO_STREAM",
+    "STREAM_EXISTS",
+    "AppendResult",
+    "NewEvent",
+    "RecordedEvent",
+    "StreamState",
+    "category_of",
+    "describe_expected_version",
+    "new_event_id",
+    "validate_expected_version",
+    "validate_stream_id",
+]
+
+MAX_STREAM_ID_BYTES = 255
+_CONTROL_CATEGORIES = frozenset({"Cc", "Cs", "Zl", "Zp"})
+
+
+class StreamState(IntEnum):
+    """The expected-version forms that are not an exact version.
+
+    They are negative integers, so ``expected_version`` is always an ``int``: ``>= 0`` means
+    "the stream's last event has this version".
+    """
+
+    NO_STREAM = -1
+    """The stream must not exist yet."""
+    ANY = -2
+    """No check: append at the end, whatever the version."""
+    STREAM_EXISTS = -4
+    """The stream must have at least one event."""
+
+
+NO_STREAM = StreamState.NO_STREAM
+ANY = StreamState.ANY
+STREAM_EXISTS = StreamState.STREAM_EXISTS
+
+
+def describe_expected_version(version: int | None) -> str:
+    """Human text for a version or a :class:`StreamState` (``-1`` reads as "no stream")."""
+    if version is None or version == -1:
+        return "NO_STREAM"
+    if version == -2:
+        return "ANY"
+    if version == -4:
+        return "STREAM_EXISTS"
+    return str(version)
+
+
+def validate_expected_version(expected: object) -> int:
+    """Return ``expected`` as an int, or raise :class:`InvalidExpectedVersion`."""
+    if isinstance(expected, bool) or not isinstance(expected, int):
+        raise InvalidExpectedVersion(
+            f"expected_version must be an int >= 0, NO_STREAM, STREAM_EXISTS or ANY, "
+            f"not {expected!r}"
+        )
+    if expected < 0 and expected not in (-1, -2, -4):
+        raise InvalidExpectedVersion(
+            f"expected_version {expected} is negative and not NO_STREAM (-1), ANY (-2) "
+            f"or STREAM_EXISTS (-4)"
+        )
+    return int(expected)
+
+
+def validate_stream_id(stream_id: object) -> str:
+    """Check a stream id against the grammar and return it.
+
+    A stream id is a non-empty string of at most 255 UTF-8 bytes, without control characters,
+    not starting with ``$`` (reserved for chronik's own streams). Its category is the part
+    before the first ``-``.
+
+    Raises:
+        InvalidStreamId: naming what is wrong.
+    """
+    if not isinstance(stream_id, str):
+        raise InvalidStreamId(stream_id, f"must be a str, not {type(stream_id).__name__}")
+    if not stream_id:
+        raise InvalidStreamId(stream_id, "must not be empty")
+    if stream_id[0] == "$":
+        raise InvalidStreamId(stream_id, "a leading '$' is reserved for chronik")
+    if not stream_id.isprintable():
+        for ch in stream_id:
+            if unicodedata.category(ch) in _CONTROL_CATEGORIES:
+                raise InvalidStreamId(stream_id, f"contains control character {ch!r}")
+    try:
+        size = len(stream_id.encode("utf-8"))
+    except UnicodeEncodeError as exc:
+        raise InvalidStreamId(stream_id, "is not valid unicode text") from exc
+    if size > MAX_STREAM_ID_BYTES:
+        raise InvalidStreamId(stream_id, f"is {size} bytes, over {MAX_STREAM_ID_BYTES}")
+    return stream_id
+
+
+def category_of(stream_id: str) -> str:
+    """The category of a stream: the part before the first ``-`` (``order-42`` → ``order``)."""
+    head, _, _ = stream_id.partition("-")
+    return head
+
+
+def new_event_id() -> uuid.UUID:
+    """A fresh UUIDv7: random, but ordered by time, which keeps database indexes compact."""
+    ms = time.time_ns() // 1_000_000
+    rand = int.from_bytes(os.urandom(10), "big")
+    value = (ms & 0xFFFF_FFFF_FFFF) << 80 | rand
+    value = (value & ~(0xF << 76)) | (0x7 << 76)  # version 7
+    value = (value & ~(0x3 << 62)) | (0x2 << 62)  # RFC 4122 variant
+    return uuid.UUID(int=value)
+
+
+@dataclass(frozen=True, slots=True)
+class NewEvent:
+    """An event to append.
+
+    ``data`` is a JSON object given as a mapping, or as the already encoded JSON bytes
+    (what :meth:`EventRegistry.to_new_event` produces). ``metadata`` merges over the metadata
+    taken from :func:`chronik.context`.
+    """
+
+    type: str
+    data: Mapping[str, Any] | bytes = field(default_factory=dict)
+    metadata: Mapping[str, Any] | None = None
+    event_id: uuid.UUID = field(default_factory=new_event_id)
+    schema_version: int = 1
+
+
+@dataclass(frozen=True, slots=True)
+class AppendResult:
+    """Where an append landed: the position and stream version of its last event."""
+
+    position: int
+    version: int
+
+
+_decode_object = msgspec.json.Decoder(dict[str, Any]).decode
+
+
+class RecordedEvent:
+    """An event as stored: immutable, with its place in the stream and in the global order.
+
+    ``data`` and ``metadata`` are decoded from JSON on first access (the raw bytes stay in
+    :attr:`raw_data` and :attr:`raw_metadata`), so readers that decode straight into typed
+    events never pay for an intermediate dict.
+    """
+
+    __slots__ = (
+        "_data",
+        "_metadata",
+        "event_id",
+        "position",
+        "raw_data",
+        "raw_metadata",
+        "recorded_at",
+        "schema_version",
+        "stream_id",
+        "type",
+        "version",
+    )
+
+    event_id: uuid.UUID
+    stream_id: str
+    version: int
+    position: int
+    type: str
+    schema_version: int
+    raw_data: bytes
+    raw_metadata: bytes
+    recorded_at: datetime
+
+    def __init__(
+        self,
+        *,
+        event_id: uuid.UUID,
+        stream_id: str,
+        version: int,
+        position: int,
+        type: str,
+        schema_version: int,
+        raw_data: bytes,
+        raw_metadata: bytes,
+        recorded_at: datetime,
+    ) -> None:
+        self.event_id = event_id
+        self.stream_id = stream_id
+        self.version = version
+        self.position = position
+        self.type = type
+        self.schema_version = schema_version
+        self.raw_data = raw_data
+        self.raw_metadata = raw_metadata
+        self.recorded_at = recorded_at
+        self._data: dict[str, Any] | None = None
+        self._metadata: dict[str, Any] | None = None
+
+    @property
+    def data(self) -> dict[str, Any]:
+        """The payload as a JSON object (decoded once, on first access)."""
+        if self._data is None:
+            self._data = _decode_object(self.raw_data)
+        return self._data
+
+    @property
+    def metadata(self) -> dict[str, Any]:
+        """Correlation id, causation id, actor, traceparent and user keys."""
+        if self._metadata is None:
+            self._metadata = _decode_object(self.raw_metadata) if self.raw_metadata else {}
+        return self._metadata
+
+    @property
+    def category(self) -> str:
+        return category_of(self.stream_id)
+
+    @property
+    def correlation_id(self) -> str | None:
+        value = self.metadata.get("correlation_id")
+        return value if isinstance(value, str) else None
+
+    @property
+    def causation_id(self) -> str | None:
+        value = self.metadata.get("causation_id")
+        return value if isinstance(value, str) else None
+
+    def __eq__(self, other: object) -> bool:
+        if not isinstance(other, RecordedEvent):
+            return NotImplemented
+        return (
+            self.event_id == other.event_id
+            and self.stream_id == other.stream_id
+            and self.version == other.version
+            and self.position == other.position
+            and self.type == other.type
+            and self.schema_version == other.schema_version
+            and self.data == other.data
+            and self.metadata == other.metadata
+            and self.recorded_at == other.recorded_at
+        )
+
+    __hash__ = None  # type: ignore[assignment]
+
+    def __repr__(self) -> str:
+        return (
+            f"RecordedEvent(stream_id={self.stream_id!r}, version={self.version}, "
+            f"position={self.position}, type={self.type!r}, event_id={self.event_id})"
+        )
+
+    def to_dict(self) -> dict[str, Any]:
+        """A JSON-ready view (what ``chronik events --json`` prints)."""
+        return {
+            "event_id": str(self.event_id),
+            "stream_id": self.stream_id,
+            "version": self.version,
+            "position": self.position,
+            "type": self.type,
+            "schema_version": self.schema_version,
+            "data": self.data,
+            "metadata": self.metadata,
+            "recorded_at": self.recorded_at.isoformat(),
+        }

@@ -1,0 +1,215 @@
+"""The in-memory event store: the reference implementation, for tests and examples.
+
+Everything lives in Python lists in this process; nothing survives ``close``. Appends are
+atomic because they never yield to the event loop halfway.
+"""
+
+from __future__ import annotations
+
+import asyncio
+import bisect
+import uuid
+from collections.abc import AsyncIterator, Sequence
+from datetime import UTC, datetime
+from types import TracebackType
+from typing import Self
+
+from chronik.errors import StoreUnavailable, StreamNotFound
+from chronik.events import (
+    ANY,
+    AppendResult,
+    NewEvent,
+    RecordedEvent,
+    category_of,
+    validate_stream_id,
+)
+from chronik.store.protocol import (
+    DEFAULT_MAX_EVENT_BYTES,
+    READ_PAGE_SIZE,
+    StoreStats,
+    StoredCopy,
+    StreamInfo,
+    check_expected,
+    encode_batch,
+    resolve_duplicate,
+)
+
+__all__ = ["MemoryEventStore"]
+
+
+class MemoryEventStore:
+    """Events in a list; streams as lists of indexes into it."""
+
+    def __init__(self, *, max_event_bytes: int = DEFAULT_MAX_EVENT_BYTES) -> None:
+        self.max_event_bytes = max_event_bytes
+        self._log: list[RecordedEvent] = []
+        self._positions: list[int] = []
+        self._streams: dict[str, list[RecordedEvent]] = {}
+        self._by_id: dict[uuid.UUID, RecordedEvent] = {}
+        self._closed = False
+        self._changed = asyncio.Event()
+
+    def _check_open(self) -> None:
+        if self._closed:
+            raise StoreUnavailable("the memory store is closed")
+
+    async def append(
+        self, stream_id: str, events: Sequence[NewEvent], *, expected_version: int = ANY
+    ) -> AppendResult:
+        self._check_open()
+        stream_id, expected, batch = encode_batch(
+            stream_id, events, expected_version, self.max_event_bytes
+        )
+        stored = {
+            ev.event_id: StoredCopy(
+                rec.event_id, rec.stream_id, rec.version, rec.position, rec.type, rec.raw_data
+            )
+            for ev in batch
+            if (rec := self._by_id.get(ev.event_id)) is not None
+        }
+        original = resolve_duplicate(stream_id, expected, batch, stored)
+        if original is not None:
+            return original
+        stream = self._streams.get(stream_id)
+        current = stream[-1].version if stream else -1
+        check_expected(stream_id, expected, current)
+        if not batch:
+            return AppendResult(position=self._positions[-1] if self._log else 0, version=current)
+        now = datetime.now(UTC)
+        position = self._positions[-1] if self._log else 0
+        records = []
+        for offset, ev in enumerate(batch, start=1):
+            records.append(
+                RecordedEvent(
+                    event_id=ev.event_id,
+                    stream_id=stream_id,
+                    version=current + offset,
+                    position=position + offset,
+                    type=ev.type,
+                    schema_version=ev.schema_version,
+                    raw_data=ev.data,
+                    raw_metadata=ev.metadata,
+                    recorded_at=now,
+                )
+            )
+        self._log.extend(records)
+        self._positions.extend(r.position for r in records)
+        self._streams.setdefault(stream_id, []).extend(records)
+        for r in records:
+            self._by_id[r.event_id] = r
+        self._changed.set()
+        self._changed = asyncio.Event()
+        last = records[-1]
+        return AppendResult(position=last.position, version=last.version)
+
+    async def read_stream(
+        self,
+        stream_id: str,
+        *,
+        from_version: int | None = None,
+        limit: int | None = None,
+        backwards: bool = False,
+    ) -> AsyncIterator[RecordedEvent]:
+        self._check_open()
+        validate_stream_id(stream_id)
+        stream = self._streams.get(stream_id)
+        if not stream:
+            raise StreamNotFound(stream_id)
+        if backwards:
+            last = len(stream) - 1
+            start = last if from_version is None else min(from_version, last)
+            selected = stream[start::-1] if start >= 0 else []
+        else:
+            selected = stream[max(from_version or 0, 0) :]
+        if limit is not None:
+            selected = selected[: max(limit, 0)]
+        for index, rec in enumerate(selected):
+            if index % READ_PAGE_SIZE == READ_PAGE_SIZE - 1:
+                await asyncio.sleep(0)
+            yield rec
+
+    async def read_all(
+        self,
+        *,
+        after: int = 0,
+        categories: Sequence[str] | None = None,
+        types: Sequence[str] | None = None,
+        limit: int | None = None,
+    ) -> AsyncIterator[RecordedEvent]:
+        self._check_open()
+        cats = set(categories) if categories is not None else None
+        kinds = set(types) if types is not None else None
+        index = bisect.bisect_right(self._positions, after)
+        remaining = limit if limit is not None else -1
+        yielded = 0
+        while remaining != 0 and index < len(self._log):
+            rec = self._log[index]
+            index += 1
+            if cats is not None and category_of(rec.stream_id) not in cats:
+                continue
+            if kinds is not None and rec.type not in kinds:
+                continue
+            yield rec
+            remaining -= 1
+            yielded += 1
+            if yielded % READ_PAGE_SIZE == 0:
+                await asyncio.sleep(0)
+
+    async def stream_version(self, stream_id: str) -> int | None:
+        self._check_open()
+        validate_stream_id(stream_id)
+        stream = self._streams.get(stream_id)
+        return stream[-1].version if stream else None
+
+    async def streams(
+        self, *, category: str | None = None, limit: int | None = None
+    ) -> AsyncIterator[StreamInfo]:
+        self._check_open()
+        count = 0
+        for stream_id in sorted(self._streams):
+            if category is not None and category_of(stream_id) != category:
+                continue
+            if limit is not None and count >= limit:
+                return
+            last = self._streams[stream_id][-1]
+            count += 1
+            yield StreamInfo(stream_id, last.version, last.position)
+
+    async def head_position(self) -> int:
+        self._check_open()
+        return self._positions[-1] if self._log else 0
+
+    async def stats(self) -> StoreStats:
+        self._check_open()
+        categories: dict[str, int] = {}
+        for rec in self._log:
+            cat = category_of(rec.stream_id)
+            categories[cat] = categories.get(cat, 0) + 1
+        return StoreStats(
+            events=len(self._log),
+            streams=len(self._streams),
+            head_position=await self.head_position(),
+            categories=dict(sorted(categories.items())),
+            size_bytes=sum(len(r.raw_data) + len(r.raw_metadata) for r in self._log),
+        )
+
+    async def wait_for_change(self, timeout: float) -> None:
+        """Return when an append happens or ``timeout`` seconds pass (for followers)."""
+        try:
+            await asyncio.wait_for(self._changed.wait(), timeout)
+        except TimeoutError:
+            pass
+
+    async def close(self) -> None:
+        self._closed = True
+
+    async def __aenter__(self) -> Self:
+        return self
+
+    async def __aexit__(
+        self,
+        exc_type: type[BaseException] | None,
+        exc: BaseException | None,
+        tb: TracebackType | None,
+    ) -> None:
+        await self.close()

@@ -1,0 +1,313 @@
+"""The event store port every backend implements, and the work they all share.
+
+A backend is done when it passes :mod:`chronik.testing.contract` unchanged. The memory
+backend is the reference; sqlite and postgres follow it name for name.
+"""
+
+from __future__ import annotations
+
+import uuid
+from collections.abc import AsyncIterator, Mapping, Sequence
+from dataclasses import dataclass, field
+from types import TracebackType
+from typing import NamedTuple, Protocol, Self, runtime_checkable
+
+import msgspec
+
+from chronik.context import metadata_for_append
+from chronik.errors import (
+    ConcurrencyError,
+    DuplicateEventId,
+    PayloadTooLarge,
+    SerializationError,
+)
+from chronik.events import (
+    ANY,
+    NO_STREAM,
+    STREAM_EXISTS,
+    AppendResult,
+    NewEvent,
+    RecordedEvent,
+    validate_expected_version,
+    validate_stream_id,
+)
+
+__all__ = [
+    "DEFAULT_MAX_EVENT_BYTES",
+    "EncodedEvent",
+    "EventStore",
+    "READ_PAGE_SIZE",
+    "StoreStats",
+    "StoredCopy",
+    "StreamInfo",
+    "check_expected",
+    "encode_batch",
+    "resolve_duplicate",
+]
+
+DEFAULT_MAX_EVENT_BYTES = 1024 * 1024
+READ_PAGE_SIZE = 500
+
+
+@dataclass(frozen=True, slots=True)
+class StreamInfo:
+    """One stream as listed by :meth:`EventStore.streams`."""
+
+    stream_id: str
+    version: int
+    last_position: int
+
+
+@dataclass(frozen=True, slots=True)
+class StoreStats:
+    """Counts for ``chronik stats``."""
+
+    events: int
+    streams: int
+    head_position: int
+    categories: dict[str, int] = field(default_factory=dict)
+    size_bytes: int | None = None
+
+
+@runtime_checkable
+class EventStore(Protocol):
+    """Append and read events; every backend has exactly this shape."""
+
+    max_event_bytes: int
+
+    async def append(
+        self, stream_id: str, events: Sequence[NewEvent], *, expected_version: int = ANY
+    ) -> AppendResult:
+        """Append ``events`` atomically at the end of ``stream_id``.
+
+        Raises:
+            ConcurrencyError: the stream is not at ``expected_version``; nothing written.
+            DuplicateEventId: an event id is stored already at another place or with other
+                content (the same events at the same place return the original result).
+            InvalidStreamId, InvalidExpectedVersion, PayloadTooLarge, SerializationError.
+        """
+        ...
+
+    def read_stream(
+        self,
+        stream_id: str,
+        *,
+        from_version: int | None = None,
+        limit: int | None = None,
+        backwards: bool = False,
+    ) -> AsyncIterator[RecordedEvent]:
+        """Events of one stream by version.
+
+        ``from_version`` is the first version returned; ``None`` means the start when reading
+        forwards and the last event when reading ``backwards``.
+
+        Raises ``StreamNotFound`` (on iteration) when the stream has no events.
+        """
+        ...
+
+    def read_all(
+        self,
+        *,
+        after: int = 0,
+        categories: Sequence[str] | None = None,
+        types: Sequence[str] | None = None,
+        limit: int | None = None,
+    ) -> AsyncIterator[RecordedEvent]:
+        """Events with ``position > after`` in global order, never one with a hole behind it."""
+        ...
+
+    async def stream_version(self, stream_id: str) -> int | None:
+        """The version of the stream's last event, or ``None`` when it has none."""
+        ...
+
+    def streams(
+        self, *, category: str | None = None, limit: int | None = None
+    ) -> AsyncIterator[StreamInfo]:
+        """The streams, by stream id."""
+        ...
+
+    async def head_position(self) -> int:
+        """The highest position a reader can see now (0 for an empty store)."""
+        ...
+
+    async def stats(self) -> StoreStats:
+        """Counts of events and streams, per category, and the database size."""
+        ...
+
+    async def close(self) -> None: ...
+
+    async def __aenter__(self) -> Self: ...
+
+    async def __aexit__(
+        self,
+        exc_type: type[BaseException] | None,
+        exc: BaseException | None,
+        tb: TracebackType | None,
+    ) -> None: ...
+
+
+class EncodedEvent(NamedTuple):
+    """A :class:`NewEvent` validated and encoded, ready for a backend to write."""
+
+    event_id: uuid.UUID
+    type: str
+    schema_version: int
+    data: bytes
+    metadata: bytes
+
+
+_encode = msgspec.json.encode
+
+
+def encode_batch(
+    stream_id: str,
+    events: Sequence[NewEvent],
+    expected_version: object,
+    max_event_bytes: int,
+) -> tuple[str, int, list[EncodedEvent]]:
+    """Validate one append's arguments and encode its events (shared by every backend).
+
+    Metadata starts from :func:`chronik.context.metadata_for_append`; an event's own
+    metadata merges over it.
+    """
+    validate_stream_id(stream_id)
+    expected = validate_expected_version(expected_version)
+    if isinstance(events, NewEvent) or not isinstance(events, Sequence):
+        raise TypeError("events must be a sequence of NewEvent")
+    base_meta = metadata_for_append()
+    base_meta_bytes = _encode(base_meta)
+    out: list[EncodedEvent] = []
+    seen: set[uuid.UUID] = set()
+    for index, ev in enumerate(events):
+        if not isinstance(ev, NewEvent):
+            raise TypeError(f"events[{index}] is {type(ev).__name__}, not NewEvent")
+        if not isinstance(ev.type, str) or not ev.type:
+            raise SerializationError(f"events[{index}] has no type", stream_id=stream_id)
+        if ev.event_id in seen:
+            raise DuplicateEventId(stream_id, ev.event_id, "appears twice in one append")
+        seen.add(ev.event_id)
+        data = ev.data
+        if isinstance(data, bytes):
+            raw = data
+        elif isinstance(data, Mapping):
+            try:
+                raw = _encode(data)
+            except (TypeError, ValueError) as exc:
+                raise SerializationError(
+                    f"events[{index}] data cannot be encoded as JSON: {exc}",
+                    event_type=ev.type,
+                    stream_id=stream_id,
+                ) from exc
+        else:
+            raise SerializationError(
+                f"events[{index}] data must be a mapping or JSON bytes, "
+                f"not {type(data).__name__}",
+                event_type=ev.type,
+                stream_id=stream_id,
+            )
+        if ev.metadata:
+            try:
+                meta = _encode({**base_meta, **ev.metadata})
+            except (TypeError, ValueError) as exc:
+                raise SerializationError(
+                    f"events[{index}] metadata cannot be encoded as JSON: {exc}",
+                    event_type=ev.type,
+                    stream_id=stream_id,
+                ) from exc
+        else:
+            meta = base_meta_bytes
+        size = len(raw) + len(meta)
+        if size > max_event_bytes:
+            raise PayloadTooLarge(stream_id, index, ev.type, size, max_event_bytes)
+        out.append(EncodedEvent(ev.event_id, ev.type, ev.schema_version, raw, meta))
+    return stream_id, expected, out
+
+
+def check_expected(stream_id: str, expected: int, current: int) -> None:
+    """Raise :class:`ConcurrencyError` unless ``current`` (``-1``: no stream) fits ``expected``."""
+    if expected == ANY:
+        return
+    if expected == NO_STREAM:
+        ok = current == -1
+    elif expected == STREAM_EXISTS:
+        ok = current >= 0
+    else:
+        ok = current == expected
+    if not ok:
+        raise ConcurrencyError(stream_id, expected, current)
+
+
+class StoredCopy(NamedTuple):
+    """What a backend found stored under one of the event ids of an append."""
+
+    event_id: uuid.UUID
+    stream_id: str
+    version: int
+    position: int
+    type: str
+    data: bytes
+
+
+def _same_json(a: bytes, b: bytes) -> bool:
+    if a == b:
+        return True
+    try:
+        return bool(msgspec.json.decode(a) == msgspec.json.decode(b))
+    except msgspec.DecodeError:
+        return False
+
+
+def resolve_duplicate(
+    stream_id: str,
+    expected: int,
+    batch: Sequence[EncodedEvent],
+    stored: Mapping[uuid.UUID, StoredCopy],
+) -> AppendResult | None:
+    """Decide what an append whose event ids may already be stored means.
+
+    Returns the original :class:`AppendResult` when every event of the batch is stored, in
+    this stream, in this order, with the same type and data, and (for an exact
+    ``expected_version``) at the place that version implies: a retry of an append that
+    succeeded. Returns ``None`` when none of the ids is stored. Raises
+    :class:`DuplicateEventId` for anything in between.
+    """
+    if not stored:
+        return None
+    copies: list[StoredCopy] = []
+    for ev in batch:
+        copy = stored.get(ev.event_id)
+        if copy is None:
+            first = next(iter(stored.values()))
+            raise DuplicateEventId(
+                stream_id,
+                first.event_id,
+                "is stored already, but the rest of this append is not: "
+                "an append is idempotent only when repeated whole",
+            )
+        if copy.stream_id != stream_id:
+            raise DuplicateEventId(
+                stream_id, ev.event_id, f"is stored already in stream {copy.stream_id!r}"
+            )
+        if copy.type != ev.type or not _same_json(copy.data, ev.data):
+            raise DuplicateEventId(
+                stream_id, ev.event_id, "is stored already with a different type or data"
+            )
+        copies.append(copy)
+    first_version = copies[0].version
+    for offset, copy in enumerate(copies):
+        if copy.version != first_version + offset:
+            raise DuplicateEventId(
+                stream_id, copy.event_id, "is stored already at another place in the stream"
+            )
+    if expected >= 0 and first_version != expected + 1:
+        raise DuplicateEventId(
+            stream_id,
+            copies[0].event_id,
+            f"is stored already at version {first_version}, not after version {expected}",
+        )
+    if expected == NO_STREAM and first_version != 0:
+        raise DuplicateEventId(
+            stream_id, copies[0].event_id, f"is stored already at version {first_version}"
+        )
+    last = copies[-1]
+    return AppendResult(position=last.position, version=last.version)

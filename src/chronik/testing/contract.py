@@ -1,0 +1,364 @@
+"""The contract every event store backend passes unchanged.
+
+Use it from a backend's test file by subclassing and giving a fresh, empty ``store``::
+
+    class TestMyBackend(EventStoreContract):
+        @pytest.fixture
+        async def store(self) -> AsyncIterator[EventStore]:
+            async with await MyStore.open(...) as s:
+                yield s
+
+Needs pytest and an asyncio plugin (pytest-asyncio in auto mode).
+"""
+
+from __future__ import annotations
+
+import asyncio
+import uuid
+from typing import Any
+
+import pytest
+
+from chronik.context import context
+from chronik.errors import (
+    ConcurrencyError,
+    DuplicateEventId,
+    InvalidExpectedVersion,
+    InvalidStreamId,
+    PayloadTooLarge,
+    SerializationError,
+    StreamNotFound,
+)
+from chronik.events import (
+    ANY,
+    NO_STREAM,
+    STREAM_EXISTS,
+    AppendResult,
+    NewEvent,
+    RecordedEvent,
+)
+from chronik.store.protocol import EventStore
+
+__all__ = ["EventStoreContract"]
+
+
+def ev(type_: str = "Happened", **data: Any) -> NewEvent:
+    return NewEvent(type=type_, data=data)
+
+
+async def collect(it: Any) -> list[RecordedEvent]:
+    return [e async for e in it]
+
+
+class EventStoreContract:
+    """Test methods shared by every backend; subclasses provide the ``store`` fixture."""
+
+    # -- append and expected versions ---------------------------------------------------
+
+    async def test_append_to_new_stream_returns_version_and_position(
+        self, store: EventStore
+    ) -> None:
+        result = await store.append("order-1", [ev(n=1), ev(n=2)], expected_version=NO_STREAM)
+        assert isinstance(result, AppendResult)
+        assert result.version == 1
+        events = await collect(store.read_stream("order-1"))
+        assert [e.version for e in events] == [0, 1]
+        assert [e.data for e in events] == [{"n": 1}, {"n": 2}]
+        assert events[-1].position == result.position
+        assert events[0].position < events[1].position
+        assert await store.stream_version("order-1") == 1
+
+    async def test_expected_exact_version(self, store: EventStore) -> None:
+        await store.append("s-1", [ev()], expected_version=NO_STREAM)
+        r = await store.append("s-1", [ev()], expected_version=0)
+        assert r.version == 1
+        r = await store.append("s-1", [ev(), ev()], expected_version=1)
+        assert r.version == 3
+
+    async def test_conflicts_write_nothing(self, store: EventStore) -> None:
+        await store.append("s-1", [ev(n=0)], expected_version=NO_STREAM)
+        head = await store.head_position()
+        cases: list[tuple[str, int, int | None]] = [
+            ("s-1", NO_STREAM, 0),
+            ("s-1", 5, 0),
+            ("s-1", 1, 0),
+            ("s-2", STREAM_EXISTS, -1),
+            ("s-2", 0, -1),
+        ]
+        for stream, expected, actual in cases:
+            with pytest.raises(ConcurrencyError) as info:
+                await store.append(stream, [ev(n=99), ev(n=98)], expected_version=expected)
+            assert info.value.stream_id == stream
+            assert info.value.expected == expected
+            assert info.value.actual == actual
+        assert await store.head_position() == head
+        assert [e.data for e in await collect(store.read_stream("s-1"))] == [{"n": 0}]
+        assert await store.stream_version("s-2") is None
+        assert len(await collect(store.read_all())) == 1
+
+    async def test_stream_exists_and_any(self, store: EventStore) -> None:
+        r = await store.append("s-1", [ev()], expected_version=ANY)
+        assert r.version == 0
+        r = await store.append("s-1", [ev()], expected_version=STREAM_EXISTS)
+        assert r.version == 1
+        r = await store.append("s-1", [ev()])  # ANY is the default
+        assert r.version == 2
+
+    @pytest.mark.parametrize("bad", [-3, -5, -100, 1.5, "0", None, True])
+    async def test_invalid_expected_version(self, store: EventStore, bad: Any) -> None:
+        with pytest.raises(InvalidExpectedVersion):
+            await store.append("s-1", [ev()], expected_version=bad)
+        assert await store.stream_version("s-1") is None
+
+    async def test_empty_append_checks_version_and_writes_nothing(
+        self, store: EventStore
+    ) -> None:
+        with pytest.raises(ConcurrencyError):
+            await store.append("s-1", [], expected_version=STREAM_EXISTS)
+        await store.append("s-1", [ev()], expected_version=NO_STREAM)
+        r = await store.append("s-1", [], expected_version=0)
+        assert r.version == 0
+        assert len(await collect(store.read_all())) == 1
+
+    async def test_concurrent_appends_one_wins(self, store: EventStore) -> None:
+        await store.append("hot-1", [ev()], expected_version=NO_STREAM)
+
+        async def attempt(n: int) -> str:
+            try:
+                await store.append("hot-1", [ev(n=n)], expected_version=0)
+            except ConcurrencyError:
+                return "conflict"
+            return "ok"
+
+        outcomes = await asyncio.gather(*(attempt(n) for n in range(8)))
+        assert outcomes.count("ok") == 1
+        assert outcomes.count("conflict") == 7
+        assert [e.version for e in await collect(store.read_stream("hot-1"))] == [0, 1]
+
+    # -- idempotency --------------------------------------------------------------------
+
+    async def test_idempotent_retry_returns_original_result(self, store: EventStore) -> None:
+        batch = [ev(n=1), ev(n=2)]
+        first = await store.append("s-1", batch, expected_version=NO_STREAM)
+        again = await store.append("s-1", batch, expected_version=NO_STREAM)
+        assert again == first
+        later = await store.append("s-1", [ev(n=3)], expected_version=1)
+        exact = await store.append("s-1", batch, expected_version=NO_STREAM)
+        assert exact == first
+        assert await store.append("s-1", batch, expected_version=ANY) == first
+        assert await store.append("s-1", [ev(n=4)], expected_version=2) != later
+        assert [e.data["n"] for e in await collect(store.read_stream("s-1"))] == [1, 2, 3, 4]
+
+    async def test_same_id_other_content_or_place_is_rejected(self, store: EventStore) -> None:
+        original = ev(n=1)
+        await store.append("s-1", [original, ev(n=2)], expected_version=NO_STREAM)
+        head = await store.head_position()
+        changed = NewEvent(type=original.type, data={"n": 42}, event_id=original.event_id)
+        with pytest.raises(DuplicateEventId):
+            await store.append("s-1", [changed], expected_version=NO_STREAM)
+        with pytest.raises(DuplicateEventId):
+            await store.append("other-1", [original], expected_version=ANY)
+        with pytest.raises(DuplicateEventId):
+            await store.append("s-1", [original, ev(n=3)], expected_version=NO_STREAM)
+        with pytest.raises(DuplicateEventId):
+            await store.append("s-1", [original], expected_version=1)
+        with pytest.raises(DuplicateEventId):
+            await store.append("s-1", [ev(), ev()][:1] * 2, expected_version=ANY)
+        assert await store.head_position() == head
+        assert await store.stream_version("other-1") is None
+
+    # -- atomicity and bad input --------------------------------------------------------
+
+    async def test_batch_is_all_or_nothing(self, store: EventStore) -> None:
+        await store.append("s-1", [ev()], expected_version=NO_STREAM)
+        big = NewEvent(type="Big", data={"blob": "x" * (store.max_event_bytes + 1)})
+        with pytest.raises(PayloadTooLarge) as info:
+            await store.append("s-1", [ev(n=1), big, ev(n=3)], expected_version=0)
+        assert info.value.index == 1
+        assert info.value.limit == store.max_event_bytes
+        with pytest.raises(SerializationError):
+            await store.append("s-1", [ev(n=1), NewEvent("Bad", {"x": object()})])
+        existing = (await collect(store.read_stream("s-1")))[0]
+        clash = NewEvent(type=existing.type, data={"other": 1}, event_id=existing.event_id)
+        with pytest.raises(DuplicateEventId):
+            await store.append("s-1", [ev(n=1), clash], expected_version=0)
+        assert await store.stream_version("s-1") == 0
+        assert len(await collect(store.read_all())) == 1
+
+    async def test_payload_just_under_limit_is_stored(self, store: EventStore) -> None:
+        await store.append("s-1", [ev(n=0)])
+        meta = (await collect(store.read_stream("s-1")))[0].raw_metadata
+        overhead = len(b'{"blob":""}')
+        with context(correlation_id="c" * 36):
+            fill = store.max_event_bytes - overhead - len(meta) - 64
+            r = await store.append("s-2", [NewEvent("Big", {"blob": "y" * fill})])
+        assert r.version == 0
+
+    @pytest.mark.parametrize(
+        "bad",
+        ["", "$system", "a\x00b", "line\nbreak", "tab\tx", "x" * 256, "é" * 128, 42, None],
+    )
+    async def test_invalid_stream_ids_rejected(self, store: EventStore, bad: Any) -> None:
+        with pytest.raises(InvalidStreamId):
+            await store.append(bad, [ev()])
+        with pytest.raises(InvalidStreamId):
+            await collect(store.read_stream(bad))
+        assert await store.head_position() == 0
+
+    async def test_unicode_stream_ids_and_data(self, store: EventStore) -> None:
+        ids = ["заказ-1", "注文-2", "emoji-🎉", "with space-1", "x" * 255, "é" * 127]
+        for sid in ids:
+            await store.append(sid, [ev(text="héllo ✓ 🎉", quote='"\\')], expected_version=NO_STREAM)
+        for sid in ids:
+            (got,) = await collect(store.read_stream(sid))
+            assert got.stream_id == sid
+            assert got.data == {"text": "héllo ✓ 🎉", "quote": '"\\'}
+        assert {e.stream_id for e in await collect(store.read_all())} == set(ids)
+        assert [e.stream_id for e in await collect(store.read_all(categories=["заказ"]))] == [
+            "заказ-1"
+        ]
+
+    async def test_non_event_input_is_a_type_error(self, store: EventStore) -> None:
+        with pytest.raises(TypeError):
+            await store.append("s-1", [{"type": "X"}])  # type: ignore[list-item]
+        with pytest.raises(TypeError):
+            await store.append("s-1", ev())  # type: ignore[arg-type]
+        with pytest.raises(SerializationError):
+            await store.append("s-1", [NewEvent("X", data=[1, 2])])  # type: ignore[arg-type]
+        assert await store.head_position() == 0
+
+    # -- reading ------------------------------------------------------------------------
+
+    async def test_read_missing_stream_raises(self, store: EventStore) -> None:
+        with pytest.raises(StreamNotFound):
+            await collect(store.read_stream("nothing-here"))
+        with pytest.raises(StreamNotFound):
+            await collect(store.read_stream("nothing-here", backwards=True))
+        await store.append("some-1", [ev()])
+        assert await collect(store.read_stream("some-1", from_version=5)) == []
+
+    async def test_paging_both_directions(self, store: EventStore) -> None:
+        total = 1203
+        for start in range(0, total, 401):
+            await store.append(
+                "long-1", [ev(n=n) for n in range(start, min(start + 401, total))]
+            )
+        await store.append("other-1", [ev(n=-1)])
+        fwd = await collect(store.read_stream("long-1"))
+        assert [e.version for e in fwd] == list(range(total))
+        assert [e.data["n"] for e in fwd] == list(range(total))
+        back = await collect(store.read_stream("long-1", backwards=True))
+        assert [e.version for e in back] == list(range(total - 1, -1, -1))
+        part = await collect(store.read_stream("long-1", from_version=499, limit=503))
+        assert [e.version for e in part] == list(range(499, 1002))
+        part = await collect(store.read_stream("long-1", from_version=700, backwards=True, limit=600))
+        assert [e.version for e in part] == list(range(700, 100, -1))
+        assert await collect(store.read_stream("long-1", limit=0)) == []
+        assert [e.version for e in await collect(store.read_stream("long-1", from_version=1202))] == [
+            1202
+        ]
+
+    async def test_read_all_order_after_and_limit(self, store: EventStore) -> None:
+        for n in range(30):
+            await store.append(f"s-{n % 4}", [ev(n=n)])
+        await store.append("t-1", [ev(n=n) for n in range(30, 1230)])
+        everything = await collect(store.read_all())
+        positions = [e.position for e in everything]
+        assert positions == sorted(positions)
+        assert len(set(positions)) == len(positions) == 1230
+        assert [e.data["n"] for e in everything] == list(range(1230))
+        assert positions[-1] == await store.head_position()
+        mid = positions[600]
+        rest = await collect(store.read_all(after=mid))
+        assert [e.position for e in rest] == positions[601:]
+        limited = await collect(store.read_all(after=positions[10], limit=520))
+        assert [e.position for e in limited] == positions[11:531]
+        assert await collect(store.read_all(after=positions[-1])) == []
+
+    async def test_read_all_filters(self, store: EventStore) -> None:
+        await store.append("order-1", [ev("Placed"), ev("Paid")])
+        await store.append("payment-1", [ev("Paid")])
+        await store.append("order-2", [ev("Placed")])
+        await store.append("orderline-1", [ev("Placed")])
+        await store.append("solo", [ev("Placed")])
+        got = await collect(store.read_all(categories=["order"]))
+        assert [(e.stream_id, e.type) for e in got] == [
+            ("order-1", "Placed"),
+            ("order-1", "Paid"),
+            ("order-2", "Placed"),
+        ]
+        got = await collect(store.read_all(types=["Paid"]))
+        assert [e.stream_id for e in got] == ["order-1", "payment-1"]
+        got = await collect(store.read_all(categories=["order", "solo"], types=["Placed"]))
+        assert [e.stream_id for e in got] == ["order-1", "order-2", "solo"]
+        assert await collect(store.read_all(categories=[])) == []
+        assert await collect(store.read_all(types=["Nope"])) == []
+
+    async def test_filters_page_through_sparse_matches(self, store: EventStore) -> None:
+        await store.append("noise-1", [ev("Noise") for _ in range(1100)])
+        await store.append("rare-1", [ev("Rare")])
+        await store.append("noise-1", [ev("Noise") for _ in range(600)])
+        await store.append("rare-1", [ev("Rare")])
+        got = await collect(store.read_all(types=["Rare"]))
+        assert [e.version for e in got] == [0, 1]
+        got = await collect(store.read_all(categories=["rare"], limit=1))
+        assert [e.version for e in got] == [0]
+
+    async def test_recorded_event_fields(self, store: EventStore) -> None:
+        new = NewEvent(
+            type="Opened", data={"owner": "Zoë"}, metadata={"tenant": "t1"}, schema_version=3
+        )
+        with context(correlation_id="corr-1", causation_id="cause-1", actor="alice"):
+            await store.append("account-7", [new])
+        (got,) = await collect(store.read_all())
+        assert got.event_id == new.event_id
+        assert isinstance(got.event_id, uuid.UUID)
+        assert (got.stream_id, got.version, got.type, got.schema_version) == (
+            "account-7",
+            0,
+            "Opened",
+            3,
+        )
+        assert got.category == "account"
+        assert got.data == {"owner": "Zoë"}
+        assert got.metadata == {
+            "correlation_id": "corr-1",
+            "causation_id": "cause-1",
+            "actor": "alice",
+            "tenant": "t1",
+        }
+        assert got.recorded_at.tzinfo is not None
+        assert got == (await collect(store.read_stream("account-7")))[0]
+
+    async def test_context_generates_one_correlation_id_per_append(
+        self, store: EventStore
+    ) -> None:
+        await store.append("s-1", [ev(), ev()])
+        await store.append("s-1", [ev()])
+        events = await collect(store.read_stream("s-1"))
+        ids = [e.correlation_id for e in events]
+        assert ids[0] and ids[0] == ids[1]
+        assert ids[2] and ids[2] != ids[0]
+        assert "causation_id" not in events[0].metadata
+
+    async def test_streams_listing_and_stats(self, store: EventStore) -> None:
+        await store.append("order-1", [ev(), ev()])
+        await store.append("order-2", [ev()])
+        await store.append("user-1", [ev()])
+        listed = [s async for s in store.streams()]
+        assert [(s.stream_id, s.version) for s in listed] == [
+            ("order-1", 1),
+            ("order-2", 0),
+            ("user-1", 0),
+        ]
+        assert [s.stream_id async for s in store.streams(category="order", limit=1)] == ["order-1"]
+        stats = await store.stats()
+        assert (stats.events, stats.streams) == (4, 3)
+        assert stats.categories == {"order": 3, "user": 1}
+        assert stats.head_position == await store.head_position()
+
+    async def test_many_streams_listing_pages(self, store: EventStore) -> None:
+        for n in range(520):
+            await store.append(f"c-{n:05d}", [ev()])
+        names = [s.stream_id async for s in store.streams()]
+        assert names == [f"c-{n:05d}" for n in range(520)]
