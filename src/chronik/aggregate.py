@@ -229,9 +229,7 @@ class Repository(Generic[A]):
             self.store, stream_id, _evolve_aggregate, self.factory, registry=self.registry
         )
 
-    async def execute(
-        self, stream_id: str, action: Callable[[A], object]
-    ) -> HandleResult[Any, A]:
+    async def execute(self, stream_id: str, action: Callable[[A], object]) -> HandleResult[Any, A]:
         """Load the aggregate, run ``action`` on it, append what it recorded; retry on conflict.
 
         ``action`` may run more than once (after a conflict, on freshly loaded state), so it

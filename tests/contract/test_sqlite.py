@@ -24,7 +24,9 @@ class TestSqliteStore(EventStoreContract):
 async def test_reopening_a_file_keeps_everything(tmp_path: Path) -> None:
     url = f"sqlite:///{tmp_path}/app.db"
     async with await chronik.connect(url) as store:
-        first = await store.append("order-1", [NewEvent("Placed", {"n": 1})], expected_version=NO_STREAM)
+        first = await store.append(
+            "order-1", [NewEvent("Placed", {"n": 1})], expected_version=NO_STREAM
+        )
     async with await chronik.connect(url) as store:
         (got,) = await collect(store.read_stream("order-1"))
         assert got.position == first.position and got.data == {"n": 1}
@@ -40,12 +42,13 @@ async def test_sqlite_is_wal_and_synchronous_full(tmp_path: Path) -> None:
         await store.append("x-1", [NewEvent("E")])
         conn = store._writer.conn
         assert conn is not None
-        assert await store._writer.run(
-            lambda: conn.execute("PRAGMA journal_mode").fetchone()[0]
-        ) == "wal"
-        assert await store._writer.run(
-            lambda: conn.execute("PRAGMA synchronous").fetchone()[0]
-        ) == 2  # FULL
+        assert (
+            await store._writer.run(lambda: conn.execute("PRAGMA journal_mode").fetchone()[0])
+            == "wal"
+        )
+        assert (
+            await store._writer.run(lambda: conn.execute("PRAGMA synchronous").fetchone()[0]) == 2
+        )  # FULL
     raw = sqlite3.connect(tmp_path / "a.db")
     assert raw.execute("SELECT count(*) FROM schema_migrations").fetchone()[0] >= 1
     raw.close()

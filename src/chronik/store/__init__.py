@@ -2,7 +2,8 @@
 
 - ``memory://`` — in this process only (tests, examples).
 - ``sqlite:///relative/path.db`` or ``sqlite:////absolute/path.db`` — the embedded default.
-- ``postgresql://user@host:port/db?schema=chronik`` — production (``pip install chronik[postgres]``).
+- ``postgresql://user@host:port/db?schema=chronik`` — production
+  (``pip install chronik[postgres]``).
 
 Query options understood by every backend: ``max_event_bytes``. SQLite also takes
 ``synchronous`` (FULL by default) and ``busy_timeout_ms``; PostgreSQL takes ``schema``,
@@ -88,9 +89,7 @@ async def connect(url: str | None = None, **options: Any) -> EventStore:
             raise UnsupportedStoreUrl(
                 "PostgreSQL needs psycopg: pip install 'chronik[postgres]'"
             ) from exc
-        opts, rest = _options(
-            parts.query, {"max_event_bytes", "schema", "pool_min", "pool_max"}
-        )
+        opts, rest = _options(parts.query, {"max_event_bytes", "schema", "pool_min", "pool_max"})
         conninfo = urlunsplit(("postgresql", parts.netloc, parts.path, urlencode(rest), ""))
         return await PostgresEventStore.open(conninfo, **{**opts, **options})
     raise UnsupportedStoreUrl(

@@ -8,6 +8,7 @@ from __future__ import annotations
 
 import asyncio
 import bisect
+import contextlib
 import uuid
 from collections.abc import AsyncIterator, Sequence
 from datetime import UTC, datetime
@@ -26,8 +27,8 @@ from chronik.events import (
 from chronik.store.protocol import (
     DEFAULT_MAX_EVENT_BYTES,
     READ_PAGE_SIZE,
-    StoreStats,
     StoredCopy,
+    StoreStats,
     StreamInfo,
     check_expected,
     encode_batch,
@@ -195,10 +196,8 @@ class MemoryEventStore:
 
     async def wait_for_change(self, timeout: float) -> None:
         """Return when an append happens or ``timeout`` seconds pass (for followers)."""
-        try:
+        with contextlib.suppress(TimeoutError):
             await asyncio.wait_for(self._changed.wait(), timeout)
-        except TimeoutError:
-            pass
 
     async def close(self) -> None:
         self._closed = True

@@ -200,8 +200,7 @@ def encode_batch(
                 ) from exc
         else:
             raise SerializationError(
-                f"events[{index}] data must be a mapping or JSON bytes, "
-                f"not {type(data).__name__}",
+                f"events[{index}] data must be a mapping or JSON bytes, not {type(data).__name__}",
                 event_type=ev.type,
                 stream_id=stream_id,
             )

@@ -12,6 +12,7 @@ position order is commit order: a reader can never see a position before a lower
 from __future__ import annotations
 
 import asyncio
+import contextlib
 import sqlite3
 import time
 import uuid
@@ -42,8 +43,8 @@ from chronik.store.protocol import (
     DEFAULT_MAX_EVENT_BYTES,
     READ_PAGE_SIZE,
     EncodedEvent,
-    StoreStats,
     StoredCopy,
+    StoreStats,
     StreamInfo,
     check_expected,
     encode_batch,
@@ -115,9 +116,7 @@ class _Connection:
         self.conn: sqlite3.Connection | None = None
 
     def _open(self) -> None:
-        conn = sqlite3.connect(
-            self._path, isolation_level=None, check_same_thread=False, timeout=0
-        )
+        conn = sqlite3.connect(self._path, isolation_level=None, check_same_thread=False, timeout=0)
         conn.execute(f"PRAGMA busy_timeout = {int(self._busy_timeout_ms)}")
         mode = conn.execute("PRAGMA journal_mode = WAL").fetchone()[0]
         if str(mode).lower() != "wal":
@@ -146,10 +145,8 @@ class _Connection:
             self.conn = None
 
     async def close(self) -> None:
-        try:
+        with contextlib.suppress(RuntimeError):
             await asyncio.get_running_loop().run_in_executor(self._executor, self._close)
-        except RuntimeError:
-            pass
         self._executor.shutdown(wait=True)
 
 
@@ -524,10 +521,8 @@ class SqliteEventStore:
 
     async def wait_for_change(self, timeout: float) -> None:
         """Return when this process appends, or after ``timeout`` (other processes: poll)."""
-        try:
+        with contextlib.suppress(TimeoutError):
             await asyncio.wait_for(self._changed.wait(), timeout)
-        except TimeoutError:
-            pass
 
     async def close(self) -> None:
         if self._closed:

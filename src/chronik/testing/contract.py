@@ -110,9 +110,7 @@ class EventStoreContract:
             await store.append("s-1", [ev()], expected_version=bad)
         assert await store.stream_version("s-1") is None
 
-    async def test_empty_append_checks_version_and_writes_nothing(
-        self, store: EventStore
-    ) -> None:
+    async def test_empty_append_checks_version_and_writes_nothing(self, store: EventStore) -> None:
         with pytest.raises(ConcurrencyError):
             await store.append("s-1", [], expected_version=STREAM_EXISTS)
         await store.append("s-1", [ev()], expected_version=NO_STREAM)
@@ -208,7 +206,9 @@ class EventStoreContract:
     async def test_unicode_stream_ids_and_data(self, store: EventStore) -> None:
         ids = ["заказ-1", "注文-2", "emoji-🎉", "with space-1", "x" * 255, "é" * 127]
         for sid in ids:
-            await store.append(sid, [ev(text="héllo ✓ 🎉", quote='"\\')], expected_version=NO_STREAM)
+            await store.append(
+                sid, [ev(text="héllo ✓ 🎉", quote='"\\')], expected_version=NO_STREAM
+            )
         for sid in ids:
             (got,) = await collect(store.read_stream(sid))
             assert got.stream_id == sid
@@ -240,9 +240,7 @@ class EventStoreContract:
     async def test_paging_both_directions(self, store: EventStore) -> None:
         total = 1203
         for start in range(0, total, 401):
-            await store.append(
-                "long-1", [ev(n=n) for n in range(start, min(start + 401, total))]
-            )
+            await store.append("long-1", [ev(n=n) for n in range(start, min(start + 401, total))])
         await store.append("other-1", [ev(n=-1)])
         fwd = await collect(store.read_stream("long-1"))
         assert [e.version for e in fwd] == list(range(total))
@@ -251,12 +249,14 @@ class EventStoreContract:
         assert [e.version for e in back] == list(range(total - 1, -1, -1))
         part = await collect(store.read_stream("long-1", from_version=499, limit=503))
         assert [e.version for e in part] == list(range(499, 1002))
-        part = await collect(store.read_stream("long-1", from_version=700, backwards=True, limit=600))
+        part = await collect(
+            store.read_stream("long-1", from_version=700, backwards=True, limit=600)
+        )
         assert [e.version for e in part] == list(range(700, 100, -1))
         assert await collect(store.read_stream("long-1", limit=0)) == []
-        assert [e.version for e in await collect(store.read_stream("long-1", from_version=1202))] == [
-            1202
-        ]
+        assert [
+            e.version for e in await collect(store.read_stream("long-1", from_version=1202))
+        ] == [1202]
 
     async def test_read_all_order_after_and_limit(self, store: EventStore) -> None:
         for n in range(30):
@@ -330,9 +330,7 @@ class EventStoreContract:
         assert got.recorded_at.tzinfo is not None
         assert got == (await collect(store.read_stream("account-7")))[0]
 
-    async def test_context_generates_one_correlation_id_per_append(
-        self, store: EventStore
-    ) -> None:
+    async def test_context_generates_one_correlation_id_per_append(self, store: EventStore) -> None:
         await store.append("s-1", [ev(), ev()])
         await store.append("s-1", [ev()])
         events = await collect(store.read_stream("s-1"))

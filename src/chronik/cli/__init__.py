@@ -1,0 +1,1 @@
+"""The ``chronik`` command line (thin: it calls the library)."""
