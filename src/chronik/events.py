@@ -12,7 +12,7 @@ import unicodedata
 import uuid
 from collections.abc import Mapping
 from dataclasses import dataclass, field
-from datetime import datetime
+from datetime import UTC, datetime, timedelta
 from enum import IntEnum
 from typing import Any
 
@@ -155,6 +155,7 @@ class AppendResult:
 
 
 _decode_object = msgspec.json.Decoder(dict[str, Any]).decode
+_EPOCH = datetime(1970, 1, 1, tzinfo=UTC)
 
 
 class RecordedEvent:
@@ -162,24 +163,25 @@ class RecordedEvent:
 
     ``data`` and ``metadata`` are decoded from JSON on first access (the raw bytes stay in
     :attr:`raw_data` and :attr:`raw_metadata`), so readers that decode straight into typed
-    events never pay for an intermediate dict.
+    events never pay for an intermediate dict. A backend that builds it with
+    :meth:`from_stored` may also leave ``event_id`` and ``recorded_at`` in their stored form;
+    they are parsed once, on first access.
     """
 
     __slots__ = (
         "_data",
+        "_event_id",
         "_metadata",
-        "event_id",
+        "_recorded_at",
         "position",
         "raw_data",
         "raw_metadata",
-        "recorded_at",
         "schema_version",
         "stream_id",
         "type",
         "version",
     )
 
-    event_id: uuid.UUID
     stream_id: str
     version: int
     position: int
@@ -187,7 +189,6 @@ class RecordedEvent:
     schema_version: int
     raw_data: bytes
     raw_metadata: bytes
-    recorded_at: datetime
 
     def __init__(
         self,
@@ -202,7 +203,7 @@ class RecordedEvent:
         raw_metadata: bytes,
         recorded_at: datetime,
     ) -> None:
-        self.event_id = event_id
+        self._event_id: uuid.UUID | str = event_id
         self.stream_id = stream_id
         self.version = version
         self.position = position
@@ -210,9 +211,57 @@ class RecordedEvent:
         self.schema_version = schema_version
         self.raw_data = raw_data
         self.raw_metadata = raw_metadata
-        self.recorded_at = recorded_at
+        self._recorded_at: datetime | int = recorded_at
         self._data: dict[str, Any] | None = None
         self._metadata: dict[str, Any] | None = None
+
+    @classmethod
+    def from_stored(
+        cls,
+        position: int,
+        stream_id: str,
+        version: int,
+        event_id: uuid.UUID | str,
+        type: str,
+        schema_version: int,
+        raw_data: bytes,
+        raw_metadata: bytes,
+        recorded_at: datetime | int,
+    ) -> RecordedEvent:
+        """Build from a stored row, in column order, without parsing anything yet.
+
+        For backends: ``event_id`` may be the UUID's text and ``recorded_at`` an int of
+        microseconds since 1970-01-01 UTC; each is parsed on first access.
+        """
+        self = _new_recorded(cls)
+        self.position = position
+        self.stream_id = stream_id
+        self.version = version
+        self._event_id = event_id
+        self.type = type
+        self.schema_version = schema_version
+        self.raw_data = raw_data
+        self.raw_metadata = raw_metadata
+        self._recorded_at = recorded_at
+        self._data = None
+        self._metadata = None
+        return self
+
+    @property
+    def event_id(self) -> uuid.UUID:
+        """The event's unique id."""
+        value = self._event_id
+        if isinstance(value, str):
+            value = self._event_id = uuid.UUID(value)
+        return value
+
+    @property
+    def recorded_at(self) -> datetime:
+        """When the append that wrote the event committed (UTC, aware)."""
+        value = self._recorded_at
+        if isinstance(value, int):
+            value = self._recorded_at = _EPOCH + timedelta(microseconds=value)
+        return value
 
     @property
     def data(self) -> dict[str, Any]:
@@ -278,3 +327,6 @@ class RecordedEvent:
             "metadata": self.metadata,
             "recorded_at": self.recorded_at.isoformat(),
         }
+
+
+_new_recorded = object.__new__

@@ -1,7 +1,7 @@
 """The in-memory event store: the reference implementation, for tests and examples.
 
 Everything lives in Python lists in this process; nothing survives ``close``. Appends are
-atomic because they never yield to the event loop halfway.
+atomic: they hold the store's write lock and publish their events only at the end.
 """
 
 from __future__ import annotations
@@ -10,12 +10,12 @@ import asyncio
 import bisect
 import contextlib
 import uuid
-from collections.abc import AsyncIterator, Sequence
+from collections.abc import AsyncIterator, Mapping, Sequence
 from datetime import UTC, datetime
 from types import TracebackType
-from typing import Self
+from typing import Any, Self
 
-from chronik.errors import StoreUnavailable, StreamNotFound
+from chronik.errors import ChronikError, StoreUnavailable, StreamNotFound
 from chronik.events import (
     ANY,
     AppendResult,
@@ -27,6 +27,9 @@ from chronik.events import (
 from chronik.store.protocol import (
     DEFAULT_MAX_EVENT_BYTES,
     READ_PAGE_SIZE,
+    DeadLetter,
+    EncodedEvent,
+    InlineProjection,
     StoredCopy,
     StoreStats,
     StreamInfo,
@@ -35,7 +38,93 @@ from chronik.store.protocol import (
     resolve_duplicate,
 )
 
-__all__ = ["MemoryEventStore"]
+__all__ = ["MemoryEventStore", "MemoryTx"]
+
+
+class MemoryTx:
+    """Buffered checkpoint and dead-letter writes, applied by :meth:`commit`."""
+
+    dialect = "memory"
+
+    def __init__(self, store: MemoryEventStore) -> None:
+        self._store = store
+        self._checkpoints: dict[str, int] = {}
+        self._dead: list[tuple[str, RecordedEvent, str, int]] = []
+        self._deleted: set[int] = set()
+        self._versions: dict[str, int] = {}
+
+    async def execute(self, sql: str, params: Sequence[Any] | Mapping[str, Any] = ()) -> None:
+        raise ChronikError("the memory store runs no SQL; use an SQLite or PostgreSQL store")
+
+    async def fetchall(
+        self, sql: str, params: Sequence[Any] | Mapping[str, Any] = ()
+    ) -> list[tuple[Any, ...]]:
+        raise ChronikError("the memory store runs no SQL; use an SQLite or PostgreSQL store")
+
+    async def fetchone(
+        self, sql: str, params: Sequence[Any] | Mapping[str, Any] = ()
+    ) -> tuple[Any, ...] | None:
+        raise ChronikError("the memory store runs no SQL; use an SQLite or PostgreSQL store")
+
+    async def get_checkpoint(self, name: str) -> int | None:
+        return self._checkpoints.get(name, self._store._checkpoints.get(name))
+
+    async def set_checkpoint(self, name: str, position: int) -> None:
+        self._checkpoints[name] = position
+
+    async def add_dead_letter(
+        self, subscription: str, event: RecordedEvent, error: str, attempts: int
+    ) -> None:
+        self._dead.append((subscription, event, error, attempts))
+
+    async def delete_dead_letter(self, dead_letter_id: int) -> None:
+        self._deleted.add(dead_letter_id)
+
+    async def query(
+        self, sql: str, params: Sequence[Any] | Mapping[str, Any] = ()
+    ) -> list[tuple[Any, ...]]:
+        raise ChronikError("the memory store runs no SQL; use an SQLite or PostgreSQL store")
+
+    async def get_active_version(self, projection: str) -> int | None:
+        return self._versions.get(projection, self._store._active_versions.get(projection))
+
+    async def set_active_version(self, projection: str, version: int) -> None:
+        self._versions[projection] = version
+
+    def commit(self) -> None:
+        store = self._store
+        store._checkpoints.update(self._checkpoints)
+        store._active_versions.update(self._versions)
+        letters = [d for d in store._dead_letters if d.id not in self._deleted]
+        next_id = max((d.id for d in store._dead_letters), default=0) + 1
+        for subscription, event, error, attempts in self._dead:
+            existing = next(
+                (
+                    d
+                    for d in letters
+                    if d.subscription == subscription and d.event_id == event.event_id
+                ),
+                None,
+            )
+            if existing is not None:
+                letters.remove(existing)
+                attempts += existing.attempts
+            letters.append(
+                DeadLetter(
+                    next_id,
+                    subscription,
+                    event.position,
+                    event.event_id,
+                    event.stream_id,
+                    event.version,
+                    event.type,
+                    error,
+                    attempts,
+                    datetime.now(UTC).isoformat(),
+                )
+            )
+            next_id += 1
+        store._dead_letters = letters
 
 
 class MemoryEventStore:
@@ -49,6 +138,11 @@ class MemoryEventStore:
         self._by_id: dict[uuid.UUID, RecordedEvent] = {}
         self._closed = False
         self._changed = asyncio.Event()
+        self._write_lock = asyncio.Lock()
+        self._checkpoints: dict[str, int] = {}
+        self._dead_letters: list[DeadLetter] = []
+        self._active_versions: dict[str, int] = {}
+        self.inline_projections: list[InlineProjection] = []
 
     def _check_open(self) -> None:
         if self._closed:
@@ -61,6 +155,12 @@ class MemoryEventStore:
         stream_id, expected, batch = encode_batch(
             stream_id, events, expected_version, self.max_event_bytes
         )
+        async with self._write_lock:
+            return await self._append_locked(stream_id, expected, batch)
+
+    async def _append_locked(
+        self, stream_id: str, expected: int, batch: list[EncodedEvent]
+    ) -> AppendResult:
         stored = {
             ev.event_id: StoredCopy(
                 rec.event_id, rec.stream_id, rec.version, rec.position, rec.type, rec.raw_data
@@ -93,6 +193,12 @@ class MemoryEventStore:
                     recorded_at=now,
                 )
             )
+        if self.inline_projections:
+            async with self.transaction() as tx:
+                for projection in self.inline_projections:
+                    for record in records:
+                        if projection.accepts(record):
+                            await projection.handle(record, tx)
         self._log.extend(records)
         self._positions.extend(r.position for r in records)
         self._streams.setdefault(stream_id, []).extend(records)
@@ -193,6 +299,41 @@ class MemoryEventStore:
             categories=dict(sorted(categories.items())),
             size_bytes=sum(len(r.raw_data) + len(r.raw_metadata) for r in self._log),
         )
+
+    async def count_events(
+        self,
+        *,
+        after: int = 0,
+        categories: Sequence[str] | None = None,
+        types: Sequence[str] | None = None,
+    ) -> int:
+        return len(
+            [e async for e in self.read_all(after=after, categories=categories, types=types)]
+        )
+
+    @contextlib.asynccontextmanager
+    async def transaction(self) -> AsyncIterator[MemoryTx]:
+        """Checkpoints and dead letters written through it apply only if the block succeeds.
+
+        The memory store runs no SQL: read models of in-memory projections are the
+        projection's own Python objects, which are not rolled back.
+        """
+        self._check_open()
+        tx = MemoryTx(self)
+        yield tx
+        tx.commit()
+
+    async def get_checkpoint(self, name: str) -> int | None:
+        self._check_open()
+        return self._checkpoints.get(name)
+
+    async def dead_letters(self, subscription: str | None = None) -> list[DeadLetter]:
+        self._check_open()
+        return [d for d in self._dead_letters if subscription in (None, d.subscription)]
+
+    async def get_active_version(self, projection: str) -> int | None:
+        self._check_open()
+        return self._active_versions.get(projection)
 
     async def wait_for_change(self, timeout: float) -> None:
         """Return when an append happens or ``timeout`` seconds pass (for followers)."""

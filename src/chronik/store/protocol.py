@@ -8,9 +8,10 @@ from __future__ import annotations
 
 import uuid
 from collections.abc import AsyncIterator, Mapping, Sequence
+from contextlib import AbstractAsyncContextManager
 from dataclasses import dataclass, field
 from types import TracebackType
-from typing import NamedTuple, Protocol, Self, runtime_checkable
+from typing import Any, NamedTuple, Protocol, Self, runtime_checkable
 
 import msgspec
 
@@ -34,6 +35,9 @@ from chronik.events import (
 
 __all__ = [
     "DEFAULT_MAX_EVENT_BYTES",
+    "DeadLetter",
+    "InlineProjection",
+    "Tx",
     "EncodedEvent",
     "EventStore",
     "READ_PAGE_SIZE",
@@ -69,11 +73,73 @@ class StoreStats:
     size_bytes: int | None = None
 
 
+@dataclass(frozen=True, slots=True)
+class DeadLetter:
+    """An event a subscription gave up on: recorded, not lost; retried on request."""
+
+    id: int
+    subscription: str
+    position: int
+    event_id: uuid.UUID
+    stream_id: str
+    version: int
+    type: str
+    error: str
+    attempts: int
+    created_at: str
+
+
+class Tx(Protocol):
+    """One write transaction on the store's database (see ``EventStore.transaction``).
+
+    ``execute``/``fetchall``/``fetchone`` run SQL in the backend's dialect; named parameters
+    written ``:name`` with a mapping work on SQLite and PostgreSQL alike. Checkpoints and
+    dead letters written through it commit or roll back with everything else.
+    """
+
+    dialect: str
+    """``"sqlite"``, ``"postgresql"`` or ``"memory"`` (which runs no SQL)."""
+
+    async def execute(self, sql: str, params: Sequence[Any] | Mapping[str, Any] = ()) -> None: ...
+
+    async def fetchall(
+        self, sql: str, params: Sequence[Any] | Mapping[str, Any] = ()
+    ) -> list[tuple[Any, ...]]: ...
+
+    async def fetchone(
+        self, sql: str, params: Sequence[Any] | Mapping[str, Any] = ()
+    ) -> tuple[Any, ...] | None: ...
+
+    async def get_checkpoint(self, name: str) -> int | None: ...
+
+    async def set_checkpoint(self, name: str, position: int) -> None: ...
+
+    async def add_dead_letter(
+        self, subscription: str, event: RecordedEvent, error: str, attempts: int
+    ) -> None: ...
+
+    async def delete_dead_letter(self, dead_letter_id: int) -> None: ...
+
+    async def get_active_version(self, projection: str) -> int | None: ...
+
+    async def set_active_version(self, projection: str, version: int) -> None: ...
+
+
+class InlineProjection(Protocol):
+    """What a store needs of a projection it updates inside every append's transaction."""
+
+    def accepts(self, event: RecordedEvent) -> bool: ...
+
+    async def handle(self, event: RecordedEvent, tx: Tx) -> None: ...
+
+
 @runtime_checkable
 class EventStore(Protocol):
     """Append and read events; every backend has exactly this shape."""
 
     max_event_bytes: int
+    inline_projections: list[InlineProjection]
+    """Projections updated in the same transaction as every append (strong consistency)."""
 
     async def append(
         self, stream_id: str, events: Sequence[NewEvent], *, expected_version: int = ANY
@@ -132,6 +198,42 @@ class EventStore(Protocol):
 
     async def stats(self) -> StoreStats:
         """Counts of events and streams, per category, and the database size."""
+        ...
+
+    async def count_events(
+        self,
+        *,
+        after: int = 0,
+        categories: Sequence[str] | None = None,
+        types: Sequence[str] | None = None,
+    ) -> int:
+        """How many events ``read_all`` with these arguments would yield (for lag)."""
+        ...
+
+    async def wait_for_change(self, timeout: float) -> None:
+        """Return soon after an append commits, or after ``timeout`` seconds."""
+        ...
+
+    def transaction(self) -> AbstractAsyncContextManager[Tx]:
+        """A write transaction for read models, checkpoints and dead letters."""
+        ...
+
+    async def get_checkpoint(self, name: str) -> int | None:
+        """The stored checkpoint of a subscription (``None``: never saved)."""
+        ...
+
+    async def dead_letters(self, subscription: str | None = None) -> list[DeadLetter]:
+        """Recorded dead letters, oldest first."""
+        ...
+
+    async def query(
+        self, sql: str, params: Sequence[Any] | Mapping[str, Any] = ()
+    ) -> list[tuple[Any, ...]]:
+        """Run a read-only SQL query outside any write transaction (read models)."""
+        ...
+
+    async def get_active_version(self, projection: str) -> int | None:
+        """The version of a projection's read model that readers should use."""
         ...
 
     async def close(self) -> None: ...

@@ -13,11 +13,12 @@ from __future__ import annotations
 
 import asyncio
 import contextlib
+import queue
 import sqlite3
+import threading
 import time
 import uuid
-from collections.abc import AsyncIterator, Callable, Sequence
-from concurrent.futures import ThreadPoolExecutor
+from collections.abc import AsyncIterator, Callable, Mapping, Sequence
 from datetime import UTC, datetime, timedelta
 from importlib import resources
 from pathlib import Path
@@ -42,7 +43,9 @@ from chronik.events import (
 from chronik.store.protocol import (
     DEFAULT_MAX_EVENT_BYTES,
     READ_PAGE_SIZE,
+    DeadLetter,
     EncodedEvent,
+    InlineProjection,
     StoredCopy,
     StoreStats,
     StreamInfo,
@@ -51,7 +54,7 @@ from chronik.store.protocol import (
     resolve_duplicate,
 )
 
-__all__ = ["SqliteEventStore", "sqlite_migrations"]
+__all__ = ["SqliteEventStore", "SqliteTx", "sqlite_migrations"]
 
 T = TypeVar("T")
 _EPOCH = datetime(1970, 1, 1, tzinfo=UTC)
@@ -92,24 +95,117 @@ def _split_statements(script: str) -> list[str]:
 
 
 def _row_to_event(row: tuple[Any, ...]) -> RecordedEvent:
-    return RecordedEvent(
-        position=row[0],
-        stream_id=row[1],
-        version=row[2],
-        event_id=uuid.UUID(row[3]),
-        type=row[4],
-        schema_version=row[5],
-        raw_data=row[6],
-        raw_metadata=row[7],
-        recorded_at=_EPOCH + timedelta(microseconds=row[8]),
-    )
+    """A row of ``_COLUMNS`` as an event; the id text and the time stamp are parsed lazily."""
+    return RecordedEvent.from_stored(*row)
+
+
+def _filters(
+    after: int, categories: Sequence[str] | None, types: Sequence[str] | None
+) -> tuple[str, list[Any]]:
+    """The WHERE clause of read_all/count_events and its parameters (``after`` first)."""
+    where = ["position > ?"]
+    params: list[Any] = [after]
+    if categories is not None:
+        cats = list(categories)
+        where.append(f"category IN ({','.join('?' * len(cats))})" if cats else "0")
+        params.extend(cats)
+    if types is not None:
+        kinds = list(types)
+        where.append(f"type IN ({','.join('?' * len(kinds))})" if kinds else "0")
+        params.extend(kinds)
+    return " AND ".join(where), params
+
+
+class SqliteTx:
+    """A write transaction on the store's writer connection (see :class:`chronik.Tx`)."""
+
+    dialect = "sqlite"
+
+    def __init__(self, store: SqliteEventStore) -> None:
+        self._store = store
+
+    async def _run(self, fn: Callable[[sqlite3.Connection], T]) -> T:
+        conn = self._store._conn(self._store._writer)
+        return await self._store._writer.run(lambda: fn(conn))
+
+    async def execute(self, sql: str, params: Sequence[Any] | Mapping[str, Any] = ()) -> None:
+        await self._run(lambda c: c.execute(sql, params))
+
+    async def fetchall(
+        self, sql: str, params: Sequence[Any] | Mapping[str, Any] = ()
+    ) -> list[tuple[Any, ...]]:
+        return await self._run(lambda c: c.execute(sql, params).fetchall())
+
+    async def fetchone(
+        self, sql: str, params: Sequence[Any] | Mapping[str, Any] = ()
+    ) -> tuple[Any, ...] | None:
+        row: tuple[Any, ...] | None = await self._run(lambda c: c.execute(sql, params).fetchone())
+        return row
+
+    async def get_checkpoint(self, name: str) -> int | None:
+        row = await self.fetchone("SELECT position FROM checkpoints WHERE name = ?", (name,))
+        return None if row is None else int(row[0])
+
+    async def set_checkpoint(self, name: str, position: int) -> None:
+        await self.execute(
+            "INSERT INTO checkpoints (name, position, updated_at) VALUES (?, ?, datetime('now')) "
+            "ON CONFLICT (name) DO UPDATE SET position = excluded.position, "
+            "updated_at = excluded.updated_at",
+            (name, position),
+        )
+
+    async def add_dead_letter(
+        self, subscription: str, event: RecordedEvent, error: str, attempts: int
+    ) -> None:
+        await self.execute(
+            "INSERT INTO dead_letters (subscription, position, event_id, stream_id, version, "
+            "type, error, attempts, created_at) VALUES (?, ?, ?, ?, ?, ?, ?, ?, datetime('now')) "
+            "ON CONFLICT (subscription, event_id) DO UPDATE SET error = excluded.error, "
+            "attempts = dead_letters.attempts + excluded.attempts",
+            (
+                subscription,
+                event.position,
+                str(event.event_id),
+                event.stream_id,
+                event.version,
+                event.type,
+                error,
+                attempts,
+            ),
+        )
+
+    async def delete_dead_letter(self, dead_letter_id: int) -> None:
+        await self.execute("DELETE FROM dead_letters WHERE id = ?", (dead_letter_id,))
+
+    async def get_active_version(self, projection: str) -> int | None:
+        row = await self.fetchone(
+            "SELECT active FROM projection_versions WHERE name = ?", (projection,)
+        )
+        return None if row is None else int(row[0])
+
+    async def set_active_version(self, projection: str, version: int) -> None:
+        await self.execute(
+            "INSERT INTO projection_versions (name, active) VALUES (?, ?) "
+            "ON CONFLICT (name) DO UPDATE SET active = excluded.active",
+            (projection, version),
+        )
 
 
 class _Connection:
-    """One sqlite3 connection used only from its own thread."""
+    """One sqlite3 connection used only from its own thread.
+
+    The thread takes jobs from a queue and hands each result back to the event loop that
+    asked (``call_soon_threadsafe``): one wake-up each way, about half the round-trip cost of
+    ``loop.run_in_executor`` on a ``ThreadPoolExecutor``, which matters for small reads.
+    Jobs run one at a time, in the order they were submitted; a job whose caller was
+    cancelled before it started is skipped, as an executor skips a cancelled future.
+    """
 
     def __init__(self, path: str, *, synchronous: str, busy_timeout_ms: int, name: str) -> None:
-        self._executor = ThreadPoolExecutor(max_workers=1, thread_name_prefix=f"chronik-{name}")
+        self._name = f"chronik-{name}"
+        self._jobs: queue.SimpleQueue[_Job | None] = queue.SimpleQueue()
+        self._thread: threading.Thread | None = None
+        self._stopped = False
         self._path = path
         self._synchronous = synchronous
         self._busy_timeout_ms = busy_timeout_ms
@@ -125,19 +221,40 @@ class _Connection:
         conn.execute(f"PRAGMA synchronous = {self._synchronous}")
         self.conn = conn
 
+    def _serve(self) -> None:
+        jobs = self._jobs
+        while True:
+            job = jobs.get()
+            if job is None:
+                return
+            fn, future, loop = job
+            if future.cancelled():
+                continue
+            try:
+                result = fn()
+            except BaseException as exc:  # handed to the caller, like an executor does
+                _hand_back(loop, future, None, exc)
+            else:
+                _hand_back(loop, future, result, None)
+
     async def start(self) -> None:
+        if self._thread is None:
+            self._thread = threading.Thread(target=self._serve, name=self._name, daemon=True)
+            self._thread.start()
         await self.run(self._open)
 
     async def run(self, fn: Callable[[], T]) -> T:
+        if self._stopped or self._thread is None:
+            raise StoreUnavailable(f"SQLite {self._path}: store is closed")
         loop = asyncio.get_running_loop()
+        future: asyncio.Future[T] = loop.create_future()
+        self._jobs.put((fn, future, loop))
         try:
-            return await loop.run_in_executor(self._executor, fn)
+            return await future
         except ChronikError:
             raise
         except sqlite3.Error as exc:
             raise StoreUnavailable(f"SQLite {self._path}: {exc}") from exc
-        except RuntimeError as exc:  # executor shut down
-            raise StoreUnavailable(f"SQLite {self._path}: store is closed") from exc
 
     def _close(self) -> None:
         if self.conn is not None:
@@ -145,9 +262,37 @@ class _Connection:
             self.conn = None
 
     async def close(self) -> None:
-        with contextlib.suppress(RuntimeError):
-            await asyncio.get_running_loop().run_in_executor(self._executor, self._close)
-        self._executor.shutdown(wait=True)
+        if self._stopped:
+            return
+        if self._thread is not None:
+            with contextlib.suppress(StoreUnavailable):
+                await self.run(self._close)
+        self._stopped = True
+        if self._thread is not None:
+            self._jobs.put(None)
+            self._thread.join()
+
+
+_Job = tuple[Callable[[], Any], "asyncio.Future[Any]", asyncio.AbstractEventLoop]
+
+
+def _settle(future: asyncio.Future[Any], result: Any, exc: BaseException | None) -> None:
+    if future.done():  # the caller was cancelled meanwhile
+        return
+    if exc is None:
+        future.set_result(result)
+    else:
+        future.set_exception(exc)
+
+
+def _hand_back(
+    loop: asyncio.AbstractEventLoop,
+    future: asyncio.Future[Any],
+    result: Any,
+    exc: BaseException | None,
+) -> None:
+    with contextlib.suppress(RuntimeError):  # the loop is closed: nobody is waiting
+        loop.call_soon_threadsafe(_settle, future, result, exc)
 
 
 class SqliteEventStore:
@@ -173,6 +318,9 @@ class SqliteEventStore:
         )
         self._changed = asyncio.Event()
         self._closed = False
+        self._write_lock = asyncio.Lock()
+        self.inline_projections: list[InlineProjection] = []
+        """Projections applied inside every append's transaction (see chronik.projections)."""
 
     @classmethod
     async def open(
@@ -276,8 +424,13 @@ class SqliteEventStore:
         return found
 
     def _append_sync(
-        self, stream_id: str, expected: int, batch: list[EncodedEvent]
-    ) -> AppendResult:
+        self, stream_id: str, expected: int, batch: list[EncodedEvent], commit: bool = True
+    ) -> tuple[AppendResult, int | None]:
+        """Append in one transaction; returns the result and the time stamp written.
+
+        The time stamp is ``None`` when nothing was written (an idempotent retry or an empty
+        append). With ``commit=False`` a write leaves the transaction open for the caller.
+        """
         conn = self._conn(self._writer)
         conn.execute("BEGIN IMMEDIATE")
         try:
@@ -294,12 +447,12 @@ class SqliteEventStore:
                 )
                 conn.execute("ROLLBACK")
                 if original is not None:
-                    return original
+                    return original, None
                 raise
             if not batch:
                 conn.execute("ROLLBACK")
                 head = conn.execute("SELECT max(position) FROM events").fetchone()[0] or 0
-                return AppendResult(position=int(head), version=current)
+                return AppendResult(position=int(head), version=current), None
             category = category_of(stream_id)
             now = time.time_ns() // 1000
             rows = [
@@ -328,11 +481,12 @@ class SqliteEventStore:
                 finally:
                     conn.execute("ROLLBACK")
                 if original is not None:
-                    return original
+                    return original, None
                 raise
             position = conn.execute("SELECT last_insert_rowid()").fetchone()[0]
-            conn.execute("COMMIT")
-            return AppendResult(position=int(position), version=current + len(batch))
+            if commit:
+                conn.execute("COMMIT")
+            return AppendResult(position=int(position), version=current + len(batch)), now
         except BaseException:
             if conn.in_transaction:
                 conn.execute("ROLLBACK")
@@ -345,17 +499,145 @@ class SqliteEventStore:
         stream_id, expected, batch = encode_batch(
             stream_id, events, expected_version, self.max_event_bytes
         )
-        result = await self._writer.run(lambda: self._append_sync(stream_id, expected, batch))
-        if batch:
+        async with self._write_lock:
+            if not self.inline_projections:
+                result, written = await self._writer.run(
+                    lambda: self._append_sync(stream_id, expected, batch)
+                )
+            else:
+                result, written = await self._writer.run(
+                    lambda: self._append_sync(stream_id, expected, batch, commit=False)
+                )
+                if written is not None:
+                    await self._apply_inline(stream_id, result, batch, written)
+        if written is not None:
             self._changed.set()
             self._changed = asyncio.Event()
         return result
+
+    async def _apply_inline(
+        self, stream_id: str, result: AppendResult, batch: list[EncodedEvent], written: int
+    ) -> None:
+        """Run inline projections inside the append's open transaction, then commit."""
+        conn = self._conn(self._writer)
+        first_position = result.position - len(batch) + 1
+        first_version = result.version - len(batch) + 1
+        recorded = [
+            RecordedEvent(
+                event_id=ev.event_id,
+                stream_id=stream_id,
+                version=first_version + i,
+                position=first_position + i,
+                type=ev.type,
+                schema_version=ev.schema_version,
+                raw_data=ev.data,
+                raw_metadata=ev.metadata,
+                recorded_at=_EPOCH + timedelta(microseconds=written),
+            )
+            for i, ev in enumerate(batch)
+        ]
+        tx = SqliteTx(self)
+        try:
+            for projection in self.inline_projections:
+                for event in recorded:
+                    if projection.accepts(event):
+                        await projection.handle(event, tx)
+        except BaseException:
+            await self._writer.run(lambda: conn.execute("ROLLBACK"))
+            raise
+        await self._writer.run(lambda: conn.execute("COMMIT"))
+
+    @contextlib.asynccontextmanager
+    async def transaction(self) -> AsyncIterator[SqliteTx]:
+        """A write transaction (``BEGIN IMMEDIATE``) on the writer connection.
+
+        Appends from this store wait until it ends; other processes wait on SQLite's lock.
+        """
+        self._check_open()
+        async with self._write_lock:
+            conn = self._conn(self._writer)
+            await self._writer.run(lambda: conn.execute("BEGIN IMMEDIATE"))
+            try:
+                yield SqliteTx(self)
+            except BaseException:
+                await self._writer.run(lambda: conn.execute("ROLLBACK"))
+                raise
+            await self._writer.run(lambda: conn.execute("COMMIT"))
+
+    async def get_checkpoint(self, name: str) -> int | None:
+        self._check_open()
+
+        def query() -> int | None:
+            row = (
+                self._conn(self._reader)
+                .execute("SELECT position FROM checkpoints WHERE name = ?", (name,))
+                .fetchone()
+            )
+            return None if row is None else int(row[0])
+
+        return await self._reader.run(query)
+
+    async def query(
+        self, sql: str, params: Sequence[Any] | Mapping[str, Any] = ()
+    ) -> list[tuple[Any, ...]]:
+        """Run a read-only query (a read model, say) on the reader connection."""
+        self._check_open()
+        return await self._reader.run(
+            lambda: self._conn(self._reader).execute(sql, params).fetchall()
+        )
+
+    async def get_active_version(self, projection: str) -> int | None:
+        self._check_open()
+
+        def query() -> int | None:
+            row = (
+                self._conn(self._reader)
+                .execute("SELECT active FROM projection_versions WHERE name = ?", (projection,))
+                .fetchone()
+            )
+            return None if row is None else int(row[0])
+
+        return await self._reader.run(query)
+
+    async def dead_letters(self, subscription: str | None = None) -> list[DeadLetter]:
+        self._check_open()
+        where, params = ("WHERE subscription = ?", (subscription,)) if subscription else ("", ())
+
+        def query() -> list[DeadLetter]:
+            rows = self._conn(self._reader).execute(
+                "SELECT id, subscription, position, event_id, stream_id, version, type, error, "
+                f"attempts, created_at FROM dead_letters {where} ORDER BY id",
+                params,
+            )
+            return [
+                DeadLetter(r[0], r[1], r[2], uuid.UUID(r[3]), r[4], r[5], r[6], r[7], r[8], r[9])
+                for r in rows
+            ]
+
+        return await self._reader.run(query)
+
+    async def count_events(
+        self,
+        *,
+        after: int = 0,
+        categories: Sequence[str] | None = None,
+        types: Sequence[str] | None = None,
+    ) -> int:
+        self._check_open()
+        where, params = _filters(after, categories, types)
+
+        def query() -> int:
+            sql = f"SELECT count(*) FROM events WHERE {where}"
+            return int(self._conn(self._reader).execute(sql, params).fetchone()[0])
+
+        return await self._reader.run(query)
 
     # -- reads --------------------------------------------------------------------------
 
     def _query(self, sql: str, params: Sequence[Any]) -> list[RecordedEvent]:
         conn = self._conn(self._reader)
-        return [_row_to_event(row) for row in conn.execute(sql, params)]
+        make = RecordedEvent.from_stored  # the columns are in its argument order
+        return [make(*row) for row in conn.execute(sql, params)]
 
     async def read_stream(
         self,
@@ -405,17 +687,9 @@ class SqliteEventStore:
         limit: int | None = None,
     ) -> AsyncIterator[RecordedEvent]:
         self._check_open()
-        where = ["position > ?"]
-        filters: list[Any] = []
-        if categories is not None:
-            cats = list(categories)
-            where.append(f"category IN ({','.join('?' * len(cats))})" if cats else "0")
-            filters.extend(cats)
-        if types is not None:
-            kinds = list(types)
-            where.append(f"type IN ({','.join('?' * len(kinds))})" if kinds else "0")
-            filters.extend(kinds)
-        sql = f"SELECT {_COLUMNS} FROM events WHERE {' AND '.join(where)} ORDER BY position LIMIT ?"
+        where, first = _filters(after, categories, types)
+        filters = first[1:]
+        sql = f"SELECT {_COLUMNS} FROM events WHERE {where} ORDER BY position LIMIT ?"
         cursor = after
         remaining = limit
         while remaining is None or remaining > 0:

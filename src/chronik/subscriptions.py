@@ -1,0 +1,136 @@
+"""Subscriptions: catch up from a position, then follow the store live.
+
+A :class:`Subscription` pages ``read_all`` (so it inherits each backend's no-hole rule: on
+PostgreSQL it never passes a transaction that is still running) and, once caught up, waits
+for the store to signal a change (PostgreSQL LISTEN/NOTIFY; SQLite and memory wake readers
+in the same process at once) or for ``poll_interval`` to pass (other processes).
+
+It pulls one page at a time: a slow consumer simply reads later, memory stays bounded by
+``batch_size`` events.
+
+Example::
+
+    async for event in Subscription(store, name="mailer", categories=["order"]):
+        await send_mail(event)
+        await sub.save_checkpoint(event.position)   # at-least-once
+"""
+
+from __future__ import annotations
+
+import asyncio
+from collections.abc import AsyncIterator, Sequence
+from dataclasses import dataclass
+
+from chronik.events import RecordedEvent
+from chronik.store.protocol import EventStore
+
+__all__ = ["Page", "Subscription"]
+
+
+@dataclass(frozen=True, slots=True)
+class Page:
+    """One read of a subscription.
+
+    ``caught_up_to`` is a position such that every matching event at or below it is in this
+    page or an earlier one: a reader waiting for a position that does not match the filter
+    can stop waiting once ``caught_up_to`` reaches it.
+    """
+
+    events: list[RecordedEvent]
+    caught_up_to: int
+
+
+class Subscription:
+    """Events after a position (or a named checkpoint), catch-up then live."""
+
+    def __init__(
+        self,
+        store: EventStore,
+        *,
+        after: int | None = None,
+        name: str | None = None,
+        categories: Sequence[str] | None = None,
+        types: Sequence[str] | None = None,
+        batch_size: int = 500,
+        poll_interval: float = 0.5,
+    ) -> None:
+        if batch_size < 1:
+            raise ValueError("batch_size must be >= 1")
+        self.store = store
+        self.name = name
+        self.categories = list(categories) if categories is not None else None
+        self.types = list(types) if types is not None else None
+        self.batch_size = batch_size
+        self.poll_interval = poll_interval
+        self._after = after
+        self._stopped = asyncio.Event()
+
+    @property
+    def position(self) -> int:
+        """The position this subscription has read up to."""
+        return self._after or 0
+
+    async def start_position(self) -> int:
+        """``after`` if given, else the named checkpoint, else 0."""
+        if self._after is None:
+            stored = await self.store.get_checkpoint(self.name) if self.name else None
+            self._after = stored or 0
+        return self._after
+
+    async def save_checkpoint(self, position: int) -> None:
+        """Store ``position`` as this (named) subscription's checkpoint, in its own transaction."""
+        if not self.name:
+            raise ValueError("only a named subscription has a checkpoint")
+        async with self.store.transaction() as tx:
+            await tx.set_checkpoint(self.name, position)
+
+    def stop(self) -> None:
+        """End iteration after the current page."""
+        self._stopped.set()
+
+    async def read_page(self) -> Page:
+        """Read the next page without waiting (empty when caught up)."""
+        after = await self.start_position()
+        head = await self.store.head_position()
+        events = [
+            e
+            async for e in self.store.read_all(
+                after=after, categories=self.categories, types=self.types, limit=self.batch_size
+            )
+        ]
+        caught_up_to = events[-1].position if events else after
+        if len(events) < self.batch_size:
+            # every matching event up to `head` was visible before this read: all are here
+            caught_up_to = max(caught_up_to, head)
+        return Page(events, caught_up_to)
+
+    def advance(self, position: int) -> None:
+        """Move the read cursor (done by :meth:`pages` for what it yields)."""
+        if position > (self._after or 0):
+            self._after = position
+
+    async def pages(self) -> AsyncIterator[Page]:
+        """Pages forever (until :meth:`stop`): catch-up pages, then one per change."""
+        while not self._stopped.is_set():
+            page = await self.read_page()
+            if page.events or page.caught_up_to > self.position:
+                yield page
+                self.advance(page.caught_up_to)
+            if len(page.events) < self.batch_size:
+                await self._wait()
+
+    async def _wait(self) -> None:
+        waiter = asyncio.ensure_future(self.store.wait_for_change(self.poll_interval))
+        stopper = asyncio.ensure_future(self._stopped.wait())
+        try:
+            await asyncio.wait({waiter, stopper}, return_when=asyncio.FIRST_COMPLETED)
+        finally:
+            for task in (waiter, stopper):
+                if not task.done():
+                    task.cancel()
+            await asyncio.gather(waiter, stopper, return_exceptions=True)
+
+    async def __aiter__(self) -> AsyncIterator[RecordedEvent]:
+        async for page in self.pages():
+            for event in page.events:
+                yield event
