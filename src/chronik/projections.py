@@ -36,6 +36,9 @@ from __future__ import annotations
 
 import asyncio
 import logging
+import os
+import random
+import signal
 import time
 import traceback
 from collections.abc import AsyncIterator, Awaitable, Callable, Sequence
@@ -63,6 +66,20 @@ __all__ = [
 ]
 
 logger = logging.getLogger("chronik.projections")
+
+# Crash tests only: CHRONIK_FAILPOINT="name:probability" kills this process with SIGKILL at the
+# named point (before_handle, after_handle, after_commit) with that probability.
+_FAILPOINT = os.environ.get("CHRONIK_FAILPOINT")
+
+
+def _failpoint(name: str) -> None:
+    if _FAILPOINT is None:
+        return
+    point, _, probability = _FAILPOINT.partition(":")
+    if point == name and random.random() < float(probability or 1):
+        os.kill(os.getpid(), signal.SIGKILL)
+
+
 T = TypeVar("T")
 
 State = Literal["idle", "running", "stopped", "failed", "rebuilding", "retired"]
@@ -194,6 +211,7 @@ class _Worker:
     applied: int = 0
     last_error: str | None = None
     task: asyncio.Task[None] | None = None
+    subscription: Subscription | None = None
     changed: asyncio.Condition = field(default_factory=asyncio.Condition)
 
     @property
@@ -272,13 +290,20 @@ class ProjectionRunner:
                 self._loop(worker), name=f"projection-{worker.projection.name}"
             )
 
-    async def stop(self) -> None:
-        """Stop gracefully: the batch in progress commits or rolls back whole, never half."""
+    async def stop(self, *, grace: float = 10.0) -> None:
+        """Stop gracefully: each task finishes its current batch (it commits or rolls back
+        whole, never half); after ``grace`` seconds the stragglers are cancelled, which rolls
+        their open transaction back."""
         self._stopping.set()
+        for worker in self._workers.values():
+            if worker.subscription is not None:
+                worker.subscription.stop()
         tasks = [w.task for w in self._workers.values() if w.task is not None]
-        for task in tasks:
-            task.cancel()
-        await asyncio.gather(*tasks, return_exceptions=True)
+        if tasks:
+            _, late = await asyncio.wait(tasks, timeout=grace)
+            for task in late:
+                task.cancel()
+            await asyncio.gather(*tasks, return_exceptions=True)
         for worker in self._workers.values():
             worker.task = None
             if worker.state == "running":
@@ -311,6 +336,7 @@ class ProjectionRunner:
             batch_size=self.batch_size,
             poll_interval=self.poll_interval,
         )
+        worker.subscription = sub
         backoff = 0.1
         while not self._stopping.is_set():
             try:
@@ -335,6 +361,7 @@ class ProjectionRunner:
                     batch_size=self.batch_size,
                     poll_interval=self.poll_interval,
                 )
+                worker.subscription = sub
             except StoreUnavailable as exc:
                 worker.last_error = _describe(exc)
                 logger.warning("projection %s: store unavailable (%s); retrying", p.name, exc)
@@ -405,10 +432,13 @@ class ProjectionRunner:
             if isinstance(p, Projection):
                 async with self.store.transaction() as tx:
                     await self._guard(tx, p, expected)
+                    _failpoint("before_handle")
                     for event in events:
                         with context(causation_id=str(event.event_id), **_correlation(event)):
                             await p.handle(event, tx)
                     await tx.set_checkpoint(p.checkpoint_name, new_checkpoint)
+                    _failpoint("after_handle")
+                _failpoint("after_commit")
             else:
                 for event in events:
                     with context(causation_id=str(event.event_id), **_correlation(event)):
@@ -514,7 +544,10 @@ class ProjectionRunner:
 
     async def status(self) -> list[ProjectionStatus]:
         """Checkpoint, head, lag and state of every projection."""
-        return [await _status(self.store, w.projection, w) for w in self._workers.values()]
+        return [
+            await _status(self.store, w.projection, None if w.state == "idle" else w)
+            for w in self._workers.values()
+        ]
 
     async def metrics_text(self) -> str:
         """Prometheus text exposition of :meth:`status` (see docs/projections.md)."""

@@ -92,7 +92,9 @@ async def deposit(store: EventStore, stream: str, n: int) -> chronik.AppendResul
     return await store.append(stream, [NewEvent("Deposited", {"n": n})])
 
 
-def expected_balances(deposits: list[tuple[str, int]], skip: set[int] = frozenset()) -> dict[str, int]:  # type: ignore[assignment]
+def expected_balances(
+    deposits: list[tuple[str, int]], skip: set[int] = frozenset()
+) -> dict[str, int]:  # type: ignore[assignment]
     out: dict[str, int] = {}
     for stream, n in deposits:
         if n not in skip:

@@ -80,11 +80,6 @@ class MemoryTx:
     async def delete_dead_letter(self, dead_letter_id: int) -> None:
         self._deleted.add(dead_letter_id)
 
-    async def query(
-        self, sql: str, params: Sequence[Any] | Mapping[str, Any] = ()
-    ) -> list[tuple[Any, ...]]:
-        raise ChronikError("the memory store runs no SQL; use an SQLite or PostgreSQL store")
-
     async def get_active_version(self, projection: str) -> int | None:
         return self._versions.get(projection, self._store._active_versions.get(projection))
 
@@ -327,9 +322,18 @@ class MemoryEventStore:
         self._check_open()
         return self._checkpoints.get(name)
 
+    async def checkpoints(self) -> dict[str, int]:
+        self._check_open()
+        return dict(self._checkpoints)
+
     async def dead_letters(self, subscription: str | None = None) -> list[DeadLetter]:
         self._check_open()
         return [d for d in self._dead_letters if subscription in (None, d.subscription)]
+
+    async def query(
+        self, sql: str, params: Sequence[Any] | Mapping[str, Any] = ()
+    ) -> list[tuple[Any, ...]]:
+        raise ChronikError("the memory store runs no SQL; use an SQLite or PostgreSQL store")
 
     async def get_active_version(self, projection: str) -> int | None:
         self._check_open()

@@ -226,6 +226,10 @@ class EventStore(Protocol):
         """Recorded dead letters, oldest first."""
         ...
 
+    async def checkpoints(self) -> dict[str, int]:
+        """Every stored checkpoint by subscription name."""
+        ...
+
     async def query(
         self, sql: str, params: Sequence[Any] | Mapping[str, Any] = ()
     ) -> list[tuple[Any, ...]]:

@@ -586,6 +586,13 @@ class SqliteEventStore:
             lambda: self._conn(self._reader).execute(sql, params).fetchall()
         )
 
+    async def checkpoints(self) -> dict[str, int]:
+        self._check_open()
+        return {
+            str(name): int(pos)
+            for name, pos in await self.query("SELECT name, position FROM checkpoints")
+        }
+
     async def get_active_version(self, projection: str) -> int | None:
         self._check_open()
 
