@@ -1,0 +1,204 @@
+"""``chronik projections ...``: run and operate projections."""
+
+from __future__ import annotations
+
+import argparse
+import asyncio
+import sys
+from typing import Any
+
+from chronik.cli.main import Output
+from chronik.errors import ChronikError
+from chronik.store import store_url
+from chronik.store.protocol import EventStore
+
+__all__ = ["load_projections", "register"]
+
+
+def load_projections(spec: str) -> list[Any]:
+    """Import ``MODULE:OBJECT``: a projection, a list of them, or a callable returning either."""
+    import importlib
+    import os
+
+    from chronik.projections import ExternalProjection, Projection
+
+    module_name, _, attr = spec.partition(":")
+    if not module_name or not attr:
+        raise ChronikError(f"--app must be MODULE:OBJECT, not {spec!r}")
+    if os.getcwd() not in sys.path:
+        sys.path.insert(0, os.getcwd())
+    try:
+        module = importlib.import_module(module_name)
+        obj = getattr(module, attr)
+    except (ImportError, AttributeError) as exc:
+        raise ChronikError(f"cannot load {spec!r}: {exc}") from exc
+    if callable(obj) and not isinstance(obj, (Projection, ExternalProjection, type)):
+        obj = obj()
+    items = list(obj) if isinstance(obj, (list, tuple)) else [obj]
+    for item in items:
+        if not isinstance(item, (Projection, ExternalProjection)):
+            raise ChronikError(f"{spec!r} gave {item!r}, not a Projection")
+    return items
+
+
+async def cmd_projections_status(store: EventStore, args: argparse.Namespace, out: Output) -> int:
+    from chronik.projections import ProjectionRunner
+
+    if args.app:
+        runner = ProjectionRunner(store, load_projections(args.app))
+        statuses = [s.to_dict() for s in await runner.status()]
+    else:
+        head = await store.head_position()
+        statuses = []
+        for name, position in sorted((await store.checkpoints()).items()):
+            letters = await store.dead_letters(name)
+            statuses.append(
+                {
+                    "name": name,
+                    "checkpoint": position,
+                    "head": head,
+                    "lag_events": await store.count_events(after=position),
+                    "dead_letters": len(letters),
+                }
+            )
+    if out.as_json:
+        out.json(statuses)
+        return 0
+    if not statuses:
+        out.console.print("[dim]no projections have a checkpoint yet[/dim]")
+        return 0
+    columns = list(statuses[0])
+    out.table("projections", columns, [[s[c] for c in columns] for s in statuses])
+    return 0
+
+
+async def cmd_projections_rebuild(store: EventStore, args: argparse.Namespace, out: Output) -> int:
+    from rich.progress import BarColumn, Progress, TextColumn, TimeRemainingColumn
+
+    from chronik.projections import Progress as RebuildProgress
+    from chronik.projections import ProjectionRunner
+
+    runner = ProjectionRunner(store, load_projections(args.app), batch_size=args.batch_size)
+    if out.as_json:
+        applied = await runner.rebuild(args.name)
+        out.json({"projection": args.name, "applied": applied})
+        return 0
+    with Progress(
+        TextColumn("[bold]{task.description}"),
+        BarColumn(),
+        TextColumn("{task.completed}/{task.total} events"),
+        TextColumn("{task.fields[rate]:,.0f} ev/s"),
+        TimeRemainingColumn(),
+        console=out.console,
+    ) as bar:
+        task = bar.add_task(f"rebuild {args.name}", total=None, rate=0.0)
+
+        def report(p: RebuildProgress) -> None:
+            bar.update(task, completed=p.done, total=p.total, rate=p.rate)
+
+        applied = await runner.rebuild(args.name, progress=report)
+    out.console.print(f"[green]rebuilt[/green] {args.name}: {applied} events applied")
+    return 0
+
+
+async def cmd_projections_dead_letters(
+    store: EventStore, args: argparse.Namespace, out: Output
+) -> int:
+    from chronik.projections import ProjectionRunner
+
+    if args.retry:
+        if not args.app:
+            raise ChronikError("--retry needs --app MODULE:OBJECT (the fixed handlers)")
+        runner = ProjectionRunner(store, load_projections(args.app))
+        fixed, failing = await runner.retry_dead_letters(args.name)
+        if out.as_json:
+            out.json({"fixed": fixed, "still_failing": failing})
+        else:
+            out.console.print(f"retried dead letters: {fixed} fixed, {failing} still failing")
+        return 0 if failing == 0 else 1
+    letters = await store.dead_letters()
+    if args.name:
+        letters = [d for d in letters if d.subscription.split(":v")[0] == args.name]
+    rows = [
+        {
+            "id": d.id,
+            "subscription": d.subscription,
+            "position": d.position,
+            "event_id": str(d.event_id),
+            "stream_id": d.stream_id,
+            "version": d.version,
+            "type": d.type,
+            "attempts": d.attempts,
+            "error": d.error,
+            "created_at": d.created_at,
+        }
+        for d in letters
+    ]
+    if out.as_json:
+        out.json(rows)
+    else:
+        cols = [
+            "id",
+            "subscription",
+            "position",
+            "stream_id",
+            "version",
+            "type",
+            "attempts",
+            "error",
+        ]
+        out.table(f"{len(rows)} dead letter(s)", cols, [[r[c] for c in cols] for r in rows])
+    return 0
+
+
+async def cmd_projections_run(store: EventStore, args: argparse.Namespace, out: Output) -> int:
+    import signal
+
+    from chronik.projections import ProjectionRunner
+
+    projections = load_projections(args.app)
+    runner = ProjectionRunner(
+        store, projections, batch_size=args.batch_size, poll_interval=args.interval
+    )
+    stop = asyncio.Event()
+    loop = asyncio.get_running_loop()
+    for sig in (signal.SIGTERM, signal.SIGINT):
+        loop.add_signal_handler(sig, stop.set)
+    names = ", ".join(p.name for p in projections)
+    if not out.as_json:
+        out.err.print(f"running {names} on {store_url(args.store)} (Ctrl-C or SIGTERM stops)")
+    await runner.run_until_stopped(stop)
+    statuses = [s.to_dict() for s in await runner.status()]
+    if out.as_json:
+        out.json(statuses)
+    else:
+        out.err.print("stopped: " + ", ".join(f"{s['name']}@{s['checkpoint']}" for s in statuses))
+    return 0
+
+
+def register(sub: Any, common: argparse.ArgumentParser) -> None:
+    proj = sub.add_parser("projections", parents=[common], help="run and operate projections")
+    psub = proj.add_subparsers(dest="action", required=True, metavar="ACTION")
+    app_help = "MODULE:OBJECT naming a projection, a list of them, or a function returning them"
+
+    p = psub.add_parser("status", parents=[common], help="checkpoint, head, lag, dead letters")
+    p.add_argument("--app", help=app_help + " (without it: stored checkpoints only)")
+    p.set_defaults(handler=cmd_projections_status)
+
+    p = psub.add_parser("rebuild", parents=[common], help="replay one projection from zero")
+    p.add_argument("name")
+    p.add_argument("--app", required=True, help=app_help)
+    p.add_argument("--batch-size", type=int, default=500)
+    p.set_defaults(handler=cmd_projections_rebuild)
+
+    p = psub.add_parser("dead-letters", parents=[common], help="list (or --retry) dead letters")
+    p.add_argument("name", nargs="?", help="only this projection")
+    p.add_argument("--retry", action="store_true", help="run them through the handlers again")
+    p.add_argument("--app", help=app_help + " (needed with --retry)")
+    p.set_defaults(handler=cmd_projections_dead_letters)
+
+    p = psub.add_parser("run", parents=[common], help="run projections until SIGTERM/SIGINT")
+    p.add_argument("app", help=app_help)
+    p.add_argument("--batch-size", type=int, default=500)
+    p.add_argument("--interval", type=float, default=0.5, help="poll interval in seconds")
+    p.set_defaults(handler=cmd_projections_run)
