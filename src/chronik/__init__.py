@@ -17,6 +17,7 @@ from chronik.aggregate import (
     execute,
     load_state,
 )
+from chronik.app import App, load_app
 from chronik.codec import EventRegistry, EventType, default_registry, event
 from chronik.context import MessageContext, context, current_context
 from chronik.decider import Decider
@@ -58,6 +59,7 @@ __all__ = [
     "NO_STREAM",
     "STREAM_EXISTS",
     "Aggregate",
+    "App",
     "AppendResult",
     "BatchTooLarge",
     "ChronikError",
@@ -96,6 +98,7 @@ __all__ = [
     "default_registry",
     "event",
     "execute",
+    "load_app",
     "load_state",
     "new_event_id",
     "validate_stream_id",

@@ -4,9 +4,9 @@ from __future__ import annotations
 
 import argparse
 import asyncio
-import sys
 from typing import Any
 
+from chronik.app import load_app
 from chronik.cli.main import Output
 from chronik.errors import ChronikError
 from chronik.store import store_url
@@ -16,29 +16,11 @@ __all__ = ["load_projections", "register"]
 
 
 def load_projections(spec: str) -> list[Any]:
-    """Import ``MODULE:OBJECT``: a projection, a list of them, or a callable returning either."""
-    import importlib
-    import os
-
-    from chronik.projections import ExternalProjection, Projection
-
-    module_name, _, attr = spec.partition(":")
-    if not module_name or not attr:
-        raise ChronikError(f"--app must be MODULE:OBJECT, not {spec!r}")
-    if os.getcwd() not in sys.path:
-        sys.path.insert(0, os.getcwd())
-    try:
-        module = importlib.import_module(module_name)
-        obj = getattr(module, attr)
-    except (ImportError, AttributeError) as exc:
-        raise ChronikError(f"cannot load {spec!r}: {exc}") from exc
-    if callable(obj) and not isinstance(obj, (Projection, ExternalProjection, type)):
-        obj = obj()
-    items = list(obj) if isinstance(obj, (list, tuple)) else [obj]
-    for item in items:
-        if not isinstance(item, (Projection, ExternalProjection)):
-            raise ChronikError(f"{spec!r} gave {item!r}, not a Projection")
-    return items
+    """The projections of ``--app MODULE:OBJECT`` (see :func:`chronik.app.load_app`)."""
+    projections = list(load_app(spec).projections)
+    if not projections:
+        raise ChronikError(f"{spec!r} has no projections")
+    return projections
 
 
 async def cmd_projections_status(store: EventStore, args: argparse.Namespace, out: Output) -> int:
