@@ -212,6 +212,7 @@ class _Worker:
     last_error: str | None = None
     task: asyncio.Task[None] | None = None
     subscription: Subscription | None = None
+    retired_checked: float = float("-inf")
     changed: asyncio.Condition = field(default_factory=asyncio.Condition)
 
     @property
@@ -376,9 +377,14 @@ class ProjectionRunner:
                 return
 
     async def _retired(self, worker: _Worker) -> bool:
+        """Whether a blue/green switch made another version active (checked once a second)."""
         p = worker.projection
         if not isinstance(p, Projection):
             return False
+        now = time.monotonic()
+        if now - worker.retired_checked < 1.0:
+            return False
+        worker.retired_checked = now
         active = await self.store.get_active_version(p.name)
         if active is not None and active != p.version:
             worker.state = "retired"
