@@ -14,7 +14,7 @@ from __future__ import annotations
 
 import os
 from typing import Any
-from urllib.parse import parse_qsl, urlencode, urlsplit, urlunsplit
+from urllib.parse import parse_qsl, quote, urlencode, urlsplit, urlunsplit
 
 from chronik.errors import UnsupportedStoreUrl
 from chronik.store.memory import MemoryEventStore
@@ -90,7 +90,9 @@ async def connect(url: str | None = None, **options: Any) -> EventStore:
                 "PostgreSQL needs psycopg: pip install 'chronik[postgres]'"
             ) from exc
         opts, rest = _options(parts.query, {"max_event_bytes", "schema", "pool_min", "pool_max"})
-        conninfo = urlunsplit(("postgresql", parts.netloc, parts.path, urlencode(rest), ""))
+        conninfo = urlunsplit(
+            ("postgresql", parts.netloc, parts.path, urlencode(rest, quote_via=quote), "")
+        )
         return await PostgresEventStore.open(conninfo, **{**opts, **options})
     raise UnsupportedStoreUrl(
         f"unknown store URL {url!r}: use memory://, sqlite:///path.db or postgresql://..."

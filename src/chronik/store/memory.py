@@ -241,6 +241,8 @@ class MemoryEventStore:
         self._check_open()
         cats = set(categories) if categories is not None else None
         kinds = set(types) if types is not None else None
+        if limit is not None and limit <= 0:
+            return
         index = bisect.bisect_right(self._positions, after)
         remaining = limit if limit is not None else -1
         yielded = 0
