@@ -93,8 +93,8 @@ async def deposit(store: EventStore, stream: str, n: int) -> chronik.AppendResul
 
 
 def expected_balances(
-    deposits: list[tuple[str, int]], skip: set[int] = frozenset()
-) -> dict[str, int]:  # type: ignore[assignment]
+    deposits: list[tuple[str, int]], skip: frozenset[int] | set[int] = frozenset()
+) -> dict[str, int]:
     out: dict[str, int] = {}
     for stream, n in deposits:
         if n not in skip:

@@ -274,6 +274,9 @@ class EventStoreContract:
         limited = await collect(store.read_all(after=positions[10], limit=520))
         assert [e.position for e in limited] == positions[11:531]
         assert await collect(store.read_all(after=positions[-1])) == []
+        assert await collect(store.read_all(limit=0)) == []
+        assert await collect(store.read_all(limit=-1)) == []
+        assert await collect(store.read_stream("t-1", limit=-1)) == []
 
     async def test_read_all_filters(self, store: EventStore) -> None:
         await store.append("order-1", [ev("Placed"), ev("Paid")])
