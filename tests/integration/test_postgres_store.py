@@ -28,7 +28,7 @@ from chronik.errors import (
     StreamNotFound,
 )
 from chronik.events import ANY, NO_STREAM, NewEvent, RecordedEvent
-from chronik.store import postgres
+from chronik.store import pg_support, postgres
 from chronik.store.postgres import (
     POSITION_SHIFT,
     PostgresEventStore,
@@ -127,7 +127,7 @@ async def test_migrations_apply_once_and_reopen_is_a_no_op(pg_url: str, raw: Con
         assert await s.head_position() == res.position
     cur = await raw.execute(f'SELECT version FROM "{schema}".schema_migrations')
     applied = sorted(int(r[0]) for r in await cur.fetchall())
-    assert applied == [m.version for m in postgres._load_migrations()]
+    assert applied == [m.version for m in pg_support._load_migrations()]
     assert applied[:2] == [1, 2]
 
 
@@ -140,7 +140,7 @@ async def test_concurrent_opens_of_a_fresh_schema_all_succeed(pg_url: str, raw: 
     finally:
         await asyncio.gather(*(s.close() for s in stores))
     count = await scalar(raw, f'SELECT count(*) FROM "{schema}".schema_migrations')
-    assert count == len(postgres._load_migrations())
+    assert count == len(pg_support._load_migrations())
 
 
 async def test_a_schema_from_a_newer_chronik_is_refused(pg_url: str, raw: Conn) -> None:
@@ -442,7 +442,7 @@ async def test_failpoint_exception_rolls_the_append_back(store: PostgresEventSto
 
 
 def test_portable_named_parameters_become_psycopg_ones() -> None:
-    sql, params = postgres._user_sql(
+    sql, params = pg_support._user_sql(
         "SELECT :a::int, ':b', \"c:d\", $$ :e $$, 5 % 2 -- :f\nWHERE y LIKE 'a%' AND z = :a",
         {"a": 1},
     )
@@ -450,8 +450,8 @@ def test_portable_named_parameters_become_psycopg_ones() -> None:
         "SELECT %(a)s::int, ':b', \"c:d\", $$ :e $$, 5 %% 2 -- :f\nWHERE y LIKE 'a%%' AND z = %(a)s"
     )
     assert params == {"a": 1}
-    assert postgres._user_sql("SELECT %s", (1,)) == ("SELECT %s", [1])
-    assert postgres._user_sql("SELECT 1 % 2", ()) == ("SELECT 1 % 2", None)
+    assert pg_support._user_sql("SELECT %s", (1,)) == ("SELECT %s", [1])
+    assert pg_support._user_sql("SELECT 1 % 2", ()) == ("SELECT 1 % 2", None)
 
 
 async def test_read_models_live_in_the_store_schema_and_roll_back(
