@@ -42,7 +42,8 @@ import msgspec
 import psycopg
 
 from chronik.events import NewEvent
-from chronik.store.postgres import PostgresEventStore, _Statements, split_schema
+from chronik.store.pg_support import _Statements
+from chronik.store.postgres import PostgresEventStore, split_schema
 
 DSN = os.environ.get("CHRONIK_TEST_PG", "postgresql://postgres@127.0.0.1:5432/test")
 VARIANTS = ("chronik", "chronik-sql", "chronik-notify", "sequence-sql", "plain")
