@@ -28,6 +28,7 @@ from chronik.errors import (
     DuplicateEventId,
     InvalidExpectedVersion,
     InvalidStreamId,
+    MigrationError,
     PayloadTooLarge,
     RegistryError,
     SchemaError,
@@ -37,6 +38,7 @@ from chronik.errors import (
     StreamNotFound,
     UnknownEventType,
     UnsupportedStoreUrl,
+    UpcastError,
 )
 from chronik.events import (
     ANY,
@@ -50,7 +52,17 @@ from chronik.events import (
     new_event_id,
     validate_stream_id,
 )
+from chronik.snapshots import (
+    Adaptive,
+    AnyOf,
+    EveryN,
+    OnDemand,
+    Periodic,
+    SnapshotConfig,
+    Snapshotter,
+)
 from chronik.store import EventStore, StoreStats, StreamInfo, connect
+from chronik.upcasting import Upcast
 
 __version__ = "0.1.0"
 
@@ -58,8 +70,10 @@ __all__ = [
     "ANY",
     "NO_STREAM",
     "STREAM_EXISTS",
+    "Adaptive",
     "Aggregate",
     "App",
+    "AnyOf",
     "AppendResult",
     "BatchTooLarge",
     "ChronikError",
@@ -67,6 +81,7 @@ __all__ = [
     "ConcurrencyError",
     "Decider",
     "DuplicateEventId",
+    "EveryN",
     "EventRegistry",
     "EventStore",
     "EventType",
@@ -75,12 +90,17 @@ __all__ = [
     "InvalidStreamId",
     "Loaded",
     "MessageContext",
+    "MigrationError",
     "NewEvent",
+    "OnDemand",
     "PayloadTooLarge",
+    "Periodic",
     "RecordedEvent",
     "RegistryError",
     "Repository",
     "SchemaError",
+    "SnapshotConfig",
+    "Snapshotter",
     "SerializationError",
     "StoreStats",
     "StoreUnavailable",
@@ -90,6 +110,8 @@ __all__ = [
     "StreamState",
     "UnknownEventType",
     "UnsupportedStoreUrl",
+    "Upcast",
+    "UpcastError",
     "__version__",
     "category_of",
     "connect",

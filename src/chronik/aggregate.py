@@ -23,7 +23,16 @@ from chronik.codec import EventRegistry, default_registry
 from chronik.decider import Decider
 from chronik.errors import ConcurrencyError, StreamNotFound
 from chronik.events import NO_STREAM, AppendResult
+from chronik.snapshots import (
+    Snapshot,
+    SnapshotConfig,
+    load_from_snapshot,
+    snapshot_after_append,
+    snapshot_loaded,
+    take_snapshot,
+)
 from chronik.store.protocol import EventStore
+from chronik.telemetry import set_command_type, traced_command, traced_load
 
 __all__ = [
     "Aggregate",
@@ -50,6 +59,8 @@ class Loaded(Generic[S]):
 
     state: S
     version: int
+    snapshot_version: int | None = None
+    """The version of the snapshot the load started from (``None``: folded from the start)."""
 
 
 @dataclass(frozen=True, slots=True)
@@ -68,6 +79,7 @@ class HandleResult(Generic[E, S]):
     """How many times the command ran (more than one after concurrency conflicts)."""
 
 
+@traced_load
 async def load_state(
     store: EventStore,
     stream_id: str,
@@ -75,20 +87,36 @@ async def load_state(
     initial_state: Callable[[], S],
     *,
     registry: EventRegistry = default_registry,
+    snapshots: SnapshotConfig | None = None,
 ) -> Loaded[S]:
-    """Fold every event of ``stream_id`` into a state (initial state when there are none)."""
+    """Fold every event of ``stream_id`` into a state (initial state when there are none).
+
+    With ``snapshots``, start from the stream's newest snapshot of that configuration's state
+    version and fold only the later events (see :mod:`chronik.snapshots`).
+    """
+    if snapshots is not None:
+        state_, version_, used = await load_from_snapshot(
+            store, stream_id, evolve, initial_state, snapshots, registry=registry
+        )
+        return Loaded(state_, version_, None if used is None else used.version)
     state = initial_state()
     version = -1
     decode = registry.decode
+    many = registry.decode_many if registry.has_upcasters else None  # may split or drop
     try:
         async for recorded in store.read_stream(stream_id):
-            state = evolve(state, decode(recorded))
+            if many is None:
+                state = evolve(state, decode(recorded))
+            else:
+                for event in many(recorded):
+                    state = evolve(state, event)
             version = recorded.version
     except StreamNotFound:
         pass
     return Loaded(state, version)
 
 
+@traced_command
 async def execute(
     store: EventStore,
     stream_id: str,
@@ -99,20 +127,25 @@ async def execute(
     registry: EventRegistry = default_registry,
     max_attempts: int = DEFAULT_MAX_ATTEMPTS,
     backoff_seconds: float = 0.005,
+    snapshots: SnapshotConfig | None = None,
 ) -> HandleResult[Any, S]:
     """Load, decide, append with the loaded version; on a conflict do it all again.
 
     ``decide`` gets the loaded state and returns the new events and the state after them.
     Retries are bounded by ``max_attempts`` with exponential backoff and full jitter; the
     last :class:`~chronik.ConcurrencyError` is raised when they run out. A domain error
-    raised by ``decide`` propagates at once and nothing is appended.
+    raised by ``decide`` propagates at once and nothing is appended. With ``snapshots``, the
+    load starts from a snapshot and, after the append, the policy may take a new one (from
+    the store, never from the in-memory result; a failure there is logged, never raised).
     """
     if max_attempts < 1:
         raise ValueError("max_attempts must be >= 1")
     attempt = 0
     while True:
         attempt += 1
-        loaded = await load_state(store, stream_id, evolve, initial_state, registry=registry)
+        loaded = await load_state(
+            store, stream_id, evolve, initial_state, registry=registry, snapshots=snapshots
+        )
         events, new_state = decide(loaded.state)
         events = list(events)
         if not events:
@@ -127,6 +160,16 @@ async def execute(
                 raise
             await asyncio.sleep(random.uniform(0, backoff_seconds * 2 ** (attempt - 1)))
             continue
+        if snapshots is not None:
+            await snapshot_after_append(
+                store,
+                snapshots,
+                stream_id,
+                result.version,
+                evolve=evolve,
+                initial_state=initial_state,
+                registry=registry,
+            )
         return HandleResult(new_state, events, result.version, result.position, attempt)
 
 
@@ -140,17 +183,49 @@ class CommandHandler(Generic[C, E, S]):
         *,
         registry: EventRegistry = default_registry,
         max_attempts: int = DEFAULT_MAX_ATTEMPTS,
+        snapshots: SnapshotConfig | None = None,
     ) -> None:
         self.store = store
         self.decider = decider
         self.registry = registry
         self.max_attempts = max_attempts
+        self.snapshots = snapshots
+        """How this decider's streams are snapshotted (``None``: never; see chronik.snapshots)."""
 
     async def load(self, stream_id: str) -> Loaded[S]:
-        """The current state of ``stream_id`` and its version."""
+        """The current state of ``stream_id`` and its version (a snapshot may be taken)."""
         d = self.decider
-        return await load_state(
-            self.store, stream_id, d.evolve, d.initial_state, registry=self.registry
+        loaded = await load_state(
+            self.store,
+            stream_id,
+            d.evolve,
+            d.initial_state,
+            registry=self.registry,
+            snapshots=self.snapshots,
+        )
+        if self.snapshots is not None:
+            await snapshot_loaded(
+                self.store, self.snapshots, stream_id, loaded.version, loaded.state
+            )
+        return loaded
+
+    async def take_snapshot(self, stream_id: str) -> Snapshot | None:
+        """Snapshot ``stream_id`` now, whatever the policy (on demand).
+
+        Raises:
+            ValueError: the handler has no snapshot configuration.
+            StreamNotFound: the stream has no events.
+        """
+        if self.snapshots is None:
+            raise ValueError("this CommandHandler has no snapshots=SnapshotConfig(...)")
+        d = self.decider
+        return await take_snapshot(
+            self.store,
+            stream_id,
+            evolve=d.evolve,
+            initial_state=d.initial_state,
+            config=self.snapshots,
+            registry=self.registry,
         )
 
     async def handle(self, stream_id: str, command: C) -> HandleResult[E, S]:
@@ -158,6 +233,7 @@ class CommandHandler(Generic[C, E, S]):
         d = self.decider
 
         def decide(state: S) -> tuple[Sequence[E], S]:
+            set_command_type(command)
             events = d.decide(command, state)
             return events, d.fold(events, state)
 
@@ -169,6 +245,7 @@ class CommandHandler(Generic[C, E, S]):
             decide=decide,
             registry=self.registry,
             max_attempts=self.max_attempts,
+            snapshots=self.snapshots,
         )
 
 
@@ -222,11 +299,36 @@ class Repository(Generic[A]):
     factory: Callable[[], A]
     registry: EventRegistry = field(default=default_registry)
     max_attempts: int = DEFAULT_MAX_ATTEMPTS
+    snapshots: SnapshotConfig | None = None
+    """Its ``state_type`` is a dataclass or Struct naming the attributes to snapshot."""
 
     async def load(self, stream_id: str) -> Loaded[A]:
         """The aggregate as of its latest event, and that event's version."""
-        return await load_state(
-            self.store, stream_id, _evolve_aggregate, self.factory, registry=self.registry
+        loaded = await load_state(
+            self.store,
+            stream_id,
+            _evolve_aggregate,
+            self.factory,
+            registry=self.registry,
+            snapshots=self.snapshots,
+        )
+        if self.snapshots is not None:
+            await snapshot_loaded(
+                self.store, self.snapshots, stream_id, loaded.version, loaded.state
+            )
+        return loaded
+
+    async def take_snapshot(self, stream_id: str) -> Snapshot | None:
+        """Snapshot the aggregate now, whatever the policy (on demand)."""
+        if self.snapshots is None:
+            raise ValueError("this Repository has no snapshots=SnapshotConfig(...)")
+        return await take_snapshot(
+            self.store,
+            stream_id,
+            evolve=_evolve_aggregate,
+            initial_state=self.factory,
+            config=self.snapshots,
+            registry=self.registry,
         )
 
     async def execute(self, stream_id: str, action: Callable[[A], object]) -> HandleResult[Any, A]:
@@ -249,4 +351,5 @@ class Repository(Generic[A]):
             decide=decide,
             registry=self.registry,
             max_attempts=self.max_attempts,
+            snapshots=self.snapshots,
         )

@@ -10,6 +10,16 @@ Declare an event once::
 
 The stored type name is the string given, never an import path, so moving or renaming the
 class never breaks stored data. msgspec validates types when decoding.
+
+Old shapes are read through upcasters registered with the same registry (see
+:mod:`chronik.upcasting` and docs/schema-evolution.md)::
+
+    @registry.upcaster("AccountOpened", from_version=1)
+    def v1_to_v2(data: dict[str, Any]) -> dict[str, Any]:
+        return {**data, "currency": "EUR"}
+
+An event stored at the registered version decodes with one msgspec call; only older ones go
+through their chain.
 """
 
 from __future__ import annotations
@@ -22,12 +32,15 @@ from typing import Any, TypeVar
 
 import msgspec
 
-from chronik.errors import RegistryError, SerializationError, UnknownEventType
+from chronik.errors import RegistryError, SerializationError, UnknownEventType, UpcastError
 from chronik.events import NewEvent, RecordedEvent, new_event_id
+from chronik.upcasting import UpcasterFn, Upcasters, UpcastFailure, split_event_id
 
 __all__ = ["EventRegistry", "EventType", "default_registry", "event"]
 
 T = TypeVar("T")
+F = TypeVar("F", bound=Callable[..., Any])
+_decode_dict = msgspec.json.Decoder(dict[str, Any]).decode
 
 
 @dataclass(frozen=True, slots=True)
@@ -50,6 +63,10 @@ class EventRegistry:
         self._by_name: dict[str, EventType] = {}
         self._by_class: dict[type[Any], EventType] = {}
         self._encode = msgspec.json.Encoder().encode
+        self._upcasters = Upcasters()
+        self._checked = False
+        self._current: dict[str, int] = {}
+        self._direct: dict[str, int] = {}
 
     def register(self, cls: type[T], name: str | None = None, *, version: int = 1) -> type[T]:
         """Register ``cls`` (a dataclass or msgspec Struct) under a stable ``name``.
@@ -76,6 +93,7 @@ class EventRegistry:
         entry = EventType(name, version, cls, msgspec.json.Decoder(cls))
         self._by_name[name] = entry
         self._by_class[cls] = entry
+        self._checked = False
         return cls
 
     def event(self, name: str | None = None, *, version: int = 1) -> Callable[[type[T]], type[T]]:
@@ -131,40 +149,303 @@ class EventRegistry:
         return [self.to_new_event(obj) for obj in objs]
 
     def decode(self, recorded: RecordedEvent) -> Any:
-        """Decode a stored event into its registered class.
+        """Decode a stored event into its registered class, upcasting an older schema version.
 
         Raises:
-            UnknownEventType: the stored type is not registered.
-            SerializationError: the data does not fit the class, or was written by a newer
-                schema version than this code knows.
+            UnknownEventType: the stored type is not registered and no upcaster knows it.
+            UpcastError: the stored schema version is newer than this code's, a step of its
+                chain fails or is missing, or it upcasts into several events or none (read
+                those with :meth:`decode_many`).
+            SerializationError: the data does not fit the class.
+            RegistryError: the upcaster chains are broken (checked on first use).
         """
         entry = self._by_name.get(recorded.type)
-        if entry is None:
-            raise UnknownEventType(
-                recorded.type,
-                stream_id=recorded.stream_id,
-                version=recorded.version,
-                schema_version=recorded.schema_version,
+        if entry is not None and recorded.schema_version == entry.version:
+            try:
+                return entry.decoder.decode(recorded.raw_data)
+            except msgspec.DecodeError as exc:
+                raise SerializationError(
+                    f"cannot decode event: {exc}",
+                    event_type=recorded.type,
+                    stream_id=recorded.stream_id,
+                    version=recorded.version,
+                    schema_version=recorded.schema_version,
+                ) from exc
+        events = self._decode_slow(recorded, entry)
+        if len(events) != 1:
+            raise self._error(
+                recorded,
+                f"upcasts into {len(events)} events, not one: read it with decode_many()",
             )
-        if recorded.schema_version > entry.version:
-            raise SerializationError(
-                f"stored schema version {recorded.schema_version} is newer than this code's "
-                f"{entry.version}",
-                event_type=recorded.type,
-                stream_id=recorded.stream_id,
-                version=recorded.version,
-                schema_version=recorded.schema_version,
-            )
+        return events[0]
+
+    def decode_many(self, recorded: RecordedEvent) -> list[Any]:
+        """Decode a stored event into the events its upcaster chain makes of it: usually one,
+        several after a split, none when an upcaster drops it. Raises as :meth:`decode`."""
+        entry = self._by_name.get(recorded.type)
+        if entry is not None and recorded.schema_version == entry.version:
+            return [self.decode(recorded)]
+        return self._decode_slow(recorded, entry)
+
+    # -- upcasting ------------------------------------------------------------------------
+
+    def upcaster(self, type: str, from_version: int, *, to: object = None) -> Callable[[F], F]:
+        """Register the decorated function as the upcaster of one step.
+
+        It gets the stored data of ``type`` at ``from_version`` as a fresh dict and returns
+        a dict (``type`` at ``from_version + 1``), an :class:`~chronik.upcasting.Upcast` or a
+        list of them, or ``None`` to drop the event. ``to`` declares any other result: a
+        type name (a rename, at its version 1), a ``(name, version)`` pair, or a list of
+        these (a split). See :mod:`chronik.upcasting`.
+
+        Raises:
+            RegistryError: another upcaster has this step, or the arguments are malformed.
+        """
+
+        def decorate(fn: F) -> F:
+            self.register_upcaster(type, from_version, fn, to=to)
+            return fn
+
+        return decorate
+
+    def register_upcaster(
+        self, type: str, from_version: int, fn: UpcasterFn, *, to: object = None
+    ) -> None:
+        """Function form of :meth:`upcaster`."""
+        self._upcasters.add(type, from_version, fn, to)
+        self._checked = False
+
+    def downcaster(self, type: str, from_version: int) -> Callable[[F], F]:
+        """Register the decorated function as making ``from_version - 1`` data of ``type``
+        out of ``from_version`` data: the old shape for consumers not upgraded yet."""
+
+        def decorate(fn: F) -> F:
+            self._upcasters.add_downcaster(type, from_version, fn)
+            self._checked = False
+            return fn
+
+        return decorate
+
+    @property
+    def has_upcasters(self) -> bool:
+        """Whether any upcaster is registered (one may split or drop events)."""
+        return bool(self._upcasters)
+
+    @property
+    def upcasters(self) -> Upcasters:
+        """The registered steps (read-only use: register through :meth:`upcaster`)."""
+        return self._upcasters
+
+    def problems(self) -> list[str]:
+        """What is wrong with the upcaster chains, one line per problem naming its step."""
+        return self._upcasters.problems({n: e.version for n, e in self._by_name.items()})
+
+    def validate(self) -> None:
+        """Check every upcaster chain: no gap, no cycle, nothing beyond a registered version.
+
+        Runs by itself before the first event is upcast; call it at start-up to fail early.
+
+        Raises:
+            RegistryError: listing each problem with the step it concerns.
+        """
+        if self._checked:
+            return
+        current = {n: e.version for n, e in self._by_name.items()}
+        self._upcasters.validate(current)
+        self._current = current
+        self._direct = self._upcasters.direct_from(current)
+        self._checked = True
+
+    def describe(self) -> list[dict[str, Any]]:
+        """Every known type with its version, class and chain (JSON-ready, by name)."""
+        out = self._upcasters.describe({n: e.version for n, e in self._by_name.items()})
+        for item in out:
+            entry = self._by_name.get(item["type"])
+            item["class"] = None if entry is None else entry.cls.__qualname__
+        return out
+
+    def stored_types(self, types: Iterable[str]) -> list[str]:
+        """The stored type names whose events upcast into one of ``types`` (for filters:
+        a reader that wants ``OrderSubmitted`` must also read ``OrderPlaced`` it was renamed
+        from)."""
+        wanted = list(types)
+        if not self._upcasters:
+            return wanted
+        self.validate()
+        return sorted(self._upcasters.sources_of(wanted, self._current))
+
+    def upcast(self, recorded: RecordedEvent, *, tolerant: bool = False) -> list[RecordedEvent]:
+        """The stored event as the events the code knows today, for readers of dicts.
+
+        An event at its registered version comes back as it is (the same object). An older
+        one comes back upcast, validated against its class and encoded again (so fields
+        added since carry their defaults), with the stored event's stream, version, position,
+        metadata and time; the parts of a split share them, the first keeps the event id
+        and the others get ids derived from it (:func:`chronik.upcasting.split_event_id`).
+
+        With ``tolerant``, an event of a type the code does not know, or of a newer schema
+        version, comes back raw instead of raising.
+
+        Raises:
+            UnknownEventType, UpcastError, SerializationError: as :meth:`decode`.
+        """
+        entry = self._by_name.get(recorded.type)
+        if entry is not None and recorded.schema_version == entry.version:
+            return [recorded]
         try:
-            return entry.decoder.decode(recorded.raw_data)
+            parts = self._parts(recorded, entry)
+        except UnknownEventType:
+            if tolerant:
+                return [recorded]
+            raise
+        except _Newer as newer:
+            if tolerant:
+                return [recorded]
+            raise newer.error from None
+        out: list[RecordedEvent] = []
+        for index, (kind, obj) in enumerate(parts):
+            try:
+                raw = self._encode(_plain(obj))
+            except (TypeError, ValueError) as exc:  # pragma: no cover - decoded just before
+                raise self._error(recorded, f"cannot encode the upcast event: {exc}") from exc
+            out.append(
+                RecordedEvent.from_stored(
+                    recorded.position,
+                    recorded.stream_id,
+                    recorded.version,
+                    split_event_id(recorded.event_id, index),
+                    kind.name,
+                    kind.version,
+                    raw,
+                    recorded.raw_metadata,
+                    recorded.recorded_at,
+                )
+            )
+        return out
+
+    def downcast(self, event: object, *, to_version: int) -> dict[str, Any]:
+        """The data of ``event`` in the shape of schema version ``to_version`` of its type.
+
+        ``event`` is a registered event object, or a stored event (upcast to the current
+        version first). For consumers still on the old schema during a transition.
+
+        Raises:
+            UpcastError: a downcaster is missing or fails, or the stored event upcasts into
+                several events or none.
+        """
+        if isinstance(event, RecordedEvent):
+            parts = self.upcast(event)
+            if len(parts) != 1:
+                raise self._error(event, f"upcasts into {len(parts)} events, not one")
+            current = parts[0]
+            name, version = current.type, current.schema_version
+            data = _decode_dict(current.raw_data)
+        else:
+            entry = self.type_of(event)
+            name, version = entry.name, entry.version
+            data = _decode_dict(self._encode(_plain(event)))
+        try:
+            return self._upcasters.run_down(name, version, to_version, data)
+        except UpcastFailure as exc:
+            if isinstance(event, RecordedEvent):
+                raise self._error(event, str(exc)) from exc
+            raise UpcastError(str(exc), event_type=name, schema_version=version) from exc
+
+    # -- the slow path: stored versions below the registered one --------------------------
+
+    def _error(self, recorded: RecordedEvent, message: str) -> UpcastError:
+        return UpcastError(
+            message,
+            event_type=recorded.type,
+            stream_id=recorded.stream_id,
+            version=recorded.version,
+            schema_version=recorded.schema_version,
+        )
+
+    def _decode_slow(self, recorded: RecordedEvent, entry: EventType | None) -> list[Any]:
+        try:
+            return [obj for _, obj in self._parts(recorded, entry)]
+        except _Newer as newer:
+            raise newer.error from None
+
+    def _parts(
+        self, recorded: RecordedEvent, entry: EventType | None
+    ) -> list[tuple[EventType, Any]]:
+        """Run the chain of a stored event and decode each result into its class."""
+        if not self._checked:
+            self.validate()
+        sv = recorded.schema_version
+        if entry is not None and self._direct.get(entry.name, entry.version) <= sv < entry.version:
+            return [(entry, self._decode_into(recorded, entry, recorded.raw_data))]
+        try:
+            data = _decode_dict(recorded.raw_data)
         except msgspec.DecodeError as exc:
             raise SerializationError(
                 f"cannot decode event: {exc}",
                 event_type=recorded.type,
                 stream_id=recorded.stream_id,
                 version=recorded.version,
+                schema_version=sv,
+            ) from exc
+        try:
+            results = self._upcasters.run(recorded.type, sv, data, self._current)
+        except UpcastFailure as exc:
+            if exc.unknown:
+                raise UnknownEventType(
+                    recorded.type,
+                    stream_id=recorded.stream_id,
+                    version=recorded.version,
+                    schema_version=sv,
+                ) from None
+            error = self._error(recorded, str(exc))
+            if exc.newer:
+                raise _Newer(error) from None
+            raise error from exc
+        out: list[tuple[EventType, Any]] = []
+        for name, _version, result in results:
+            kind = self._by_name[name]
+            try:
+                raw = self._encode(result)
+            except (TypeError, ValueError) as exc:
+                raise self._error(
+                    recorded, f"the upcast {name} data cannot be encoded: {exc}"
+                ) from exc
+            out.append((kind, self._decode_into(recorded, kind, raw, upcast=True)))
+        return out
+
+    def _decode_into(
+        self, recorded: RecordedEvent, kind: EventType, raw: bytes, *, upcast: bool = False
+    ) -> Any:
+        try:
+            return kind.decoder.decode(raw)
+        except msgspec.DecodeError as exc:
+            if upcast:
+                raise self._error(
+                    recorded, f"the upcast data does not fit {kind.name} v{kind.version}: {exc}"
+                ) from exc
+            raise SerializationError(
+                f"cannot decode event as {kind.name} v{kind.version}: {exc}",
+                event_type=recorded.type,
+                stream_id=recorded.stream_id,
+                version=recorded.version,
                 schema_version=recorded.schema_version,
             ) from exc
+
+
+def _plain(obj: Any) -> Any:
+    """``obj`` ready to encode with every field: a dataclass that msgspec decoded leaves
+    fields at their (class-level) defaults out of ``__dict__``, and the encoder skips them."""
+    if dataclasses.is_dataclass(obj) and not isinstance(obj, type):
+        return dataclasses.asdict(obj)
+    return obj
+
+
+class _Newer(Exception):
+    """Carries the UpcastError of a schema version newer than the code's (tolerant readers
+    take the raw event instead)."""
+
+    def __init__(self, error: UpcastError) -> None:
+        self.error = error
 
 
 default_registry = EventRegistry()

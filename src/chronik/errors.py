@@ -13,9 +13,12 @@
     ├── PayloadTooLarge (ValueError)
     ├── UnknownEventType (LookupError)
     ├── SerializationError (ValueError)
-    ├── RegistryError (ValueError)  an event type declared twice, or malformed
+    │   └── UpcastError             a stored event cannot be upcast (failing or missing step,
+    │                               or a schema version newer than the code)
+    ├── RegistryError (ValueError)  an event type declared twice or malformed; broken chains
     ├── StoreUnavailable (ConnectionError)
     ├── UnsupportedStoreUrl (ValueError)
+    ├── MigrationError              an offline copy stopped (failing transform, failed check)
     └── SchemaError                 the database schema is newer than this code
 
 Driver exceptions never leak: each backend raises one of these ``from`` the driver's error.
@@ -31,6 +34,7 @@ __all__ = [
     "DuplicateEventId",
     "InvalidExpectedVersion",
     "InvalidStreamId",
+    "MigrationError",
     "PayloadTooLarge",
     "RegistryError",
     "SchemaError",
@@ -40,6 +44,7 @@ __all__ = [
     "StreamNotFound",
     "UnknownEventType",
     "UnsupportedStoreUrl",
+    "UpcastError",
 ]
 
 
@@ -143,6 +148,8 @@ class UnknownEventType(ChronikError, LookupError):
         self.version = version
         self.schema_version = schema_version
         where = f" (stream {stream_id!r} version {version})" if stream_id is not None else ""
+        if schema_version is not None:
+            where += f" at schema version {schema_version}"
         super().__init__(f"unknown event type {event_type!r}{where}")
 
 
@@ -171,8 +178,24 @@ class SerializationError(ChronikError, ValueError):
         super().__init__(f"{message}{where}")
 
 
+class UpcastError(SerializationError):
+    """A stored event could not be brought to the shape the code knows.
+
+    An upcaster raised or returned something it did not declare, a step of its chain is
+    missing, or the stored schema version is newer than the registered one. The message
+    names the stream, the event's version, the stored type and its schema version.
+    """
+
+
+class MigrationError(ChronikError):
+    """``chronik migrate copy`` stopped: a transform failed on an event, the target holds
+    other events, or the final check found a difference. What was copied stays consistent
+    and the copy resumes from its checkpoint."""
+
+
 class RegistryError(ChronikError, ValueError):
-    """An event type was registered twice under one name, or is not a dataclass/Struct."""
+    """An event type was registered twice under one name, or is not a dataclass/Struct, or
+    the upcaster chains are broken (a gap, a cycle, two upcasters for one step)."""
 
 
 class StoreUnavailable(ChronikError, ConnectionError):

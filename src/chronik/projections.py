@@ -46,11 +46,13 @@ from dataclasses import dataclass, field
 from datetime import UTC, datetime
 from typing import Any, Literal, TypeVar
 
+from chronik.codec import EventRegistry
 from chronik.context import context
 from chronik.errors import ChronikError, StoreUnavailable
 from chronik.events import RecordedEvent, category_of
 from chronik.store.protocol import EventStore, Tx
 from chronik.subscriptions import Subscription
+from chronik.telemetry import event_log_fields, projection_batch, projection_handler
 
 __all__ = [
     "ExternalProjection",
@@ -111,10 +113,23 @@ class _BaseProjection:
     """After ``max_attempts`` failures: record a dead letter and go on, or stop."""
     max_attempts: int = 3
     retry_backoff: float = 0.05
+    registry: EventRegistry | None = None
+    """Upcast events through this registry before ``handle`` (``None``: events as stored).
+    ``event_types`` then name current types (old names renamed into them are read too), and
+    an event that cannot be upcast is a poison event (retried, then dead-lettered or stop)."""
+    tolerant: bool = False
+    """With ``registry``: hand over events of unknown types or newer versions raw."""
 
     @property
     def checkpoint_name(self) -> str:
         return f"{self.name}:v{self.version}"
+
+    @property
+    def stored_types(self) -> Sequence[str] | None:
+        """The stored types to read: ``event_types`` and the old names upcast into them."""
+        if self.event_types is None or self.registry is None:
+            return self.event_types
+        return self.registry.stored_types(self.event_types)
 
     def accepts(self, event: RecordedEvent) -> bool:
         if self.event_types is not None and event.type not in self.event_types:
@@ -333,7 +348,7 @@ class ProjectionRunner:
             self.store,
             after=worker.checkpoint,
             categories=p.categories,
-            types=p.event_types,
+            types=p.stored_types,
             batch_size=self.batch_size,
             poll_interval=self.poll_interval,
         )
@@ -358,7 +373,7 @@ class ProjectionRunner:
                     self.store,
                     after=worker.checkpoint,
                     categories=p.categories,
-                    types=p.event_types,
+                    types=p.stored_types,
                     batch_size=self.batch_size,
                     poll_interval=self.poll_interval,
                 )
@@ -405,13 +420,13 @@ class ProjectionRunner:
     async def _catch_up(self, worker: _Worker, progress: Callable[[Progress], None] | None) -> int:
         p = worker.projection
         todo = await self.store.count_events(
-            after=worker.checkpoint, categories=p.categories, types=p.event_types
+            after=worker.checkpoint, categories=p.categories, types=p.stored_types
         )
         sub = Subscription(
             self.store,
             after=worker.checkpoint,
             categories=p.categories,
-            types=p.event_types,
+            types=p.stored_types,
             batch_size=self.batch_size,
         )
         started = time.monotonic()
@@ -431,6 +446,12 @@ class ProjectionRunner:
     async def _apply_page(
         self, worker: _Worker, events: list[RecordedEvent], caught_up_to: int
     ) -> None:
+        with projection_batch(worker.projection.name, events):
+            await self._apply_page_untraced(worker, events, caught_up_to)
+
+    async def _apply_page_untraced(
+        self, worker: _Worker, events: list[RecordedEvent], caught_up_to: int
+    ) -> None:
         p = worker.projection
         expected = worker.checkpoint
         new_checkpoint = max(caught_up_to, events[-1].position if events else 0, expected)
@@ -440,15 +461,23 @@ class ProjectionRunner:
                     await self._guard(tx, p, expected)
                     _failpoint("before_handle")
                     for event in events:
-                        with context(causation_id=str(event.event_id), **_correlation(event)):
-                            await p.handle(event, tx)
+                        with (
+                            context(causation_id=str(event.event_id), **_correlation(event)),
+                            projection_handler(p.name, event),
+                        ):
+                            for item in _upcast(p, event):
+                                await p.handle(item, tx)
                     await tx.set_checkpoint(p.checkpoint_name, new_checkpoint)
                     _failpoint("after_handle")
                 _failpoint("after_commit")
             else:
                 for event in events:
-                    with context(causation_id=str(event.event_id), **_correlation(event)):
-                        await p.handle(event)
+                    with (
+                        context(causation_id=str(event.event_id), **_correlation(event)),
+                        projection_handler(p.name, event),
+                    ):
+                        for item in _upcast(p, event):
+                            await p.handle(item)
                 async with self.store.transaction() as tx:
                     await tx.set_checkpoint(p.checkpoint_name, new_checkpoint)
         except (StoreUnavailable, _Moved, asyncio.CancelledError):
@@ -476,14 +505,19 @@ class ProjectionRunner:
         error: BaseException | None = None
         for attempt in range(1, p.max_attempts + 1):
             try:
-                with context(causation_id=str(event.event_id), **_correlation(event)):
+                with (
+                    context(causation_id=str(event.event_id), **_correlation(event)),
+                    projection_handler(p.name, event),
+                ):
                     if isinstance(p, Projection):
                         async with self.store.transaction() as tx:
                             await self._guard(tx, p, worker.checkpoint)
-                            await p.handle(event, tx)
+                            for item in _upcast(p, event):
+                                await p.handle(item, tx)
                             await tx.set_checkpoint(p.checkpoint_name, event.position)
                     else:
-                        await p.handle(event)
+                        for item in _upcast(p, event):
+                            await p.handle(item)
                         async with self.store.transaction() as tx:
                             await tx.set_checkpoint(p.checkpoint_name, event.position)
             except (StoreUnavailable, _Moved, asyncio.CancelledError):
@@ -505,7 +539,11 @@ class ProjectionRunner:
         if p.on_poison == "stop":
             raise _Stop(reason)
         logger.warning(
-            "projection %s: dead letter after %d attempts: %s", p.name, p.max_attempts, reason
+            "projection %s: dead letter after %d attempts: %s",
+            p.name,
+            p.max_attempts,
+            reason,
+            extra=event_log_fields(event),
         )
         async with self.store.transaction() as tx:
             await self._guard(tx, p, worker.checkpoint)
@@ -611,10 +649,12 @@ class ProjectionRunner:
                 try:
                     if isinstance(p, Projection):
                         async with self.store.transaction() as tx:
-                            await p.handle(event, tx)
+                            for item in _upcast(p, event):
+                                await p.handle(item, tx)
                             await tx.delete_dead_letter(letter.id)
                     else:
-                        await p.handle(event)
+                        for item in _upcast(p, event):
+                            await p.handle(item)
                         async with self.store.transaction() as tx:
                             await tx.delete_dead_letter(letter.id)
                 except StoreUnavailable:
@@ -631,6 +671,13 @@ class _Stop(Exception):
     def __init__(self, reason: str) -> None:
         self.reason = reason
         super().__init__(reason)
+
+
+def _upcast(p: _BaseProjection, event: RecordedEvent) -> list[RecordedEvent]:
+    """The events ``p`` handles for one stored event (upcast when it has a registry)."""
+    if p.registry is None:
+        return [event]
+    return [e for e in p.registry.upcast(event, tolerant=p.tolerant) if p.accepts(e)]
 
 
 def _correlation(event: RecordedEvent) -> dict[str, Any]:
@@ -653,12 +700,12 @@ async def _status(store: EventStore, p: AnyProjection, worker: _Worker | None) -
     )
     head = await store.head_position()
     lag_events = await store.count_events(
-        after=checkpoint, categories=p.categories, types=p.event_types
+        after=checkpoint, categories=p.categories, types=p.stored_types
     )
     lag_seconds = 0.0
     if lag_events:
         async for oldest in store.read_all(
-            after=checkpoint, categories=p.categories, types=p.event_types, limit=1
+            after=checkpoint, categories=p.categories, types=p.stored_types, limit=1
         ):
             lag_seconds = max((datetime.now(UTC) - oldest.recorded_at).total_seconds(), 0.0)
     letters = await store.dead_letters(p.checkpoint_name)
@@ -749,7 +796,7 @@ async def rebuild_blue_green(
         store,
         after=worker.checkpoint,
         categories=new.categories,
-        types=new.event_types,
+        types=new.stored_types,
         batch_size=batch_size,
     )
     while True:
@@ -762,7 +809,8 @@ async def rebuild_blue_green(
         async with store.transaction() as tx:
             await runner._guard(tx, new, worker.checkpoint)
             for event in page.events:
-                await new.handle(event, tx)
+                for item in _upcast(new, event):
+                    await new.handle(item, tx)
             final = max(page.caught_up_to, worker.checkpoint)
             await tx.set_checkpoint(new.checkpoint_name, final)
             await tx.set_active_version(new.name, new.version)

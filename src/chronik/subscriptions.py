@@ -8,6 +8,11 @@ in the same process at once) or for ``poll_interval`` to pass (other processes).
 It pulls one page at a time: a slow consumer simply reads later, memory stays bounded by
 ``batch_size`` events.
 
+With ``registry=``, events come upcast to the shapes the code knows today (see
+:meth:`chronik.EventRegistry.upcast`); ``types`` then name current types, and the stored
+types renamed into them are read too. ``tolerant=True`` passes events of unknown types or
+newer schema versions through raw instead of raising.
+
 Example::
 
     async for event in Subscription(store, name="mailer", categories=["order"]):
@@ -18,13 +23,22 @@ Example::
 from __future__ import annotations
 
 import asyncio
+import contextlib
+import logging
 from collections.abc import AsyncIterator, Sequence
 from dataclasses import dataclass
+from typing import TYPE_CHECKING
 
+from chronik.errors import StoreUnavailable
 from chronik.events import RecordedEvent
 from chronik.store.protocol import EventStore
 
+if TYPE_CHECKING:
+    from chronik.codec import EventRegistry
+
 __all__ = ["Page", "Subscription"]
+
+logger = logging.getLogger("chronik.subscriptions")
 
 
 @dataclass(frozen=True, slots=True)
@@ -53,6 +67,8 @@ class Subscription:
         types: Sequence[str] | None = None,
         batch_size: int = 500,
         poll_interval: float = 0.5,
+        registry: EventRegistry | None = None,
+        tolerant: bool = False,
     ) -> None:
         if batch_size < 1:
             raise ValueError("batch_size must be >= 1")
@@ -60,6 +76,12 @@ class Subscription:
         self.name = name
         self.categories = list(categories) if categories is not None else None
         self.types = list(types) if types is not None else None
+        self.registry = registry
+        self.tolerant = tolerant
+        self._read_types = self.types
+        if registry is not None and self.types is not None:
+            self._read_types = registry.stored_types(self.types)
+        self._full_page = False  # the last read filled a page (before upcasting)
         self.batch_size = batch_size
         self.poll_interval = poll_interval
         self._after = after
@@ -95,13 +117,26 @@ class Subscription:
         events = [
             e
             async for e in self.store.read_all(
-                after=after, categories=self.categories, types=self.types, limit=self.batch_size
+                after=after,
+                categories=self.categories,
+                types=self._read_types,
+                limit=self.batch_size,
             )
         ]
         caught_up_to = events[-1].position if events else after
+        self._full_page = len(events) >= self.batch_size
         if len(events) < self.batch_size:
             # every matching event up to `head` was visible before this read: all are here
             caught_up_to = max(caught_up_to, head)
+        if self.registry is not None:
+            upcast = self.registry.upcast
+            wanted = None if self.types is None else set(self.types)
+            events = [
+                u
+                for e in events
+                for u in upcast(e, tolerant=self.tolerant)
+                if wanted is None or u.type in wanted
+            ]
         return Page(events, caught_up_to)
 
     def advance(self, position: int) -> None:
@@ -110,17 +145,33 @@ class Subscription:
             self._after = position
 
     async def pages(self) -> AsyncIterator[Page]:
-        """Pages forever (until :meth:`stop`): catch-up pages, then one per change."""
+        """Pages forever (until :meth:`stop`): catch-up pages, then one per change.
+
+        A lost database connection is not the end: it is logged and retried with backoff
+        (up to 5 s apart), and reading resumes after the last position yielded.
+        """
+        backoff = 0.05
         while not self._stopped.is_set():
-            page = await self.read_page()
+            try:
+                page = await self.read_page()
+            except StoreUnavailable as exc:
+                logger.warning("subscription %s: %s; retrying in %.2fs", self.name, exc, backoff)
+                await self._sleep(backoff)
+                backoff = min(backoff * 2, 5.0)
+                continue
+            backoff = 0.05
             if page.events or page.caught_up_to > self.position:
                 yield page
                 self.advance(page.caught_up_to)
-            if len(page.events) < self.batch_size:
+            if not self._full_page:  # drops and splits change len(page.events)
                 await self._wait()
 
+    async def _sleep(self, seconds: float) -> None:
+        with contextlib.suppress(TimeoutError):
+            await asyncio.wait_for(self._stopped.wait(), seconds)
+
     async def _wait(self) -> None:
-        waiter = asyncio.ensure_future(self.store.wait_for_change(self.poll_interval))
+        waiter = asyncio.ensure_future(self._wait_for_change())
         stopper = asyncio.ensure_future(self._stopped.wait())
         try:
             await asyncio.wait({waiter, stopper}, return_when=asyncio.FIRST_COMPLETED)
@@ -129,6 +180,12 @@ class Subscription:
                 if not task.done():
                     task.cancel()
             await asyncio.gather(waiter, stopper, return_exceptions=True)
+
+    async def _wait_for_change(self) -> None:
+        try:
+            await self.store.wait_for_change(self.poll_interval)
+        except StoreUnavailable:
+            await asyncio.sleep(self.poll_interval)
 
     async def __aiter__(self) -> AsyncIterator[RecordedEvent]:
         async for page in self.pages():

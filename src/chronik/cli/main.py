@@ -27,7 +27,13 @@ __all__ = ["main"]
 
 Handler = Callable[[EventStore, argparse.Namespace, "Output"], Awaitable[int]]
 
-COMMAND_MODULES = ["chronik.cli.projections"]
+COMMAND_MODULES = [
+    "chronik.cli.projections",
+    "chronik.cli.snapshots",
+    "chronik.cli.debug",
+    "chronik.cli.schema",
+    "chronik.cli.migrate",
+]
 """Modules adding command groups: each has ``register(subparsers, common_parser)``."""
 
 
@@ -238,6 +244,10 @@ def build_parser() -> argparse.ArgumentParser:
 
 
 async def _run(args: argparse.Namespace, out: Output) -> int:
+    standalone = getattr(args, "standalone", None)
+    if standalone is not None:  # a command that opens its own stores (or none)
+        code: int = await standalone(args, out)
+        return code
     handler: Handler = args.handler
     async with await connect(args.store) as store:
         return await handler(store, args, out)

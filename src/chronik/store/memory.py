@@ -15,7 +15,7 @@ from datetime import UTC, datetime
 from types import TracebackType
 from typing import Any, Self
 
-from chronik.errors import ChronikError, StoreUnavailable, StreamNotFound
+from chronik.errors import ChronikError, DuplicateEventId, StoreUnavailable, StreamNotFound
 from chronik.events import (
     ANY,
     AppendResult,
@@ -29,14 +29,17 @@ from chronik.store.protocol import (
     READ_PAGE_SIZE,
     DeadLetter,
     EncodedEvent,
+    ImportedEvent,
     InlineProjection,
     StoredCopy,
     StoreStats,
     StreamInfo,
     check_expected,
     encode_batch,
+    plan_import,
     resolve_duplicate,
 )
+from chronik.telemetry import traced_append
 
 __all__ = ["MemoryEventStore", "MemoryTx"]
 
@@ -52,6 +55,7 @@ class MemoryTx:
         self._dead: list[tuple[str, RecordedEvent, str, int]] = []
         self._deleted: set[int] = set()
         self._versions: dict[str, int] = {}
+        self._imports: list[ImportedEvent] = []
 
     async def execute(self, sql: str, params: Sequence[Any] | Mapping[str, Any] = ()) -> None:
         raise ChronikError("the memory store runs no SQL; use an SQLite or PostgreSQL store")
@@ -86,8 +90,50 @@ class MemoryTx:
     async def set_active_version(self, projection: str, version: int) -> None:
         self._versions[projection] = version
 
+    async def import_events(self, events: Sequence[ImportedEvent]) -> None:
+        self._plan([*self._imports, *events])
+        self._imports.extend(events)
+
+    def _plan(self, events: Sequence[ImportedEvent]) -> list[tuple[ImportedEvent, int]]:
+        store = self._store
+        current = {
+            ev.stream_id: stream[-1].version
+            for ev in events
+            if (stream := store._streams.get(ev.stream_id))
+        }
+        planned = plan_import(events, current, store.max_event_bytes)
+        for ev, _ in planned:
+            if ev.event_id in store._by_id:
+                raise DuplicateEventId(ev.stream_id, ev.event_id, "is stored already")
+        return planned
+
+    def _commit_imports(self) -> None:
+        store = self._store
+        planned = self._plan(self._imports)  # again: appends may have run meanwhile
+        position = store._positions[-1] if store._log else 0
+        for offset, (ev, version) in enumerate(planned, start=1):
+            record = RecordedEvent(
+                event_id=ev.event_id,
+                stream_id=ev.stream_id,
+                version=version,
+                position=position + offset,
+                type=ev.type,
+                schema_version=ev.schema_version,
+                raw_data=ev.data,
+                raw_metadata=ev.metadata,
+                recorded_at=ev.recorded_at,
+            )
+            store._log.append(record)
+            store._positions.append(record.position)
+            store._streams.setdefault(ev.stream_id, []).append(record)
+            store._by_id[ev.event_id] = record
+        store._changed.set()
+        store._changed = asyncio.Event()
+
     def commit(self) -> None:
         store = self._store
+        if self._imports:
+            self._commit_imports()
         store._checkpoints.update(self._checkpoints)
         store._active_versions.update(self._versions)
         letters = [d for d in store._dead_letters if d.id not in self._deleted]
@@ -143,6 +189,7 @@ class MemoryEventStore:
         if self._closed:
             raise StoreUnavailable("the memory store is closed")
 
+    @traced_append
     async def append(
         self, stream_id: str, events: Sequence[NewEvent], *, expected_version: int = ANY
     ) -> AppendResult:
@@ -258,6 +305,14 @@ class MemoryEventStore:
             yielded += 1
             if yielded % READ_PAGE_SIZE == 0:
                 await asyncio.sleep(0)
+
+    async def read_correlation(
+        self, correlation_id: str, *, limit: int | None = None
+    ) -> list[RecordedEvent]:
+        """Events with this correlation id, by position (a scan: memory stores are small)."""
+        self._check_open()
+        found = [e for e in self._log if e.correlation_id == correlation_id]
+        return found if limit is None else found[: max(limit, 0)]
 
     async def stream_version(self, stream_id: str) -> int | None:
         self._check_open()

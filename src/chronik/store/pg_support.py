@@ -221,6 +221,11 @@ RETURNING position, version, recorded_at"""
             f"WHERE event_id = ANY(%s::uuid[])"
         )
         self.stream_version = f"SELECT max(version) FROM {s}.events WHERE stream_id = %s"
+        # matches the expression of index events_correlation_id_idx (migration 0004)
+        self.read_correlation = (
+            f"SELECT {columns} FROM {s}.events WHERE (metadata->>'correlation_id') = %s "
+            f"ORDER BY position LIMIT %s"
+        )
         self.stream_exists = f"SELECT EXISTS (SELECT 1 FROM {s}.events WHERE stream_id = %s)"
         self.read_forward = (
             f"SELECT {columns} FROM {s}.events WHERE stream_id = %s AND version >= %s "
@@ -275,6 +280,25 @@ RETURNING position, version, recorded_at"""
         self.set_active_version = (
             f"INSERT INTO {s}.projection_versions (name, active) VALUES (%s, %s) "
             f"ON CONFLICT (name) DO UPDATE SET active = excluded.active"
+        )
+        # chronik migrate copy: events written as they were, with new positions in the
+        # given order (%(offset)s counts the events imported earlier in the transaction).
+        # Arrays go in binary (%b): the text format escapes every JSON string on the client.
+        self.import_events = f"""
+INSERT INTO {s}.events (position, stream_id, version, event_id, type, schema_version, data,
+                        metadata, recorded_at)
+SELECT base.p + %(offset)s::bigint + e.ord - 1, e.stream_id, e.version, e.event_id, e.type,
+       e.schema_version, e.data::json, e.metadata::json, e.recorded_at
+FROM (SELECT (pg_current_xact_id()::text::bigint + xid_offset) << {POSITION_SHIFT} AS p
+      FROM {s}.position_base) AS base,
+     unnest(%(stream_ids)b::text[], %(versions)b::int[], %(event_ids)b::uuid[],
+            %(types)b::text[], %(schema_versions)b::int[], %(data)b::text[],
+            %(metadata)b::text[], %(recorded_at)b::timestamptz[])
+     WITH ORDINALITY AS e(stream_id, version, event_id, type, schema_version, data, metadata,
+                          recorded_at, ord)"""
+        self.stream_versions = (
+            f"SELECT stream_id, max(version) FROM {s}.events "
+            f"WHERE stream_id = ANY(%s::text[]) GROUP BY stream_id"
         )
         self._schema_sql = s
 

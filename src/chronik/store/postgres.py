@@ -42,6 +42,7 @@ from psycopg_pool import AsyncConnectionPool
 from chronik.errors import (
     BatchTooLarge,
     ConcurrencyError,
+    DuplicateEventId,
     SerializationError,
     StoreUnavailable,
     StreamNotFound,
@@ -79,14 +80,17 @@ from chronik.store.protocol import (
     READ_PAGE_SIZE,
     DeadLetter,
     EncodedEvent,
+    ImportedEvent,
     InlineProjection,
     StoredCopy,
     StoreStats,
     StreamInfo,
     check_expected,
     encode_batch,
+    plan_import,
     resolve_duplicate,
 )
+from chronik.telemetry import traced_append
 
 __all__ = [
     "DEFAULT_SCHEMA",
@@ -114,6 +118,7 @@ class PostgresTx:
 
     def __init__(self, conn: _Conn, store: PostgresEventStore) -> None:
         self._conn = conn
+        self._imported = 0
         self._store = store
 
     async def _cursor(
@@ -186,6 +191,51 @@ class PostgresTx:
 
     async def set_active_version(self, projection: str, version: int) -> None:
         await self._conn.execute(self._store._sql.set_active_version, (projection, version))
+
+    async def import_events(self, events: Sequence[ImportedEvent]) -> None:
+        """See :meth:`chronik.store.protocol.Tx.import_events`. Positions come from this
+        transaction's id, like an append's, so one transaction imports at most 2**20."""
+        sql = self._store._sql
+        streams = sorted({ev.stream_id for ev in events})
+        cur = await self._conn.execute(sql.stream_versions, (streams,))
+        current = {str(sid): int(v) for sid, v in await cur.fetchall()}
+        planned = plan_import(events, current, self._store.max_event_bytes)
+        if not planned:
+            return
+        if self._imported + len(planned) > MAX_EVENTS_PER_APPEND:
+            raise BatchTooLarge(
+                f"{self._imported + len(planned)} events imported in one transaction, over "
+                f"the PostgreSQL backend's limit of {MAX_EVENTS_PER_APPEND}"
+            )
+        try:
+            data = [ev.data.decode("utf-8") for ev, _ in planned]
+            metadata = [ev.metadata.decode("utf-8") for ev, _ in planned]
+        except UnicodeDecodeError as exc:
+            raise SerializationError(f"imported event data is not UTF-8 JSON: {exc}") from exc
+        params = {
+            "offset": self._imported,
+            "stream_ids": [ev.stream_id for ev, _ in planned],
+            "versions": [version for _, version in planned],
+            "event_ids": [ev.event_id for ev, _ in planned],
+            "types": [ev.type for ev, _ in planned],
+            "schema_versions": [ev.schema_version for ev, _ in planned],
+            "data": data,
+            "metadata": metadata,
+            "recorded_at": [ev.recorded_at for ev, _ in planned],
+        }
+        try:
+            async with self._conn.transaction():  # a savepoint: the outer one stays usable
+                await self._conn.execute(sql.import_events, params)
+        except psycopg.errors.UniqueViolation as exc:
+            cur = await self._conn.execute(sql.stored_copies, ([e.event_id for e, _ in planned],))
+            found = await cur.fetchone()
+            if found is not None:  # (event_id, stream_id, ...)
+                raise DuplicateEventId(found[1], found[0], "is stored already") from exc
+            ev, version = planned[0]
+            raise ConcurrencyError(ev.stream_id, version - 1, None) from exc
+        except psycopg.DataError as exc:
+            raise SerializationError(f"PostgreSQL rejected an imported event: {exc}") from exc
+        self._imported += len(planned)
 
 
 class _InsertConflict(Exception):
@@ -344,6 +394,7 @@ class PostgresEventStore:
 
     # -- writing --------------------------------------------------------------------------
 
+    @traced_append
     async def append(
         self, stream_id: str, events: Sequence[NewEvent], *, expected_version: int = ANY
     ) -> AppendResult:
@@ -576,6 +627,20 @@ class PostgresEventStore:
             params["after"] = rows[-1][0]
             if remaining is not None:
                 remaining -= len(rows)
+
+    async def read_correlation(
+        self, correlation_id: str, *, limit: int | None = None
+    ) -> list[RecordedEvent]:
+        """Events with this correlation id, by position (index ``events_correlation_id_idx``).
+
+        Committed events above the readers' horizon are included: this is for inspection,
+        not for subscriptions.
+        """
+        self._check_open()
+        rows = await self._fetchall(
+            self._sql.read_correlation, (correlation_id, None if limit is None else max(limit, 0))
+        )
+        return [_record(row) for row in rows]
 
     async def stream_version(self, stream_id: str) -> int | None:
         """The version of the stream's last event, or ``None`` when it has none."""

@@ -10,6 +10,7 @@ import uuid
 from collections.abc import AsyncIterator, Mapping, Sequence
 from contextlib import AbstractAsyncContextManager
 from dataclasses import dataclass, field
+from datetime import datetime
 from types import TracebackType
 from typing import Any, NamedTuple, Protocol, Self, runtime_checkable
 
@@ -40,12 +41,14 @@ __all__ = [
     "Tx",
     "EncodedEvent",
     "EventStore",
+    "ImportedEvent",
     "READ_PAGE_SIZE",
     "StoreStats",
     "StoredCopy",
     "StreamInfo",
     "check_expected",
     "encode_batch",
+    "plan_import",
     "resolve_duplicate",
 ]
 
@@ -124,6 +127,21 @@ class Tx(Protocol):
 
     async def set_active_version(self, projection: str, version: int) -> None: ...
 
+    async def import_events(self, events: Sequence[ImportedEvent]) -> None:
+        """Write events copied from another store as they were (``chronik migrate copy``).
+
+        Event id, stream id, type, schema version, data, metadata and ``recorded_at`` are
+        kept; positions are new, in the order given. An event's ``version`` must be the next
+        of its stream (``None``: take the next). Checked with :func:`plan_import`; inline
+        projections do not run. Commits or rolls back with the rest of the transaction.
+
+        Raises:
+            ConcurrencyError: a version is not the next of its stream.
+            DuplicateEventId: an event id is stored already (or given twice).
+            PayloadTooLarge, InvalidStreamId, SerializationError, BatchTooLarge.
+        """
+        ...
+
 
 class InlineProjection(Protocol):
     """What a store needs of a projection it updates inside every append's transaction."""
@@ -180,6 +198,16 @@ class EventStore(Protocol):
         limit: int | None = None,
     ) -> AsyncIterator[RecordedEvent]:
         """Events with ``position > after`` in global order, never one with a hole behind it."""
+        ...
+
+    async def read_correlation(
+        self, correlation_id: str, *, limit: int | None = None
+    ) -> list[RecordedEvent]:
+        """Every event whose metadata has this ``correlation_id``, by position (indexed).
+
+        For debugging (``chronik trace``): on PostgreSQL it also returns committed events
+        above the readers' visibility horizon.
+        """
         ...
 
     async def stream_version(self, stream_id: str) -> int | None:
@@ -340,6 +368,69 @@ def check_expected(stream_id: str, expected: int, current: int) -> None:
         ok = current == expected
     if not ok:
         raise ConcurrencyError(stream_id, expected, current)
+
+
+class ImportedEvent(NamedTuple):
+    """An event copied from another store, for :meth:`Tx.import_events`."""
+
+    event_id: uuid.UUID
+    stream_id: str
+    version: int | None
+    """The version to write (checked to be the next of its stream); ``None``: the next."""
+    type: str
+    schema_version: int
+    data: bytes
+    metadata: bytes
+    recorded_at: datetime
+
+    @classmethod
+    def of(cls, event: RecordedEvent, *, keep_version: bool = True) -> ImportedEvent:
+        """The import of a stored event as it is (its version kept, or renumbered)."""
+        return cls(
+            event.event_id,
+            event.stream_id,
+            event.version if keep_version else None,
+            event.type,
+            event.schema_version,
+            event.raw_data,
+            event.raw_metadata,
+            event.recorded_at,
+        )
+
+
+def plan_import(
+    events: Sequence[ImportedEvent], current: Mapping[str, int], max_event_bytes: int
+) -> list[tuple[ImportedEvent, int]]:
+    """Check one import batch and give each event its version (shared by every backend).
+
+    ``current`` maps the batch's stream ids to their version in the target (absent: no
+    events yet).
+    """
+    following: dict[str, int] = {}
+    seen: set[uuid.UUID] = set()
+    out: list[tuple[ImportedEvent, int]] = []
+    for index, ev in enumerate(events):
+        if not isinstance(ev, ImportedEvent):
+            raise TypeError(f"events[{index}] is {type(ev).__name__}, not ImportedEvent")
+        stream_id = ev.stream_id
+        nxt = following.get(stream_id)
+        if nxt is None:  # first of its stream in this batch
+            validate_stream_id(stream_id)
+            nxt = current.get(stream_id, -1) + 1
+        if ev.event_id in seen:
+            raise DuplicateEventId(stream_id, ev.event_id, "appears twice in one import")
+        seen.add(ev.event_id)
+        if not isinstance(ev.type, str) or not ev.type:
+            raise SerializationError(f"events[{index}] has no type", stream_id=stream_id)
+        version = nxt if ev.version is None else ev.version
+        if version != nxt:
+            raise ConcurrencyError(stream_id, version - 1, nxt - 1)
+        following[stream_id] = version + 1
+        size = len(ev.data) + len(ev.metadata)
+        if size > max_event_bytes:
+            raise PayloadTooLarge(stream_id, index, ev.type, size, max_event_bytes)
+        out.append((ev, version))
+    return out
 
 
 class StoredCopy(NamedTuple):

@@ -28,6 +28,7 @@ from typing import Any, Self, TypeVar
 from chronik.errors import (
     ChronikError,
     ConcurrencyError,
+    DuplicateEventId,
     SchemaError,
     StoreUnavailable,
     StreamNotFound,
@@ -45,14 +46,17 @@ from chronik.store.protocol import (
     READ_PAGE_SIZE,
     DeadLetter,
     EncodedEvent,
+    ImportedEvent,
     InlineProjection,
     StoredCopy,
     StoreStats,
     StreamInfo,
     check_expected,
     encode_batch,
+    plan_import,
     resolve_duplicate,
 )
+from chronik.telemetry import traced_append
 
 __all__ = ["SqliteEventStore", "SqliteTx", "sqlite_migrations"]
 
@@ -189,6 +193,57 @@ class SqliteTx:
             "ON CONFLICT (name) DO UPDATE SET active = excluded.active",
             (projection, version),
         )
+
+    async def import_events(self, events: Sequence[ImportedEvent]) -> None:
+        limit = self._store.max_event_bytes
+        await self._run(lambda c: _import_sync(c, events, limit))
+
+
+def _import_sync(conn: sqlite3.Connection, events: Sequence[ImportedEvent], limit: int) -> None:
+    """``Tx.import_events`` on the writer connection, inside the caller's transaction."""
+    streams = sorted({ev.stream_id for ev in events})
+    current: dict[str, int] = {}
+    for start in range(0, len(streams), 500):
+        chunk = streams[start : start + 500]
+        current.update(
+            conn.execute(
+                "SELECT stream_id, max(version) FROM events "
+                f"WHERE stream_id IN ({','.join('?' * len(chunk))}) GROUP BY stream_id",
+                chunk,
+            ).fetchall()
+        )
+    rows = [
+        (
+            ev.stream_id,
+            category_of(ev.stream_id),
+            version,
+            str(ev.event_id),
+            ev.type,
+            ev.schema_version,
+            ev.data,
+            ev.metadata,
+            (ev.recorded_at - _EPOCH) // timedelta(microseconds=1),
+        )
+        for ev, version in plan_import(events, current, limit)
+    ]
+    conn.execute("SAVEPOINT chronik_import")
+    try:
+        conn.executemany(_INSERT, rows)
+    except sqlite3.IntegrityError as exc:
+        conn.execute("ROLLBACK TO chronik_import")
+        conn.execute("RELEASE chronik_import")
+        ids = [row[3] for row in rows]
+        for start in range(0, len(ids), 500):
+            chunk = ids[start : start + 500]
+            found = conn.execute(
+                f"SELECT event_id, stream_id FROM events WHERE event_id IN "
+                f"({','.join('?' * len(chunk))}) LIMIT 1",
+                chunk,
+            ).fetchone()
+            if found is not None:
+                raise DuplicateEventId(found[1], uuid.UUID(found[0]), "is stored already") from exc
+        raise ConcurrencyError(rows[0][0], rows[0][2] - 1, None) from exc
+    conn.execute("RELEASE chronik_import")
 
 
 class _Connection:
@@ -492,6 +547,7 @@ class SqliteEventStore:
                 conn.execute("ROLLBACK")
             raise
 
+    @traced_append
     async def append(
         self, stream_id: str, events: Sequence[NewEvent], *, expected_version: int = ANY
     ) -> AppendResult:
@@ -710,6 +766,18 @@ class SqliteEventStore:
             if remaining is not None:
                 remaining -= len(page)
             cursor = page[-1].position
+
+    async def read_correlation(
+        self, correlation_id: str, *, limit: int | None = None
+    ) -> list[RecordedEvent]:
+        """Events with this correlation id, by position (index ``events_correlation_id``)."""
+        self._check_open()
+        sql = (
+            f"SELECT {_COLUMNS} FROM events "
+            "WHERE json_extract(metadata, '$.correlation_id') = ? ORDER BY position LIMIT ?"
+        )
+        params = (correlation_id, -1 if limit is None else max(limit, 0))
+        return await self._reader.run(lambda: self._query(sql, params))
 
     async def stream_version(self, stream_id: str) -> int | None:
         self._check_open()

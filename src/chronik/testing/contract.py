@@ -15,6 +15,7 @@ from __future__ import annotations
 
 import asyncio
 import uuid
+from datetime import UTC, datetime
 from typing import Any
 
 import pytest
@@ -37,7 +38,7 @@ from chronik.events import (
     NewEvent,
     RecordedEvent,
 )
-from chronik.store.protocol import EventStore
+from chronik.store.protocol import EventStore, ImportedEvent
 
 __all__ = ["EventStoreContract"]
 
@@ -363,3 +364,82 @@ class EventStoreContract:
             await store.append(f"c-{n:05d}", [ev()])
         names = [s.stream_id async for s in store.streams()]
         assert names == [f"c-{n:05d}" for n in range(520)]
+
+    # -- import (chronik migrate copy) ----------------------------------------------------
+
+    async def test_import_keeps_everything_but_the_position(self, store: EventStore) -> None:
+        await store.append("a-1", [ev(n=0)])
+        at = datetime(2021, 5, 6, 7, 8, 9, 123456, tzinfo=UTC)
+        ids = [uuid.uuid4() for _ in range(3)]
+        async with store.transaction() as tx:
+            await tx.import_events(
+                [
+                    ImportedEvent(ids[0], "a-1", 1, "Old", 3, b'{"x":1}', b'{"k":"v"}', at),
+                    ImportedEvent(ids[1], "b-1", None, "New", 1, b"{}", b"{}", at),
+                    ImportedEvent(ids[2], "a-1", None, "Old", 3, b'{"x":2}', b"{}", at),
+                ]
+            )
+            await tx.set_checkpoint("copy", 42)
+        events = await collect(store.read_all())
+        assert [(e.stream_id, e.version, e.event_id) for e in events[1:]] == [
+            ("a-1", 1, ids[0]),
+            ("b-1", 0, ids[1]),
+            ("a-1", 2, ids[2]),
+        ]
+        first = events[1]
+        assert (first.type, first.schema_version, first.data, first.metadata) == (
+            "Old",
+            3,
+            {"x": 1},
+            {"k": "v"},
+        )
+        assert first.recorded_at == at
+        positions = [e.position for e in events]
+        assert positions == sorted(set(positions))
+        assert await store.get_checkpoint("copy") == 42
+        assert await store.stream_version("a-1") == 2
+
+    async def test_import_checks_versions_and_ids_and_writes_all_or_nothing(
+        self, store: EventStore
+    ) -> None:
+        await store.append("a-1", [ev()])
+        at = datetime.now(UTC)
+        stored = (await collect(store.read_stream("a-1")))[0].event_id
+        bad_batches = [
+            ("gap", [ImportedEvent(uuid.uuid4(), "a-1", 2, "X", 1, b"{}", b"{}", at)]),
+            ("taken", [ImportedEvent(uuid.uuid4(), "a-1", 0, "X", 1, b"{}", b"{}", at)]),
+            ("dup", [ImportedEvent(stored, "b-1", 0, "X", 1, b"{}", b"{}", at)]),
+            (
+                "twice",
+                [
+                    ImportedEvent(uuid.UUID(int=7), "c-1", 0, "X", 1, b"{}", b"{}", at),
+                    ImportedEvent(uuid.UUID(int=7), "c-1", 1, "X", 1, b"{}", b"{}", at),
+                ],
+            ),
+        ]
+        for reason, batch in bad_batches:
+            good = ImportedEvent(uuid.uuid4(), "z-1", 0, "X", 1, b"{}", b"{}", at)
+            with pytest.raises((ConcurrencyError, DuplicateEventId)):
+                async with store.transaction() as tx:
+                    await tx.import_events([good])
+                    await tx.set_checkpoint("copy", 1)
+                    await tx.import_events(batch)
+            assert await store.stream_version("z-1") is None, reason
+            assert await store.get_checkpoint("copy") is None, reason
+        assert len(await collect(store.read_all())) == 1
+
+    # -- correlation (chronik trace) ------------------------------------------------------
+
+    async def test_read_correlation_returns_its_events_in_order(self, store: EventStore) -> None:
+        for n in range(6):
+            with context(correlation_id=f"corr-{n % 2}"):
+                await store.append(f"s-{n % 3}", [ev(n=n), ev(n=n)])
+        await store.append("s-9", [NewEvent("Happened", {}, {"correlation_id": "corr-1"})])
+        found = await store.read_correlation("corr-1")
+        assert [e.data.get("n") for e in found] == [1, 1, 3, 3, 5, 5, None]
+        assert [e.position for e in found] == sorted(e.position for e in found)
+        assert all(e.correlation_id == "corr-1" for e in found)
+        assert [e.event_id for e in await store.read_correlation("corr-1", limit=3)] == [
+            e.event_id for e in found[:3]
+        ]
+        assert await store.read_correlation("corr-404") == []

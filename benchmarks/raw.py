@@ -1,0 +1,330 @@
+"""The raw-driver baseline: sqlite3 / psycopg doing the same SQL as chronik, nothing else.
+
+Same tables (chronik's own migrations create them, untimed), the same statements (taken from
+the backends, so they cannot drift apart), one transaction per append, the same durability,
+the same payload bytes (msgspec JSON of the same dataclasses, a correlation id in the
+metadata) and, on reads, msgspec decoding straight into the same typed classes and the same
+``evolve``. What it leaves out is everything chronik adds around the SQL: validation, the
+event loop and its worker threads or pool, ``RecordedEvent`` objects, the registry.
+"""
+
+from __future__ import annotations
+
+import asyncio
+import sqlite3
+import statistics
+import time
+import uuid
+from collections.abc import Callable, Iterable, Iterator
+from typing import Any
+
+import msgspec
+
+import chronik
+from benchmarks.common import Sizes, Target, timer
+from benchmarks.model import (
+    Deposited,
+    Opened,
+    account_events,
+    deposited,
+    evolve,
+    initial_state,
+    stream_name,
+)
+
+__all__ = ["chain", "w2"]
+
+Metrics = dict[str, float]
+Row = tuple[Any, ...]
+BIG_STREAM = "account-big"
+PAGE = 500
+
+TYPE_NAMES: dict[type[Any], str] = {Opened: "Opened", Deposited: "Deposited"}
+DECODERS: dict[str, Callable[[bytes], Any]] = {
+    name: msgspec.json.Decoder(cls).decode for cls, name in TYPE_NAMES.items()
+}
+_encode = msgspec.json.encode
+
+
+def _column_index(columns: str) -> dict[str, int]:
+    """Where each column of a backend's SELECT list is (``CAST(data AS BLOB)`` is ``data``)."""
+    out = {}
+    for i, item in enumerate(columns.split(",")):
+        name = item.strip()
+        if name.upper().startswith("CAST("):
+            name = name[5:].split()[0]
+        out[name] = i
+    return out
+
+
+def _metadata() -> bytes:
+    return _encode({"correlation_id": str(uuid.uuid4())})
+
+
+async def _create_schema(target: Target) -> None:
+    store = await chronik.connect(target.chronik_url())
+    await store.close()
+
+
+class _Sqlite:
+    """chronik's SQLite statements on one plain sqlite3 connection."""
+
+    def __init__(self, path: str) -> None:
+        from chronik.store import sqlite as backend
+
+        self.insert = backend._INSERT
+        columns = backend._COLUMNS
+        self.at = _column_index(columns)
+        self.read_stream = (
+            f"SELECT {columns} FROM events WHERE stream_id = ? AND version >= ? "
+            "ORDER BY version LIMIT ?"
+        )
+        self.read_all = f"SELECT {columns} FROM events WHERE position > ? ORDER BY position LIMIT ?"
+        self.conn = sqlite3.connect(path, isolation_level=None)
+        self.conn.execute("PRAGMA journal_mode = WAL")
+        self.conn.execute("PRAGMA synchronous = FULL")
+
+    def append(self, stream_id: str, expected: int, events: Iterable[object]) -> None:
+        category = stream_id.partition("-")[0]
+        meta = _metadata()
+        conn = self.conn
+        conn.execute("BEGIN IMMEDIATE")
+        try:
+            row = conn.execute(
+                "SELECT max(version), max(position) FROM events WHERE stream_id = ?",
+                (stream_id,),
+            ).fetchone()
+            current = -1 if row[0] is None else row[0]
+            if current != expected:
+                raise AssertionError(f"{stream_id} is at {current}, not {expected}")
+            now = time.time_ns() // 1000
+            conn.executemany(
+                self.insert,
+                [
+                    (
+                        stream_id,
+                        category,
+                        current + offset,
+                        str(uuid.uuid4()),
+                        TYPE_NAMES[type(ev)],
+                        1,
+                        _encode(ev),
+                        meta,
+                        now,
+                    )
+                    for offset, ev in enumerate(events, start=1)
+                ],
+            )
+            conn.execute("SELECT last_insert_rowid()").fetchone()
+            conn.execute("COMMIT")
+        except BaseException:
+            if conn.in_transaction:
+                conn.execute("ROLLBACK")
+            raise
+
+    def stream_pages(self, stream_id: str) -> Iterator[list[Row]]:
+        version = 0
+        while True:
+            rows = self.conn.execute(self.read_stream, (stream_id, version, PAGE)).fetchall()
+            yield rows
+            if len(rows) < PAGE:
+                return
+            version = rows[-1][self.at["version"]] + 1
+
+    def log_pages(self) -> Iterator[list[Row]]:
+        after = 0
+        while True:
+            rows = self.conn.execute(self.read_all, (after, PAGE)).fetchall()
+            yield rows
+            if len(rows) < PAGE:
+                return
+            after = rows[-1][self.at["position"]]
+
+    def close(self) -> None:
+        self.conn.close()
+
+
+class _Postgres:
+    """chronik's PostgreSQL statements on one plain psycopg connection (autocommit)."""
+
+    def __init__(self, target: Target) -> None:
+        import psycopg
+        from psycopg.adapt import Buffer, Loader
+        from psycopg.pq import Format
+
+        from chronik.store import pg_support as backend
+
+        class RawJson(Loader):
+            def load(self, data: Buffer) -> bytes:
+                return bytes(data)
+
+        class RawJsonBinary(RawJson):
+            format = Format.BINARY
+
+        statements = backend._Statements(target.schema)
+        self.at = _column_index(statements.columns)
+        self.append_sql = statements.append
+        # chronik sends a single event with scalar parameters when its backend has that form
+        self.append_one_sql: str | None = getattr(statements, "append_one", None)
+        self.read_stream = statements.read_forward
+        self.read_all = statements.read_all(categories=False, types=False)
+        self.conn = psycopg.connect(target.pg_url, autocommit=True)
+        self.conn.adapters.register_loader("json", RawJson)
+        self.conn.adapters.register_loader("json", RawJsonBinary)
+        self.conn.execute("SET TIME ZONE 'UTC'")
+
+    def append(self, stream_id: str, expected: int, events: Iterable[object]) -> None:
+        evs = list(events)
+        meta = _metadata().decode()
+        if len(evs) == 1 and self.append_one_sql is not None:
+            (ev,) = evs
+            row = self.conn.execute(
+                self.append_one_sql,
+                {
+                    "stream_id": stream_id,
+                    "expected": expected,
+                    "event_id": uuid.uuid4(),
+                    "type": TYPE_NAMES[type(ev)],
+                    "schema_version": 1,
+                    "data": _encode(ev).decode(),
+                    "metadata": meta,
+                },
+            ).fetchall()
+            if len(row) != 1:
+                raise AssertionError(f"{stream_id}: the append wrote nothing")
+            return
+        rows = self.conn.execute(
+            self.append_sql,
+            {
+                "stream_id": stream_id,
+                "expected": expected,
+                "event_ids": [uuid.uuid4() for _ in evs],
+                "types": [TYPE_NAMES[type(ev)] for ev in evs],
+                "schema_versions": [1] * len(evs),
+                "data": [_encode(ev).decode() for ev in evs],
+                "metadata": [meta] * len(evs),
+            },
+        ).fetchall()
+        if len(rows) != len(evs):
+            raise AssertionError(f"{stream_id}: wrote {len(rows)} of {len(evs)} events")
+
+    def stream_pages(self, stream_id: str) -> Iterator[list[Row]]:
+        version = 0
+        while True:
+            rows = self.conn.execute(self.read_stream, (stream_id, version, PAGE)).fetchall()
+            yield rows
+            if len(rows) < PAGE:
+                return
+            version = rows[-1][self.at["version"]] + 1
+
+    def log_pages(self) -> Iterator[list[Row]]:
+        params: dict[str, Any] = {"after": 0, "page": PAGE}
+        while True:
+            rows = self.conn.execute(self.read_all, params).fetchall()
+            yield rows
+            if len(rows) < PAGE:
+                return
+            params["after"] = rows[-1][self.at["position"]]
+
+    def close(self) -> None:
+        self.conn.close()
+
+
+_Db = _Sqlite | _Postgres
+
+
+def _open(target: Target) -> tuple[_Db, int, int]:
+    """The connection, and the column indexes of ``type`` and ``data`` in a read row."""
+    asyncio.run(_create_schema(target))
+    db: _Db = _Sqlite(target.sqlite_path) if target.backend == "sqlite" else _Postgres(target)
+    return db, db.at["type"], db.at["data"]
+
+
+def _load(db: _Db, stream_id: str, type_at: int, data_at: int) -> tuple[Any, int]:
+    state = initial_state()
+    count = 0
+    decoders = DECODERS
+    for rows in db.stream_pages(stream_id):
+        for row in rows:
+            state = evolve(state, decoders[row[type_at]](row[data_at]))
+        count += len(rows)
+    return state, count
+
+
+def chain(target: Target, sizes: Sizes) -> dict[str, Metrics]:
+    db, type_at, data_at = _open(target)
+    try:
+        out: dict[str, Metrics] = {}
+        per_stream = sizes.w1_events
+        with timer() as t:
+            for index in range(sizes.w1_streams):
+                db.append(stream_name(index), -1, account_events(index, per_stream))
+        events = sizes.w1_streams * per_stream
+        out["W1"] = {"events": events, "seconds": t.seconds, "events_per_s": events / t.seconds}
+
+        folded = 0
+        with timer() as t:
+            for index in range(sizes.w1_streams):
+                _state, n = _load(db, stream_name(index), type_at, data_at)
+                folded += n
+        if folded != events:
+            raise AssertionError(f"W4 folded {folded} events, expected {events}")
+        out["W4"] = {
+            "events": folded,
+            "seconds": t.seconds,
+            "aggregates_per_s": sizes.w1_streams / t.seconds,
+            "events_per_s": folded / t.seconds,
+        }
+
+        count = 0
+        decoders = DECODERS
+        with timer() as t:
+            for rows in db.log_pages():
+                for row in rows:
+                    decoders[row[type_at]](row[data_at])
+                count += len(rows)
+        if count != events:
+            raise AssertionError(f"W6 read {count} events, expected {events}")
+        out["W6"] = {"events": count, "seconds": t.seconds, "events_per_s": count / t.seconds}
+
+        version = -1
+        while version < sizes.w5_events - 1:
+            n = min(1000, sizes.w5_events - 1 - version)
+            batch: list[object] = (
+                list(account_events(999_999, n))
+                if version < 0
+                else [deposited(999_999, version + 1 + k) for k in range(n)]
+            )
+            db.append(BIG_STREAM, version, batch)
+            version += n
+        times = []
+        for _ in range(sizes.w5_loads):
+            with timer() as t:
+                _state, n = _load(db, BIG_STREAM, type_at, data_at)
+            if n != sizes.w5_events:
+                raise AssertionError(f"W5 loaded {n} events")
+            times.append(t.seconds * 1000)
+        out["W5"] = {"events": sizes.w5_events, "ms": statistics.median(times)}
+        return out
+    finally:
+        db.close()
+
+
+def w2(target: Target, sizes: Sizes) -> dict[str, Metrics]:
+    db, _type_at, _data_at = _open(target)
+    try:
+        with timer() as t:
+            for index in range(sizes.w2_streams):
+                stream = stream_name(index)
+                for version, ev in enumerate(account_events(index, sizes.w2_events)):
+                    db.append(stream, version - 1, (ev,))
+        events = sizes.w2_streams * sizes.w2_events
+        return {"W2": {"events": events, "seconds": t.seconds, "events_per_s": events / t.seconds}}
+    finally:
+        db.close()
+
+
+def info() -> dict[str, Any]:
+    import psycopg
+
+    return {"sqlite": sqlite3.sqlite_version, "psycopg": psycopg.__version__}

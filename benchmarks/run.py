@@ -1,0 +1,582 @@
+"""chronik against ``eventsourcing`` 9.5 and the raw driver, same run, same database.
+
+``python -m benchmarks.run --quick`` (``make bench``, a few minutes) or ``--full``
+(``make bench-full``). Every measurement starts from a fresh database (a new SQLite file or
+a new PostgreSQL schema) in a fresh interpreter; the systems take turns in a rotating order
+in every repetition. Prints one table of medians with the ratios chronik/peer and
+chronik/raw, and writes everything measured to ``benchmarks/results/latest.json``.
+
+A ratio is always "how many times faster chronik is": events/s divided by events/s, or for
+a time (W5) the other system's milliseconds divided by chronik's.
+"""
+
+from __future__ import annotations
+
+import argparse
+import datetime as dt
+import os
+import platform
+import shlex
+import statistics
+import subprocess
+import sys
+import time
+from collections.abc import Sequence
+from dataclasses import asdict, dataclass, replace
+from pathlib import Path
+from typing import Any
+
+import msgspec
+
+from benchmarks.common import (
+    PG_URL,
+    Backend,
+    Sizes,
+    System,
+    create_target,
+    drop_target,
+    pg_reachable,
+)
+from benchmarks.worker import RESULT_PREFIX, Job
+
+__all__ = ["FULL", "QUICK", "SMOKE", "TARGETS", "main"]
+
+QUICK = Sizes(w3_seconds=3.0, m1_small=20_000, m1_large=200_000, repetitions=3)
+FULL = Sizes(w3_seconds=6.0, m1_small=100_000, m1_large=1_000_000, repetitions=5)
+SMOKE = Sizes(
+    w1_streams=20,
+    w2_streams=5,
+    w2_events=4,
+    w3_writers=2,
+    w3_seconds=0.5,
+    w5_events=1200,
+    w5_loads=1,
+    m1_small=2000,
+    m1_large=6000,
+    repetitions=1,
+)
+"""Tiny sizes that only prove every workload runs (the tests use them); numbers mean nothing."""
+SYSTEMS: tuple[System, ...] = ("chronik", "eventsourcing", "raw")
+ROOT = Path(__file__).resolve().parent.parent
+DEFAULT_JSON = ROOT / "benchmarks" / "results" / "latest.json"
+
+
+@dataclass(frozen=True)
+class Row:
+    """One line of the table: a workload's primary number on one backend."""
+
+    workload: str
+    metric: str
+    unit: str
+    higher_is_better: bool = True
+
+
+ROWS = (
+    Row("W1", "events_per_s", "events/s"),
+    Row("W2", "events_per_s", "events/s"),
+    Row("W3", "events_per_s", "events/s"),
+    Row("W4", "aggregates_per_s", "aggregates/s"),
+    Row("W4", "events_per_s", "events/s"),
+    Row("W5", "ms", "ms", higher_is_better=False),
+    Row("W6", "events_per_s", "events/s"),
+)
+NOT_YET = (
+    ("W5", "load from a snapshot", "n/a (snapshots: issue 5)"),
+    ("W6", "in-database read model projection", "n/a (projections not built yet)"),
+    ("W7", "live projection lag", "n/a (live projections not built yet)"),
+)
+LABELS = {
+    "W1": "append 10 events/stream, one append each",
+    "W2": "append 1 event per transaction",
+    "W3": "8 concurrent writer processes, 1 event/append",
+    "W4": "rebuild every W1 aggregate into typed state",
+    "W5": "load one 10,000-event aggregate, no snapshot",
+    "W6": "read whole log decoded into typed events",
+}
+
+
+@dataclass(frozen=True)
+class Goal:
+    workload: str
+    backend: Backend
+    peer: System
+    ratio: float
+
+
+TARGETS = tuple(
+    [Goal("W1", b, "eventsourcing", 2.0) for b in ("sqlite", "postgres")]
+    + [Goal("W1", b, "raw", 0.8) for b in ("sqlite", "postgres")]
+    + [Goal("W2", b, "raw", 0.8) for b in ("sqlite", "postgres")]
+    + [Goal("W3", "postgres", "raw", 0.9), Goal("W3", "postgres", "eventsourcing", 2.5)]
+    + [Goal("W4", "sqlite", "eventsourcing", 4.0), Goal("W4", "postgres", "eventsourcing", 2.5)]
+    + [Goal("W6", b, "eventsourcing", 2.0) for b in ("sqlite", "postgres")]
+    + [Goal("W6", b, "raw", 0.8) for b in ("sqlite", "postgres")]
+)
+BUSY_LOAD = 1.5
+"""A 1-minute load average above this before a measurement means other work was running."""
+M1_FLAT = 1.5
+"""M1 passes when the peak at the long log is at most this many times the short log's."""
+
+# results[backend][workload][system] = one metrics dict per repetition
+Results = dict[str, dict[str, dict[str, list[dict[str, float]]]]]
+
+
+def say(message: str) -> None:
+    print(message, file=sys.stderr, flush=True)
+
+
+def run_worker(job: Job, *, timeout: float = 1800) -> dict[str, Any]:
+    """Run one job in a fresh interpreter and return its result."""
+    env = dict(os.environ)
+    env["PYTHONPATH"] = os.pathsep.join(filter(None, [str(ROOT), env.get("PYTHONPATH")]))
+    proc = subprocess.run(
+        [sys.executable, "-m", "benchmarks.worker", msgspec.json.encode(job).decode()],
+        capture_output=True,
+        text=True,
+        timeout=timeout,
+        env=env,
+        cwd=ROOT,
+        check=False,
+    )
+    lines = [ln for ln in proc.stdout.splitlines() if ln.startswith(RESULT_PREFIX)]
+    if proc.returncode != 0 or not lines:
+        raise RuntimeError(
+            f"{job.kind} {job.system} on {job.target.backend} failed "
+            f"(exit {proc.returncode}):\n{proc.stderr[-3000:]}"
+        )
+    result: dict[str, Any] = msgspec.json.decode(lines[-1][len(RESULT_PREFIX) :])
+    return result
+
+
+def rotated(rep: int) -> list[System]:
+    k = rep % len(SYSTEMS)
+    return list(SYSTEMS[k:] + SYSTEMS[:k])
+
+
+def _one(
+    kind: str, system: System, backend: Backend, sizes: Sizes, workdir: str | None
+) -> dict[str, Any]:
+    target = create_target(backend, system[:6], workdir)
+    load = os.getloadavg()[0]
+    try:
+        out = run_worker(Job(kind=kind, system=system, target=target, sizes=sizes))
+    finally:
+        drop_target(target)
+    if kind == "w3":
+        out["load_before"] = load
+    else:
+        for metrics in out.values():
+            metrics["load_before"] = load
+    return out
+
+
+def measure(
+    sizes: Sizes, backends: Sequence[Backend], workloads: set[str], workdir: str | None
+) -> Results:
+    results: Results = {b: {} for b in backends}
+
+    def keep(backend: Backend, system: System, out: dict[str, Any]) -> None:
+        for workload, metrics in out.items():
+            if workload in workloads:
+                results[backend].setdefault(workload, {}).setdefault(system, []).append(metrics)
+
+    kinds = []
+    if workloads & {"W1", "W4", "W5", "W6"}:
+        kinds.append("chain")
+    if "W2" in workloads:
+        kinds.append("w2")
+    for rep in range(sizes.repetitions):
+        for backend in backends:
+            for kind in kinds:
+                for system in rotated(rep):
+                    start = time.perf_counter()
+                    out = _one(kind, system, backend, sizes, workdir)
+                    keep(backend, system, out)
+                    say(
+                        f"[{rep + 1}/{sizes.repetitions}] {backend:8} {kind:5} {system:13} "
+                        f"{time.perf_counter() - start:5.1f}s  {_brief(out)}"
+                    )
+    if "W3" in workloads and "postgres" in backends:
+        for rep in range(sizes.repetitions):
+            for system in rotated(rep):
+                start = time.perf_counter()
+                out = _one("w3", system, "postgres", sizes, workdir)
+                keep("postgres", system, {"W3": out})
+                say(
+                    f"[{rep + 1}/{sizes.repetitions}] postgres W3    {system:13} "
+                    f"{time.perf_counter() - start:5.1f}s  {out['events_per_s']:,.0f} events/s"
+                )
+    return results
+
+
+def _brief(out: dict[str, Any]) -> str:
+    parts = []
+    for workload, metrics in sorted(out.items()):
+        if "ms" in metrics:
+            parts.append(f"{workload} {metrics['ms']:,.1f} ms")
+        elif "aggregates_per_s" in metrics:
+            parts.append(f"{workload} {metrics['aggregates_per_s']:,.0f} agg/s")
+        else:
+            parts.append(f"{workload} {metrics['events_per_s']:,.0f} ev/s")
+    return ", ".join(parts)
+
+
+def measure_m1(sizes: Sizes, backends: Sequence[Backend], workdir: str | None) -> dict[str, Any]:
+    """M1 for chronik: read_all's peak memory at a short and a ten-times-longer log."""
+    out: dict[str, Any] = {}
+    for backend in backends:
+        target = create_target(backend, "m1", workdir)
+        try:
+            rows: dict[str, Any] = {}
+            for n in (sizes.m1_small, sizes.m1_large):
+                fill = run_worker(
+                    Job(kind="m1_fill", system="chronik", target=target, sizes=sizes, events=n)
+                )
+                traced = run_worker(
+                    Job(kind="m1_read", system="chronik", target=target, sizes=sizes, trace=True)
+                )
+                rss = run_worker(Job(kind="m1_read", system="chronik", target=target, sizes=sizes))
+                rows[str(n)] = {
+                    "events": traced["events"],
+                    "fill_seconds": fill["seconds"],
+                    "tracemalloc_peak_mib": traced["tracemalloc_peak_mib"],
+                    "rss_growth_mib": rss["rss_growth_mib"],
+                    "rss_peak_mib": rss["rss_peak_mib"],
+                    "read_events_per_s": rss["events"] / rss["seconds"],
+                }
+                say(
+                    f"M1 {backend:8} {n:>9,} events: tracemalloc peak "
+                    f"{traced['tracemalloc_peak_mib']:.2f} MiB, process peak RSS "
+                    f"{rss['rss_peak_mib']:.1f} MiB"
+                )
+            out[backend] = rows
+        finally:
+            drop_target(target)
+    return out
+
+
+# -- summary --------------------------------------------------------------------------------
+
+
+def medians(results: Results) -> dict[str, dict[str, dict[str, dict[str, float]]]]:
+    """``medians[backend][workload][system][metric]``."""
+    out: dict[str, dict[str, dict[str, dict[str, float]]]] = {}
+    for backend, workloads in results.items():
+        for workload, systems in workloads.items():
+            for system, runs in systems.items():
+                metrics = {k for run in runs for k in run}
+                out.setdefault(backend, {}).setdefault(workload, {})[system] = {
+                    k: statistics.median(run[k] for run in runs if k in run) for k in metrics
+                }
+    return out
+
+
+def speed_ratio(row: Row, ours: float | None, theirs: float | None) -> float | None:
+    if not ours or not theirs:
+        return None
+    return ours / theirs if row.higher_is_better else theirs / ours
+
+
+def _fmt(value: float | None, unit: str) -> str:
+    if value is None:
+        return "-"
+    if unit == "ms":
+        return f"{value:,.1f}"
+    return f"{value:,.0f}"
+
+
+def _fmt_ratio(value: float | None) -> str:
+    return "-" if value is None else f"{value:.2f}x"
+
+
+def goals_for(workload: str, backend: str, peer: str) -> list[Goal]:
+    return [
+        g for g in TARGETS if g.workload == workload and g.backend == backend and g.peer == peer
+    ]
+
+
+def evaluate(med: dict[str, Any]) -> list[dict[str, Any]]:
+    """Each target with the ratio measured and whether it is met."""
+    out = []
+    for goal in TARGETS:
+        row = next(r for r in ROWS if r.workload == goal.workload)
+        systems = med.get(goal.backend, {}).get(goal.workload)
+        if not systems:
+            continue
+        ours = systems.get("chronik", {}).get(row.metric)
+        theirs = systems.get(goal.peer, {}).get(row.metric)
+        ratio = speed_ratio(row, ours, theirs)
+        out.append(
+            {
+                **asdict(goal),
+                "measured": ratio,
+                "met": ratio is not None and ratio >= goal.ratio,
+            }
+        )
+    return out
+
+
+def evaluate_m1(m1: dict[str, Any]) -> list[dict[str, Any]]:
+    """M1's target per backend: the peak grows at most ``M1_FLAT`` times for a 10x log."""
+    out = []
+    for backend, rows in m1.items():
+        _small, _large, growth = m1_growth(rows)
+        out.append(
+            {
+                "workload": "M1",
+                "backend": backend,
+                "peer": None,
+                "ratio": M1_FLAT,
+                "measured": growth,
+                "met": growth <= M1_FLAT,
+            }
+        )
+    return out
+
+
+def table(med: dict[str, Any], backends: Sequence[str]) -> str:
+    head = (
+        "| workload | backend | unit | chronik | eventsourcing | raw driver "
+        "| chronik/eventsourcing | chronik/raw | target |"
+    )
+    lines = [head, "|---|---|---|---:|---:|---:|---:|---:|---|"]
+    for row in ROWS:
+        for backend in backends:
+            systems = med.get(backend, {}).get(row.workload)
+            if not systems:
+                continue
+            values = {s: systems.get(s, {}).get(row.metric) for s in SYSTEMS}
+            vs_peer = speed_ratio(row, values["chronik"], values["eventsourcing"])
+            vs_raw = speed_ratio(row, values["chronik"], values["raw"])
+            marks = []
+            if row.metric != "events_per_s" or row.workload != "W4":
+                for peer, measured in (("eventsourcing", vs_peer), ("raw", vs_raw)):
+                    for goal in goals_for(row.workload, backend, peer):
+                        ok = measured is not None and measured >= goal.ratio
+                        short = "es" if peer == "eventsourcing" else "raw"
+                        marks.append(f"≥{goal.ratio:g}x {short} {'met' if ok else 'MISSED'}")
+            label = f"{row.workload} {LABELS[row.workload]}"
+            lines.append(
+                f"| {label} | {backend} | {row.unit} | {_fmt(values['chronik'], row.unit)} "
+                f"| {_fmt(values['eventsourcing'], row.unit)} | {_fmt(values['raw'], row.unit)} "
+                f"| {_fmt_ratio(vs_peer)} | {_fmt_ratio(vs_raw)} | {'; '.join(marks)} |"
+            )
+    for workload, what, note in NOT_YET:
+        lines.append(f"| {workload} {what} | all | | {note} | | | | | |")
+    return "\n".join(lines)
+
+
+def m1_growth(rows: dict[str, Any]) -> tuple[int, int, float]:
+    """The two log lengths and how many times the peak grew between them (worst of both)."""
+    (small_n, small), (large_n, large) = sorted(rows.items(), key=lambda kv: int(kv[0]))
+    growth = max(
+        large["tracemalloc_peak_mib"] / max(small["tracemalloc_peak_mib"], 1e-9),
+        large["rss_peak_mib"] / max(small["rss_peak_mib"], 1e-9),
+    )
+    return int(small_n), int(large_n), growth
+
+
+def m1_table(m1: dict[str, Any]) -> str:
+    lines = [
+        "| M1 read_all + decode, chronik | backend | short log | long log "
+        "| tracemalloc peak short → long | process peak RSS short → long | flat? |",
+        "|---|---|---:|---:|---:|---:|---|",
+    ]
+    for backend, rows in m1.items():
+        small_n, large_n, growth = m1_growth(rows)
+        small, large = rows[str(small_n)], rows[str(large_n)]
+        flat = growth <= M1_FLAT
+        lines.append(
+            f"| peak memory | {backend} | {small_n:,} | {large_n:,} "
+            f"| {small['tracemalloc_peak_mib']:.2f} → {large['tracemalloc_peak_mib']:.2f} MiB "
+            f"| {small['rss_peak_mib']:.1f} → {large['rss_peak_mib']:.1f} MiB "
+            f"| {'yes' if flat else 'NO'} ({growth:.2f}x) |"
+        )
+    return "\n".join(lines)
+
+
+def busiest_load(results: Results) -> float:
+    """The highest load average seen just before any measurement (0 when none recorded)."""
+    loads = [
+        run.get("load_before", 0.0)
+        for workloads in results.values()
+        for systems in workloads.values()
+        for runs in systems.values()
+        for run in runs
+    ]
+    return max(loads, default=0.0)
+
+
+def machine() -> dict[str, Any]:
+    info: dict[str, Any] = {
+        "platform": platform.platform(),
+        "python": platform.python_version(),
+        "cpus": os.cpu_count(),
+    }
+    try:
+        with open("/proc/meminfo", encoding="ascii") as fh:
+            total_kib = int(fh.readline().split()[1])
+        info["memory_gib"] = round(total_kib / 2**20, 1)
+    except (OSError, ValueError, IndexError):
+        pass
+    return info
+
+
+def versions(backends: Sequence[str]) -> dict[str, Any]:
+    import sqlite3
+    from importlib.metadata import PackageNotFoundError, version
+
+    out: dict[str, Any] = {"sqlite": sqlite3.sqlite_version}
+    for dist in ("chronik", "eventsourcing", "psycopg", "msgspec"):
+        try:
+            out[dist] = version(dist)
+        except PackageNotFoundError:
+            out[dist] = None
+    if "postgres" in backends:
+        import psycopg
+
+        with psycopg.connect(PG_URL) as conn:
+            row = conn.execute("SHOW server_version").fetchone()
+            out["postgresql"] = row[0] if row else None
+            settings = conn.execute(
+                "SELECT name, setting FROM pg_settings WHERE name IN "
+                "('fsync', 'synchronous_commit', 'wal_sync_method', 'shared_buffers', "
+                "'max_connections') ORDER BY name"
+            ).fetchall()
+            out["postgresql_settings"] = dict(settings)
+    return out
+
+
+def _check_postgres() -> str | None:
+    """Why PostgreSQL workloads cannot run, or None when they can."""
+    if not pg_reachable():
+        return f"PostgreSQL is not reachable at {PG_URL}"
+    import asyncio
+
+    import chronik
+
+    target = create_target("postgres", "probe")
+    try:
+
+        async def probe() -> None:
+            store = await chronik.connect(target.chronik_url())
+            await store.close()
+
+        asyncio.run(probe())
+    except Exception as exc:
+        return f"chronik's PostgreSQL backend is not usable: {type(exc).__name__}: {exc}"
+    finally:
+        drop_target(target)
+    return None
+
+
+def main(argv: Sequence[str] | None = None) -> int:
+    parser = argparse.ArgumentParser(prog="python -m benchmarks.run", description=__doc__)
+    mode = parser.add_mutually_exclusive_group()
+    mode.add_argument("--quick", action="store_true", help="a few minutes (the default)")
+    mode.add_argument("--full", action="store_true", help="more repetitions, M1 at 1M events")
+    mode.add_argument("--smoke", action="store_true", help="tiny sizes: checks, not numbers")
+    parser.add_argument("--backends", default="sqlite,postgres", help="comma-separated")
+    parser.add_argument("--only", default="", help="workloads, e.g. W1,W4,M1 (default: all)")
+    parser.add_argument("--repetitions", type=int, default=0, help="override the mode's count")
+    parser.add_argument("--json", default=str(DEFAULT_JSON), help="where to write the results")
+    parser.add_argument("--workdir", default=None, help="folder for SQLite files (default tmp)")
+    args = parser.parse_args(argv)
+
+    mode_name = "full" if args.full else "smoke" if args.smoke else "quick"
+    sizes = {"full": FULL, "smoke": SMOKE, "quick": QUICK}[mode_name]
+    if args.repetitions:
+        sizes = replace(sizes, repetitions=args.repetitions)
+    workloads = {w.strip().upper() for w in args.only.split(",") if w.strip()} or {
+        "W1",
+        "W2",
+        "W3",
+        "W4",
+        "W5",
+        "W6",
+        "M1",
+    }
+    backends: list[Backend] = []
+    for name in (b.strip() for b in args.backends.split(",") if b.strip()):
+        if name not in ("sqlite", "postgres"):
+            parser.error(f"unknown backend {name!r}")
+        backends.append(name)
+    try:
+        import eventsourcing  # noqa: F401
+    except ImportError:
+        parser.error("eventsourcing is not installed: pip install 'eventsourcing[postgres]~=9.5.0'")
+    skipped: dict[str, str] = {}
+    if "postgres" in backends:
+        reason = _check_postgres()
+        if reason:
+            say(f"skipping PostgreSQL: {reason}")
+            skipped["postgres"] = reason
+            backends.remove("postgres")
+
+    started = time.perf_counter()
+    say(f"chronik benchmarks ({mode_name}): {asdict(sizes)}")
+    results = measure(sizes, backends, workloads, args.workdir)
+    m1 = measure_m1(sizes, backends, args.workdir) if "M1" in workloads else {}
+    med = medians(results)
+    goals = evaluate(med) + evaluate_m1(m1)
+    elapsed = time.perf_counter() - started
+    busiest = busiest_load(results)
+
+    command = "python -m benchmarks.run " + " ".join(
+        shlex.quote(a) for a in (argv if argv is not None else sys.argv[1:])
+    )
+    report = {
+        "generated_at": dt.datetime.now(dt.UTC).isoformat(timespec="seconds"),
+        "command": command.strip(),
+        "mode": mode_name,
+        "seconds": elapsed,
+        "sizes": asdict(sizes),
+        "backends": backends,
+        "skipped": skipped,
+        "machine": machine(),
+        "versions": versions(backends),
+        "durability": {
+            "sqlite": "WAL, synchronous=FULL for all three (eventsourcing: SQLite's default, "
+            "FULL, checked by PRAGMA)",
+            "postgres": "stock settings, one transaction per append for all three",
+        },
+        "busiest_load_before": busiest,
+        "results": results,
+        "medians": med,
+        "targets": goals,
+        "m1": m1,
+    }
+    path = Path(args.json)
+    path.parent.mkdir(parents=True, exist_ok=True)
+    path.write_bytes(msgspec.json.format(msgspec.json.encode(report), indent=2) + b"\n")
+
+    print()
+    print(table(med, backends))
+    if m1:
+        print()
+        print(m1_table(m1))
+    print()
+    for g in goals:
+        status = "met   " if g["met"] else "MISSED"
+        if g["workload"] == "M1":
+            print(
+                f"{status} M1 {g['backend']:8} peak memory flat (≤{g['ratio']:g}x growth): "
+                f"{g['measured']:.2f}x"
+            )
+            continue
+        measured = "-" if g["measured"] is None else f"{g['measured']:.2f}x"
+        print(f"{status} {g['workload']} {g['backend']:8} ≥{g['ratio']:g}x {g['peer']}: {measured}")
+    for backend, reason in skipped.items():
+        print(f"skipped {backend}: {reason}")
+    if busiest > BUSY_LOAD:
+        print(
+            f"\nwarning: the 1-minute load average was up to {busiest:.1f} when a measurement "
+            f"started ({os.cpu_count()} CPUs): something else was running, numbers are noisy"
+        )
+    met = sum(1 for g in goals if g["met"])
+    print(f"\n{met}/{len(goals)} targets met; {elapsed:.0f}s; JSON: {path}")
+    return 0
+
+
+if __name__ == "__main__":
+    sys.exit(main())

@@ -1,0 +1,176 @@
+"""``chronik migrate ...``: offline migration of a whole store (see :mod:`chronik.migrate`)."""
+
+from __future__ import annotations
+
+import argparse
+import importlib
+import os
+import sys
+from typing import Any
+
+from chronik.cli.main import Output
+from chronik.cli.schema import load_registry
+from chronik.codec import EventRegistry
+from chronik.errors import ChronikError
+from chronik.migrate import CopyProgress, Transform, copy_store, verify_copy
+from chronik.store import connect
+
+__all__ = ["load_transform", "register"]
+
+
+def load_transform(spec: str) -> Transform:
+    """Import ``MODULE:FUNCTION`` (the current folder is importable)."""
+    module_name, _, attr = spec.partition(":")
+    if not module_name or not attr:
+        raise ChronikError(f"--transform must be MODULE:FUNCTION, not {spec!r}")
+    if os.getcwd() not in sys.path:
+        sys.path.insert(0, os.getcwd())
+    try:
+        fn = getattr(importlib.import_module(module_name), attr)
+    except (ImportError, AttributeError) as exc:
+        raise ChronikError(f"cannot load {spec!r}: {exc}") from exc
+    if not callable(fn):
+        raise ChronikError(f"--transform {spec!r} is not a function")
+    transform: Transform = fn
+    return transform
+
+
+def _options(args: argparse.Namespace) -> dict[str, Any]:
+    if args.source == args.target:
+        raise ChronikError("--from and --to name the same store")
+    registry: EventRegistry | None = None
+    if args.upcast:
+        if not args.app:
+            raise ChronikError("--upcast needs --app MODULE:OBJECT (the registry's upcasters)")
+        registry = load_registry(args.app)
+        registry.validate()
+    return {
+        "registry": registry,
+        "upcast": args.upcast,
+        "transform": load_transform(args.transform) if args.transform else None,
+        "categories": args.categories,
+        "tolerant": args.tolerant,
+    }
+
+
+async def cmd_migrate_copy(args: argparse.Namespace, out: Output) -> int:
+    from rich.progress import (
+        BarColumn,
+        MofNCompleteColumn,
+        Progress,
+        TextColumn,
+        TimeRemainingColumn,
+    )
+
+    options = _options(args)
+    async with await connect(args.source) as source, await connect(args.target) as target:
+        if out.as_json:
+            report = await copy_store(
+                source,
+                target,
+                batch_size=args.batch_size,
+                verify=not args.no_verify,
+                **options,
+            )
+            out.json(report.to_dict())
+            return 0
+        with Progress(
+            TextColumn("[bold]copy"),
+            BarColumn(),
+            MofNCompleteColumn(),
+            TextColumn("events"),
+            TextColumn("{task.fields[rate]:,.0f} ev/s"),
+            TextColumn("ETA"),
+            TimeRemainingColumn(),
+            console=out.err,
+        ) as bar:
+            task = bar.add_task("copy", total=None, rate=0.0)
+
+            def report_progress(p: CopyProgress) -> None:
+                bar.update(task, completed=p.done, total=p.total, rate=p.rate)
+
+            report = await copy_store(
+                source,
+                target,
+                batch_size=args.batch_size,
+                verify=not args.no_verify,
+                progress=report_progress,
+                **options,
+            )
+    start = f"after position {report.resumed_after}" if report.resumed_after else "from the start"
+    out.console.print(
+        f"[green]copied[/green] {report.read:,} events ({report.written:,} written) {start} "
+        f"in {report.seconds:.1f}s, {report.rate:,.0f} events/s; checkpoint {report.checkpoint}",
+        markup=True,
+    )
+    v = report.verification
+    if v is not None:
+        out.console.print(
+            f"[green]verified[/green]: {v.target_events:,} events in {v.target_streams:,} "
+            f"streams, ids checksum {v.target_checksum[:16]}",
+            markup=True,
+        )
+    return 0
+
+
+async def cmd_migrate_verify(args: argparse.Namespace, out: Output) -> int:
+    options = _options(args)
+    async with await connect(args.source) as source, await connect(args.target) as target:
+        v = await verify_copy(source, target, **options)
+    if out.as_json:
+        out.json(v.to_dict())
+    else:
+        verdict = "[green]ok[/green]" if v.ok else "[red]DIFFERENT[/red]"
+        out.console.print(
+            f"{verdict}: up to source position {v.upto}, expected {v.expected_events:,} events "
+            f"in {v.expected_streams:,} streams, found {v.target_events:,} in "
+            f"{v.target_streams:,}",
+            markup=True,
+        )
+        for line in v.differences:
+            out.console.print(f"  {line}", markup=False)
+    return 0 if v.ok else 1
+
+
+def _copy_options(p: argparse.ArgumentParser) -> None:
+    p.add_argument("--from", dest="source", required=True, metavar="URL", help="source store")
+    p.add_argument("--to", dest="target", required=True, metavar="URL", help="target store")
+    p.add_argument(
+        "--upcast", action="store_true", help="bring every event to its current schema version"
+    )
+    p.add_argument(
+        "--transform",
+        metavar="MODULE:FUNCTION",
+        help="a function applied to each (upcast) event: returns it, a dict, an Upcast, a "
+        "list of these, or None to drop it",
+    )
+    p.add_argument("--app", metavar="MODULE:OBJECT", help="the App or EventRegistry --upcast uses")
+    p.add_argument("--categories", nargs="+", metavar="CATEGORY", help="only these categories")
+    p.add_argument(
+        "--tolerant",
+        action="store_true",
+        help="with --upcast: copy events of unknown types or newer versions raw",
+    )
+
+
+def register(sub: Any, common: argparse.ArgumentParser) -> None:
+    mig = sub.add_parser(
+        "migrate", parents=[common], help="copy a whole store into another (offline migration)"
+    )
+    msub = mig.add_subparsers(dest="action", required=True, metavar="ACTION")
+
+    p = msub.add_parser(
+        "copy",
+        parents=[common],
+        help="copy every event, keeping ids, versions, time and metadata; resumable",
+    )
+    _copy_options(p)
+    p.add_argument("--batch-size", type=int, default=5000, help="events per target transaction")
+    p.add_argument("--no-verify", action="store_true", help="skip the final check")
+    p.set_defaults(standalone=cmd_migrate_copy)
+
+    p = msub.add_parser(
+        "verify", parents=[common], help="compare a copy with its source (read-only)"
+    )
+    _copy_options(p)
+    p.set_defaults(standalone=cmd_migrate_verify)
