@@ -282,3 +282,23 @@ async def test_subscription_and_writer_survive_a_postgres_restart(
         assert set(stored) <= set(acked) | set(unknown)
         assert got == stored, "the subscription skipped or repeated events across restarts"
         assert acked, "nothing was written"
+
+
+async def test_listen_notify_wakes_a_follower_in_another_store_instance(pg_url: str) -> None:
+    """With polling effectively off (60 s), only NOTIFY can deliver these events in time."""
+    async with await chronik.connect(pg_url) as writer, await chronik.connect(pg_url) as reader:
+        await writer.append("seed-1", [NewEvent("Seed", {})])
+        got: list[str] = []
+        sub = Subscription(reader, after=await reader.head_position(), poll_interval=60)
+        follower = asyncio.create_task(_follow_ids(sub, got))
+        await asyncio.sleep(0.2)  # let it go idle (LISTENing)
+        sent = []
+        for n in range(3):
+            ev = NewEvent("Ping", {"n": n})
+            await writer.append("ping-1", [ev])
+            sent.append(str(ev.event_id))
+            while len(got) < n + 1:
+                await asyncio.sleep(0.01)
+        sub.stop()
+        await asyncio.wait_for(follower, 10)
+        assert got == sent

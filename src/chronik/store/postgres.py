@@ -37,7 +37,7 @@ from typing import Any, Self
 import psycopg
 import psycopg.errors
 from psycopg.types.json import JsonBinaryLoader, JsonLoader
-from psycopg_pool import AsyncConnectionPool
+from psycopg_pool import AsyncConnectionPool, PoolClosed, PoolTimeout
 
 from chronik.errors import (
     BatchTooLarge,
@@ -278,6 +278,15 @@ class PostgresEventStore:
         self._poll_interval = poll_interval
         self._before_commit: Callable[[], Awaitable[None]] | None = None
         self.inline_projections: list[InlineProjection] = []
+        # change signalling: LISTEN on one connection; NOTIFY after commits, coalesced
+        self.notify_interval = 0.005
+        """At most one NOTIFY per this many seconds per process (appends coalesce)."""
+        self._channel = f"chronik_{self.schema}"
+        self._changed = asyncio.Event()
+        self._listener: asyncio.Task[None] | None = None
+        self._notifier: asyncio.Task[None] | None = None
+        self._notify_pending = False
+        self._last_notify = float("-inf")
 
     @classmethod
     async def open(
@@ -419,6 +428,7 @@ class PostgresEventStore:
             except _HandlerFailed as failed:
                 raise failed.error from None
             if isinstance(outcome, AppendResult):
+                self._appended()
                 return outcome
             if outcome.constraint == "events_pkey":
                 raise StoreUnavailable(
@@ -763,20 +773,62 @@ class PostgresEventStore:
         return int(rows[0][0]) if rows else None
 
     async def wait_for_change(self, timeout: float) -> None:
-        """Return when the head position moves or ``timeout`` seconds pass (for followers).
+        """Return soon after an append commits (any process), or after ``timeout`` seconds.
 
-        This polls :meth:`head_position` every ``poll_interval`` seconds: a NOTIFY in each
-        append would serialise every commit on PostgreSQL's notify queue lock.
+        Appends of this process wake waiters at once. Other processes' appends arrive by
+        LISTEN/NOTIFY: each process sends at most one ``NOTIFY`` per ``notify_interval``
+        (5 ms), after its commits and outside their transactions, so notifications never
+        serialise appends. If the listening connection is down, this simply times out and
+        the caller polls; the listener reconnects by itself.
         """
-        deadline = time.monotonic() + max(timeout, 0.0)
-        start = await self.head_position()
-        while True:
-            left = deadline - time.monotonic()
-            if left <= 0:
-                return
-            await asyncio.sleep(min(self._poll_interval, left))
-            if await self.head_position() != start:
-                return
+        self._check_open()
+        if self._listener is None or self._listener.done():
+            self._listener = asyncio.get_running_loop().create_task(self._listen())
+        event = self._changed
+        with contextlib.suppress(TimeoutError):
+            await asyncio.wait_for(event.wait(), max(timeout, 0.0))
+
+    def _wake(self) -> None:
+        self._changed.set()
+        self._changed = asyncio.Event()
+
+    def _appended(self) -> None:
+        self._wake()
+        self._notify_pending = True
+        if self._notifier is None or self._notifier.done():
+            self._notifier = asyncio.get_running_loop().create_task(self._send_notifies())
+
+    async def _send_notifies(self) -> None:
+        while self._notify_pending and not self._closed:
+            wait = self._last_notify + self.notify_interval - time.monotonic()
+            if wait > 0:
+                await asyncio.sleep(wait)
+            self._notify_pending = False
+            self._last_notify = time.monotonic()
+            try:
+                async with self._pool.connection() as conn:
+                    await conn.execute(f"NOTIFY {self._channel}")
+            except (psycopg.Error, PoolClosed, PoolTimeout) as exc:
+                logger.debug("NOTIFY failed (%s); listeners fall back to polling", exc)
+
+    async def _listen(self) -> None:
+        backoff = 0.1
+        while not self._closed:
+            try:
+                conninfo = self._pool.conninfo
+                if not isinstance(conninfo, str):
+                    return  # a dynamic conninfo: no listener, callers poll
+                conn = await psycopg.AsyncConnection.connect(conninfo, autocommit=True)
+                async with conn:
+                    await conn.execute(f"LISTEN {self._channel}")
+                    self._wake()  # anything committed while (re)connecting
+                    backoff = 0.1
+                    async for _ in conn.notifies():
+                        self._wake()
+            except psycopg.Error as exc:
+                logger.debug("LISTEN connection lost (%s); reconnecting", exc)
+                await asyncio.sleep(backoff)
+                backoff = min(backoff * 2, 5.0)
 
     # -- lifecycle ------------------------------------------------------------------------
 
@@ -785,6 +837,11 @@ class PostgresEventStore:
         if self._closed:
             return
         self._closed = True
+        for task in (self._listener, self._notifier):
+            if task is not None and not task.done():
+                task.cancel()
+                with contextlib.suppress(asyncio.CancelledError, Exception):
+                    await task
         await self._pool.close()
 
     async def __aenter__(self) -> Self:
