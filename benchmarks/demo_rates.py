@@ -15,8 +15,9 @@ import tempfile
 import time
 from decimal import Decimal
 
-import chronik
 from examples.bank_account import Deposit, OpenAccount, account, registry
+
+import chronik
 
 
 async def measure(url: str, accounts: int, deposits: int) -> dict[str, float]:

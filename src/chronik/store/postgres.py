@@ -730,7 +730,14 @@ class PostgresEventStore:
         """
         self._check_open()
         try:
-            async with self._pool.connection() as conn, conn.transaction():
+            async with (
+                self._pool.connection() as conn,
+                conn.pipeline(),
+                conn.transaction(),
+            ):
+                # pipeline mode: statements whose results nobody fetches (a handler's
+                # INSERTs, the checkpoint) go out without waiting for one round trip each;
+                # an error surfaces at the next fetch or at COMMIT and rolls everything back
                 yield PostgresTx(conn, self)
         except psycopg.OperationalError as exc:
             raise _unavailable(exc) from exc
