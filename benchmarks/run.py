@@ -88,7 +88,7 @@ NOT_YET = (
 LABELS = {
     "W1": "append 10 events/stream, one append each",
     "W2": "append 1 event per transaction",
-    "W3": "8 concurrent writer processes, 1 event/append",
+    "W3": "8 writer processes, 1 event/append (raw: unprotected INSERT)",
     "W4": "rebuild every W1 aggregate into typed state",
     "W5": "load one 10,000-event aggregate, no snapshot",
     "W6": "read whole log decoded into typed events",
@@ -171,8 +171,14 @@ def _one(
 
 
 def measure(
-    sizes: Sizes, backends: Sequence[Backend], workloads: set[str], workdir: str | None
+    sizes: Sizes,
+    backends: Sequence[Backend],
+    workloads: set[str],
+    workdir: str | None,
+    errors: list[str],
 ) -> Results:
+    """Every workload, repetition and system; a failed measurement is reported in ``errors``
+    and left out (the others still run), so one broken part does not lose the whole run."""
     results: Results = {b: {} for b in backends}
 
     def keep(backend: Backend, system: System, out: dict[str, Any]) -> None:
@@ -180,32 +186,40 @@ def measure(
             if workload in workloads:
                 results[backend].setdefault(workload, {}).setdefault(system, []).append(metrics)
 
+    def attempt(label: str, kind: str, system: System, backend: Backend) -> dict[str, Any] | None:
+        start = time.perf_counter()
+        try:
+            out = _one(kind, system, backend, sizes, workdir)
+        except Exception as exc:
+            errors.append(f"{label} {backend} {kind} {system}: {exc}")
+            say(f"{label} {backend:8} {kind:5} {system:13} FAILED: {str(exc)[-2000:]}")
+            return None
+        brief = _brief(out) if kind != "w3" else f"{out['events_per_s']:,.0f} events/s"
+        say(
+            f"{label} {backend:8} {kind:5} {system:13} {time.perf_counter() - start:5.1f}s  {brief}"
+        )
+        return out
+
     kinds = []
     if workloads & {"W1", "W4", "W5", "W6"}:
         kinds.append("chain")
     if "W2" in workloads:
         kinds.append("w2")
     for rep in range(sizes.repetitions):
+        label = f"[{rep + 1}/{sizes.repetitions}]"
         for backend in backends:
             for kind in kinds:
                 for system in rotated(rep):
-                    start = time.perf_counter()
-                    out = _one(kind, system, backend, sizes, workdir)
-                    keep(backend, system, out)
-                    say(
-                        f"[{rep + 1}/{sizes.repetitions}] {backend:8} {kind:5} {system:13} "
-                        f"{time.perf_counter() - start:5.1f}s  {_brief(out)}"
-                    )
+                    out = attempt(label, kind, system, backend)
+                    if out is not None:
+                        keep(backend, system, out)
     if "W3" in workloads and "postgres" in backends:
         for rep in range(sizes.repetitions):
+            label = f"[{rep + 1}/{sizes.repetitions}]"
             for system in rotated(rep):
-                start = time.perf_counter()
-                out = _one("w3", system, "postgres", sizes, workdir)
-                keep("postgres", system, {"W3": out})
-                say(
-                    f"[{rep + 1}/{sizes.repetitions}] postgres W3    {system:13} "
-                    f"{time.perf_counter() - start:5.1f}s  {out['events_per_s']:,.0f} events/s"
-                )
+                out = attempt(label, "w3", system, "postgres")
+                if out is not None:
+                    keep("postgres", system, {"W3": out})
     return results
 
 
@@ -515,8 +529,15 @@ def main(argv: Sequence[str] | None = None) -> int:
 
     started = time.perf_counter()
     say(f"chronik benchmarks ({mode_name}): {asdict(sizes)}")
-    results = measure(sizes, backends, workloads, args.workdir)
-    m1 = measure_m1(sizes, backends, args.workdir) if "M1" in workloads else {}
+    errors: list[str] = []
+    results = measure(sizes, backends, workloads, args.workdir, errors)
+    m1: dict[str, Any] = {}
+    if "M1" in workloads:
+        try:
+            m1 = measure_m1(sizes, backends, args.workdir)
+        except Exception as exc:
+            errors.append(f"M1: {exc}")
+            say(f"M1 FAILED: {str(exc)[-2000:]}")
     med = medians(results)
     goals = evaluate(med) + evaluate_m1(m1)
     elapsed = time.perf_counter() - started
@@ -533,6 +554,7 @@ def main(argv: Sequence[str] | None = None) -> int:
         "sizes": asdict(sizes),
         "backends": backends,
         "skipped": skipped,
+        "errors": errors,
         "machine": machine(),
         "versions": versions(backends),
         "durability": {
@@ -568,6 +590,8 @@ def main(argv: Sequence[str] | None = None) -> int:
         print(f"{status} {g['workload']} {g['backend']:8} ≥{g['ratio']:g}x {g['peer']}: {measured}")
     for backend, reason in skipped.items():
         print(f"skipped {backend}: {reason}")
+    for error in errors:
+        print(f"FAILED (left out of the table): {error.splitlines()[0]}")
     if busiest > BUSY_LOAD:
         print(
             f"\nwarning: the 1-minute load average was up to {busiest:.1f} when a measurement "
@@ -575,7 +599,7 @@ def main(argv: Sequence[str] | None = None) -> int:
         )
     met = sum(1 for g in goals if g["met"])
     print(f"\n{met}/{len(goals)} targets met; {elapsed:.0f}s; JSON: {path}")
-    return 0
+    return 1 if errors else 0
 
 
 if __name__ == "__main__":

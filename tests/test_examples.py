@@ -178,3 +178,16 @@ def test_crm_contacts_dual_write_serves_both_shapes(tmp_path: Path) -> None:
     assert result["v2"][1]["emails"] == ["grace@navy.mil", "gh@x.org"]
     assert result["messages"] == 4  # two contacts, two shapes, nothing twice
     assert [(s, v) for s, v, _ in result["legacy"]] == [("contact-1", 1), ("contact-2", 1)]
+
+
+def test_funds_transfer_completes_and_compensates(tmp_path: Path) -> None:
+    out = subprocess.run(
+        [sys.executable, "examples/funds_transfer.py", str(tmp_path / "transfer.db")],
+        cwd=ROOT,
+        capture_output=True,
+        text=True,
+        check=True,
+    ).stdout
+    assert "t1 before the saga runs: pending" in out
+    assert "'t1': 'completed', 't2': 'compensated'" in out
+    assert "'alice': '70', 'bob': '30', 'carol': '0'" in out

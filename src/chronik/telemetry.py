@@ -316,11 +316,14 @@ def traced_command(fn: F) -> F:
                 attributes["chronik.correlation_id"] = correlation
             with t.start_as_current_span("chronik.command", attributes=attributes) as span:
                 result = await fn(store, stream_id, *args, **kwargs)
-                span.set_attribute("chronik.stream.version", result.version)
-                span.set_attribute("chronik.event.count", len(result.events))
-                span.set_attribute("chronik.attempts", result.attempts)
+                done = {
+                    "chronik.stream.version": result.version,
+                    "chronik.event.count": len(result.events),
+                    "chronik.attempts": result.attempts,
+                }
                 if result.position is not None:
-                    span.set_attribute("chronik.position", result.position)
+                    done["chronik.position"] = result.position
+                span.set_attributes(done)
                 return result
         finally:
             _scope.reset(token)
@@ -386,8 +389,9 @@ def traced_append(fn: F) -> F:
             traceparent = format_traceparent(span.get_span_context())
             with context(correlation_id=correlation, traceparent=traceparent):
                 result = await fn(self, stream_id, events, **kwargs)
-            span.set_attribute("chronik.stream.version", result.version)
-            span.set_attribute("chronik.position", result.position)
+            span.set_attributes(
+                {"chronik.stream.version": result.version, "chronik.position": result.position}
+            )
             return result
 
     return cast(F, append)

@@ -312,3 +312,37 @@ def test_works_and_imports_nothing_without_opentelemetry() -> None:
         [sys.executable, "-c", BLOCKED], capture_output=True, text=True, check=True
     ).stdout
     assert out.strip() == "ok"
+
+
+GLOBAL_PROVIDER = """
+import asyncio, chronik
+from opentelemetry import trace
+from opentelemetry.sdk.trace import TracerProvider
+from opentelemetry.sdk.trace.export import SimpleSpanProcessor
+from opentelemetry.sdk.trace.export.in_memory_span_exporter import InMemorySpanExporter
+from chronik import telemetry
+from chronik.store.memory import MemoryEventStore
+
+async def main():
+    async with MemoryEventStore() as store:
+        await store.append("order-1", [chronik.NewEvent("Ordered", {})])
+        assert telemetry.tracer() is None
+        exporter = InMemorySpanExporter()
+        provider = TracerProvider()
+        provider.add_span_processor(SimpleSpanProcessor(exporter))
+        trace.set_tracer_provider(provider)  # set after chronik was imported and used
+        await store.append("order-2", [chronik.NewEvent("Ordered", {})])
+        async for event in store.read_stream("order-2"):
+            (span,) = exporter.get_finished_spans()
+            assert event.metadata["traceparent"] == telemetry.format_traceparent(span.context)
+    print("ok")
+
+asyncio.run(main())
+"""
+
+
+def test_the_global_provider_is_picked_up_when_set_later() -> None:
+    out = subprocess.run(
+        [sys.executable, "-c", GLOBAL_PROVIDER], capture_output=True, text=True, check=True
+    ).stdout
+    assert out.strip() == "ok"

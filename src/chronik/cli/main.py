@@ -33,6 +33,7 @@ COMMAND_MODULES = [
     "chronik.cli.debug",
     "chronik.cli.schema",
     "chronik.cli.migrate",
+    "chronik.cli.integration",
 ]
 """Modules adding command groups: each has ``register(subparsers, common_parser)``."""
 

@@ -30,6 +30,7 @@ import contextlib
 import logging
 import time
 import uuid
+import zlib
 from collections.abc import AsyncIterator, Awaitable, Callable, Mapping, Sequence
 from types import TracebackType
 from typing import Any, Self
@@ -287,6 +288,12 @@ class PostgresEventStore:
         self._notifier: asyncio.Task[None] | None = None
         self._notify_pending = False
         self._last_notify = float("-inf")
+        # listeners hold a shared advisory lock on these keys; writers NOTIFY only when a
+        # listener of another backend holds it (checked at most once a second)
+        self._listen_keys = (0x6368726B, zlib.crc32(self.schema.encode()) - (1 << 31))
+        self._listener_pid = 0
+        self._others_listening = False
+        self._listeners_checked = float("-inf")
 
     @classmethod
     async def open(
@@ -814,9 +821,30 @@ class PostgresEventStore:
             self._last_notify = time.monotonic()
             try:
                 async with self._pool.connection() as conn:
-                    await conn.execute(f"NOTIFY {self._channel}")
+                    if await self._someone_else_listens(conn):
+                        await conn.execute(f"NOTIFY {self._channel}")
             except (psycopg.Error, PoolClosed, PoolTimeout) as exc:
                 logger.debug("NOTIFY failed (%s); listeners fall back to polling", exc)
+
+    async def _someone_else_listens(self, conn: _Conn) -> bool:
+        """Whether a listener on another connection waits for this schema's NOTIFY.
+
+        Listeners hold a shared advisory lock while they LISTEN; a process with no
+        followers elsewhere (a batch writer, say) then sends no NOTIFY at all.
+        """
+        now = time.monotonic()
+        if now - self._listeners_checked >= 1.0:
+            cur = await conn.execute(
+                "SELECT EXISTS (SELECT 1 FROM pg_locks WHERE locktype = 'advisory' "
+                "AND classid::bigint = %s::bigint & 4294967295 "
+                "AND objid::bigint = %s::bigint & 4294967295 "
+                "AND objsubid = 2 AND granted AND pid <> %s)",
+                (*self._listen_keys, self._listener_pid),
+            )
+            row = await cur.fetchone()
+            self._others_listening = bool(row and row[0])
+            self._listeners_checked = now
+        return self._others_listening
 
     async def _listen(self) -> None:
         backoff = 0.1
@@ -828,6 +856,8 @@ class PostgresEventStore:
                 conn = await psycopg.AsyncConnection.connect(conninfo, autocommit=True)
                 async with conn:
                     await conn.execute(f"LISTEN {self._channel}")
+                    await conn.execute("SELECT pg_advisory_lock_shared(%s, %s)", self._listen_keys)
+                    self._listener_pid = conn.info.backend_pid
                     self._wake()  # anything committed while (re)connecting
                     backoff = 0.1
                     async for _ in conn.notifies():

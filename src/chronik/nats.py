@@ -1,0 +1,541 @@
+"""Services connected through NATS JetStream: an outbox relay out, an inbox in.
+
+:class:`OutboxRelay` follows the store (a named :class:`~chronik.Subscription` over chosen
+categories and types), maps each event to an integration message and publishes it to
+JetStream at ``<prefix>.<category>.<type>``, in store order, one at a time, with
+``Nats-Msg-Id`` = the event id, so JetStream drops a re-publish inside the stream's
+``duplicate_window``. The checkpoint moves only past what JetStream acknowledged; after a
+crash or a NATS outage the relay re-publishes from the checkpoint (at-least-once out,
+deduplicated by JetStream). Correlation id, causation and ``traceparent`` travel in headers.
+
+:class:`Inbox` reads a durable pull consumer in another service. Per message, one store
+transaction records the message id in ``processed_messages`` and runs your handler with the
+same :class:`~chronik.store.protocol.Tx` (effects exactly once); it acks after the commit.
+A message that fails ``max_deliver`` times is written to ``inbox_dead_letters`` and
+terminated. The handler runs inside ``chronik.context`` restored from the headers, so
+``chronik trace`` on the consuming side shows the same correlation id.
+
+Needs ``pip install chronik[nats]`` (nats-py).
+"""
+
+from __future__ import annotations
+
+import asyncio
+import contextlib
+import logging
+import time
+import unicodedata
+import uuid
+from collections.abc import Awaitable, Callable, Mapping, Sequence
+from dataclasses import dataclass, field
+from typing import Any
+
+import msgspec
+
+from chronik.context import context
+from chronik.errors import ChronikError
+from chronik.events import RecordedEvent
+from chronik.store.protocol import EventStore, Tx
+from chronik.subscriptions import Subscription
+
+__all__ = [
+    "Inbox",
+    "InboxMessage",
+    "IntegrationMessage",
+    "InvalidSubject",
+    "OutboxRelay",
+    "ensure_stream",
+    "subject_for",
+    "validate_subject_token",
+]
+
+logger = logging.getLogger("chronik.nats")
+
+HDR_MSG_ID = "Nats-Msg-Id"
+HDR_TYPE = "Chronik-Type"
+HDR_SCHEMA = "Chronik-Schema-Version"
+HDR_STREAM = "Chronik-Stream-Id"
+HDR_POSITION = "Chronik-Position"
+HDR_CORRELATION = "Chronik-Correlation-Id"
+HDR_CAUSATION = "Chronik-Causation-Id"
+HDR_TRACEPARENT = "traceparent"
+
+
+class InvalidSubject(ChronikError, ValueError):
+    """A NATS subject token would be empty or smuggle in ``.``, ``*``, ``>`` or whitespace."""
+
+    def __init__(self, token: str, reason: str) -> None:
+        super().__init__(f"invalid NATS subject token {token!r}: {reason}")
+        self.token = token
+        self.reason = reason
+
+
+def validate_subject_token(token: object) -> str:
+    """Check one subject token (a category, a type, a prefix part) and return it."""
+    if not isinstance(token, str):
+        raise InvalidSubject(repr(token), f"must be a str, not {type(token).__name__}")
+    if not token:
+        raise InvalidSubject(token, "must not be empty")
+    for ch in token:
+        if ch in ".*>":
+            raise InvalidSubject(token, f"contains {ch!r}")
+        if ch.isspace() or unicodedata.category(ch) in ("Cc", "Cf", "Zl", "Zp", "Zs"):
+            raise InvalidSubject(token, f"contains whitespace or control character {ch!r}")
+    if len(token.encode("utf-8")) > 255:
+        raise InvalidSubject(token, "is over 255 bytes")
+    return token
+
+
+def subject_for(prefix: str, category: str, type_: str) -> str:
+    """``<prefix>.<category>.<type>``; every token validated (the prefix may have dots)."""
+    parts = prefix.split(".") if prefix else []
+    for part in (*parts, category, type_):
+        validate_subject_token(part)
+    return ".".join((*parts, category, type_))
+
+
+@dataclass(frozen=True, slots=True)
+class IntegrationMessage:
+    """What leaves the service for one event (``None`` from a mapper: nothing)."""
+
+    type: str
+    data: Mapping[str, Any] | bytes
+    schema_version: int = 1
+
+
+def _default_mapper(event: RecordedEvent) -> IntegrationMessage:
+    return IntegrationMessage(event.type, event.raw_data, event.schema_version)
+
+
+async def ensure_stream(
+    js: Any,
+    name: str,
+    subjects: Sequence[str],
+    *,
+    duplicate_window: float = 120.0,
+    replicas: int = 1,
+) -> None:
+    """Create (or update) a file-backed JetStream stream for the relay.
+
+    ``duplicate_window`` (seconds) must exceed the relay's retry horizon (see
+    docs/integration.md); production wants ``replicas=3`` and server ``sync_interval:
+    always`` (or accept the power-loss window and rely on re-publishing from the outbox).
+    """
+    from nats.js.api import StorageType, StreamConfig
+
+    config = StreamConfig(
+        name=name,
+        subjects=list(subjects),
+        storage=StorageType.FILE,
+        duplicate_window=duplicate_window,
+        num_replicas=replicas,
+    )
+    try:
+        await js.add_stream(config)
+    except Exception:
+        await js.update_stream(config)
+
+
+class OutboxRelay:
+    """Publishes selected events to JetStream in store order; checkpoints what was acked."""
+
+    def __init__(
+        self,
+        store: EventStore,
+        servers: str | Sequence[str],
+        *,
+        name: str,
+        stream: str,
+        prefix: str,
+        categories: Sequence[str] | None = None,
+        types: Sequence[str] | None = None,
+        mapper: Callable[[RecordedEvent], IntegrationMessage | None] = _default_mapper,
+        batch_size: int = 500,
+        poll_interval: float = 0.2,
+        ack_timeout: float = 5.0,
+        max_backoff: float = 2.0,
+        in_flight: int = 1,
+    ) -> None:
+        if prefix:
+            subject_for(prefix, "x", "x")
+        self.store = store
+        self.servers = [servers] if isinstance(servers, str) else list(servers)
+        self.name = name
+        self.checkpoint_name = f"relay:{name}"
+        self.stream = stream
+        self.prefix = prefix
+        self.mapper = mapper
+        self.ack_timeout = ack_timeout
+        self.max_backoff = max_backoff
+        if in_flight < 1:
+            raise ValueError("in_flight must be >= 1")
+        self.in_flight = in_flight
+        """Publishes awaiting their PubAck at once. 1 keeps store order in JetStream even
+        when a publish fails; more is faster, but after a failed publish inside a window a
+        later message of it may be stored before the earlier one's retry."""
+        self.subscription = Subscription(
+            store,
+            name=self.checkpoint_name,
+            categories=categories,
+            types=types,
+            batch_size=batch_size,
+            poll_interval=poll_interval,
+        )
+        self.published = 0
+        self.duplicates = 0
+        self._nc: Any = None
+        self._js: Any = None
+        self._stopped = asyncio.Event()
+
+    async def connect(self) -> None:
+        import nats
+
+        if self._nc is not None and self._nc.is_connected:
+            return
+        if self._nc is not None:
+            with contextlib.suppress(Exception):
+                await self._nc.close()
+        self._nc = await nats.connect(
+            self.servers,
+            max_reconnect_attempts=-1,
+            reconnect_time_wait=0.2,
+            connect_timeout=2,
+            allow_reconnect=True,
+        )
+        self._js = self._nc.jetstream(timeout=self.ack_timeout)
+
+    async def close(self) -> None:
+        if self._nc is not None:
+            with contextlib.suppress(Exception):
+                await self._nc.close()
+            self._nc = None
+
+    def stop(self) -> None:
+        self._stopped.set()
+        self.subscription.stop()
+
+    def message_for(self, event: RecordedEvent) -> tuple[str, bytes, dict[str, str]] | None:
+        """The subject, payload and headers of one event (``None``: not published).
+
+        Raises:
+            InvalidSubject: the category or mapped type cannot be a subject token.
+        """
+        msg = self.mapper(event)
+        if msg is None:
+            return None
+        subject = subject_for(self.prefix, event.category, msg.type)
+        data = msg.data if isinstance(msg.data, bytes) else msgspec.json.encode(dict(msg.data))
+        headers = {
+            HDR_MSG_ID: str(event.event_id),
+            HDR_TYPE: msg.type,
+            HDR_SCHEMA: str(msg.schema_version),
+            HDR_STREAM: event.stream_id,
+            HDR_POSITION: str(event.position),
+            HDR_CAUSATION: str(event.event_id),
+        }
+        meta = event.metadata
+        if meta.get("correlation_id"):
+            headers[HDR_CORRELATION] = str(meta["correlation_id"])
+        if meta.get("traceparent"):
+            headers[HDR_TRACEPARENT] = str(meta["traceparent"])
+        return subject, data, headers
+
+    async def _publish(self, subject: str, data: bytes, headers: dict[str, str]) -> None:
+        """Publish until acked (reconnecting, with backoff) or stopped."""
+        backoff = 0.05
+        while True:
+            try:
+                await self.connect()
+                ack = await self._js.publish(
+                    subject, data, timeout=self.ack_timeout, stream=self.stream, headers=headers
+                )
+                if ack.duplicate:
+                    self.duplicates += 1
+                self.published += 1
+                return
+            except Exception as exc:
+                if self._stopped.is_set():
+                    raise
+                logger.warning("relay %s: publish failed (%r); retrying", self.name, exc)
+                await asyncio.sleep(backoff)
+                backoff = min(backoff * 2, self.max_backoff)
+
+    async def run_once(self) -> int:
+        """Publish one page; returns how many events it read."""
+        page = await self.subscription.read_page()
+        last = self.subscription.position
+        try:
+            window: list[tuple[RecordedEvent, tuple[str, bytes, dict[str, str]] | None]] = []
+            for event in page.events:
+                try:
+                    out = self.message_for(event)
+                except InvalidSubject as exc:
+                    async with self.store.transaction() as tx:
+                        await tx.add_dead_letter(self.checkpoint_name, event, str(exc), 1)
+                    out = None
+                window.append((event, out))
+                if len(window) >= self.in_flight:
+                    last = await self._publish_window(window, last)
+                    window = []
+            last = await self._publish_window(window, last)
+            last = max(last, page.caught_up_to)
+        finally:
+            if last > self.subscription.position:
+                async with self.store.transaction() as tx:
+                    await tx.set_checkpoint(self.checkpoint_name, last)
+                self.subscription.advance(last)
+        return len(page.events)
+
+    async def _publish_window(
+        self,
+        window: list[tuple[RecordedEvent, tuple[str, bytes, dict[str, str]] | None]],
+        last: int,
+    ) -> int:
+        """Publish a window (concurrently when ``in_flight > 1``); the last position acked."""
+        todo = [out for _, out in window if out is not None]
+        if len(todo) > 1:
+            try:
+                await self.connect()
+                acks = await asyncio.gather(
+                    *(
+                        self._js.publish(
+                            subject, data, timeout=self.ack_timeout, stream=self.stream,
+                            headers=headers,
+                        )
+                        for subject, data, headers in todo
+                    )
+                )  # fmt: skip
+                self.published += len(acks)
+                self.duplicates += sum(1 for ack in acks if ack.duplicate)
+                todo = []
+            except Exception as exc:
+                logger.warning("relay %s: window publish failed (%r)", self.name, exc)
+        for out in todo:
+            await self._publish(*out)
+        return window[-1][0].position if window else last
+
+    async def run(self) -> None:
+        """Relay until :meth:`stop`."""
+        await self.subscription.start_position()
+        try:
+            while not self._stopped.is_set():
+                if not await self.run_once():
+                    await self.subscription._wait()
+        finally:
+            await self.close()
+
+
+@dataclass(frozen=True, slots=True)
+class InboxMessage:
+    """One message as an inbox handler sees it."""
+
+    message_id: str
+    subject: str
+    type: str
+    data: bytes
+    headers: dict[str, str] = field(default_factory=dict)
+    deliveries: int = 1
+
+    def json(self) -> Any:
+        return msgspec.json.decode(self.data)
+
+    def event_id(self, n: int = 0) -> uuid.UUID:
+        """A deterministic event id for the ``n``-th event this message causes (idempotent
+        appends to the store when the handler appends outside the transaction)."""
+        return uuid.uuid5(uuid.NAMESPACE_URL, f"chronik-inbox/{self.message_id}/{n}")
+
+
+InboxHandler = Callable[[InboxMessage, Tx], Awaitable[None]]
+"""Effects written through the transaction that also records the message id."""
+AppendingHandler = Callable[[InboxMessage], Awaitable[None]]
+"""Effects that are appends to the store (idempotent by themselves)."""
+
+
+class Inbox:
+    """A durable JetStream pull consumer whose effects happen exactly once in ``store``."""
+
+    def __init__(
+        self,
+        store: EventStore,
+        servers: str | Sequence[str],
+        *,
+        name: str,
+        stream: str,
+        subject: str,
+        handler: InboxHandler | None = None,
+        append_handler: AppendingHandler | None = None,
+        max_deliver: int = 5,
+        ack_wait: float = 30.0,
+        batch_size: int = 100,
+        fetch_timeout: float = 0.5,
+    ) -> None:
+        if (handler is None) == (append_handler is None):
+            raise ValueError("give either handler (effects in the Tx) or append_handler")
+        validate_subject_token(name)
+        self.store = store
+        self.servers = [servers] if isinstance(servers, str) else list(servers)
+        self.name = name
+        self.stream = stream
+        self.subject = subject
+        self.handler = handler
+        self.append_handler = append_handler
+        self.appends = append_handler is not None
+        self.max_deliver = max_deliver
+        self.ack_wait = ack_wait
+        self.batch_size = batch_size
+        self.fetch_timeout = fetch_timeout
+        self.processed = 0
+        self.duplicates = 0
+        self.dead_lettered = 0
+        self._nc: Any = None
+        self._sub: Any = None
+        self._stopped = asyncio.Event()
+
+    async def connect(self) -> None:
+        import nats
+        from nats.js.api import AckPolicy, ConsumerConfig
+
+        if self._sub is not None:
+            return
+        self._nc = await nats.connect(
+            self.servers, max_reconnect_attempts=-1, reconnect_time_wait=0.2
+        )
+        js = self._nc.jetstream()
+        config = ConsumerConfig(
+            durable_name=self.name,
+            ack_policy=AckPolicy.EXPLICIT,
+            max_deliver=self.max_deliver + 1,  # one more, to dead-letter the last failure
+            ack_wait=self.ack_wait,
+            filter_subject=self.subject,
+        )
+        self._sub = await js.pull_subscribe(
+            self.subject, durable=self.name, stream=self.stream, config=config
+        )
+
+    async def close(self) -> None:
+        if self._nc is not None:
+            with contextlib.suppress(Exception):
+                await self._nc.close()
+        self._nc = self._sub = None
+
+    def stop(self) -> None:
+        self._stopped.set()
+
+    async def run(self) -> None:
+        """Consume until :meth:`stop`; a lost connection is logged and retried."""
+        backoff = 0.05
+        try:
+            while not self._stopped.is_set():
+                try:
+                    await self.run_once()
+                    backoff = 0.05
+                except Exception as exc:
+                    logger.warning("inbox %s: %r; retrying in %.2fs", self.name, exc, backoff)
+                    await self.close()
+                    with contextlib.suppress(TimeoutError):
+                        await asyncio.wait_for(self._stopped.wait(), backoff)
+                    backoff = min(backoff * 2, 5.0)
+        finally:
+            await self.close()
+
+    async def run_once(self) -> int:
+        """Fetch and handle one batch; returns how many messages were fetched."""
+        import nats.errors
+
+        await self.connect()
+        try:
+            msgs = await self._sub.fetch(self.batch_size, timeout=self.fetch_timeout)
+        except (nats.errors.TimeoutError, TimeoutError):  # nothing there (both are raised)
+            return 0
+        for msg in msgs:
+            await self.handle(msg)
+        return len(msgs)
+
+    async def handle(self, msg: Any) -> None:
+        """Handle one NATS message: dedupe + effect in one transaction, then ack."""
+        headers = dict(msg.headers or {})
+        deliveries = int(msg.metadata.num_delivered) if msg.metadata else 1
+        message_id = headers.get(HDR_MSG_ID) or f"{self.stream}:{msg.metadata.sequence.stream}"
+        message = InboxMessage(
+            message_id,
+            msg.subject,
+            headers.get(HDR_TYPE, msg.subject.rsplit(".", 1)[-1]),
+            bytes(msg.data),
+            headers,
+            deliveries,
+        )
+        try:
+            await self.process(message)
+        except Exception as exc:
+            if deliveries >= self.max_deliver:
+                await self._dead_letter(message, exc)
+                await msg.term()
+                self.dead_lettered += 1
+            else:
+                logger.warning("inbox %s: %s failed (%r)", self.name, message_id, exc)
+                await msg.nak(delay=min(0.1 * 2**deliveries, 5.0))
+            return
+        await msg.ack()
+
+    async def process(self, message: InboxMessage) -> bool:
+        """Run the handler unless the message was processed already; ``False``: a duplicate."""
+        h = message.headers
+        with context(
+            correlation_id=h.get(HDR_CORRELATION),
+            causation_id=h.get(HDR_CAUSATION, message.message_id),
+            traceparent=h.get(HDR_TRACEPARENT),
+        ):
+            if self.appends:
+                return await self._process_appending(message)
+            async with self.store.transaction() as tx:
+                seen = await tx.fetchone(
+                    "SELECT 1 FROM processed_messages WHERE consumer = :c AND message_id = :m",
+                    {"c": self.name, "m": message.message_id},
+                )
+                if seen is not None:
+                    self.duplicates += 1
+                    return False
+                await tx.execute(
+                    "INSERT INTO processed_messages (consumer, message_id, processed_at) "
+                    "VALUES (:c, :m, :t)",
+                    {"c": self.name, "m": message.message_id, "t": time.time()},
+                )
+                assert self.handler is not None
+                await self.handler(message, tx)
+        self.processed += 1
+        return True
+
+    async def _process_appending(self, message: InboxMessage) -> bool:
+        """``appends=True``: the handler appends to the store (its own transactions), so it
+        runs before the processed id is recorded and must be idempotent by itself (event
+        ids from :meth:`InboxMessage.event_id`, or a look-up): a crash in between runs it
+        again, and it then changes nothing."""
+        params = {"c": self.name, "m": message.message_id}
+        seen = await self.store.query(
+            "SELECT 1 FROM processed_messages WHERE consumer = :c AND message_id = :m", params
+        )
+        if seen:
+            self.duplicates += 1
+            return False
+        assert self.append_handler is not None
+        await self.append_handler(message)
+        async with self.store.transaction() as tx:
+            await tx.execute(
+                "INSERT INTO processed_messages (consumer, message_id, processed_at) "
+                "VALUES (:c, :m, :t) ON CONFLICT (consumer, message_id) DO NOTHING",
+                {**params, "t": time.time()},
+            )
+        self.processed += 1
+        return True
+
+    async def _dead_letter(self, message: InboxMessage, exc: BaseException) -> None:
+        async with self.store.transaction() as tx:
+            await tx.execute(
+                "INSERT INTO inbox_dead_letters (consumer, message_id, subject, data, headers, "
+                "error, deliveries, created_at) VALUES (:c, :m, :s, :d, :h, :e, :n, :t) "
+                "ON CONFLICT (consumer, message_id) DO NOTHING",
+                {"c": self.name, "m": message.message_id, "s": message.subject,
+                 "d": message.data.decode("utf-8", "replace"),
+                 "h": msgspec.json.encode(message.headers).decode(), "e": repr(exc),
+                 "n": message.deliveries, "t": time.time()},
+            )  # fmt: skip

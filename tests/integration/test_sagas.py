@@ -1,0 +1,304 @@
+"""Sagas: steps, compensation in reverse order, durable deadlines, idempotent redelivery,
+and kill -9 of the saga workers (every saga ends in exactly one terminal state, every
+command executed exactly once)."""
+
+from __future__ import annotations
+
+import asyncio
+import os
+import random
+import signal
+import subprocess
+import sys
+from collections import Counter
+from pathlib import Path
+from typing import Any
+
+import pytest
+from examples import funds_transfer as ft
+
+import chronik
+from chronik.sagas import (
+    COMPENSATED,
+    COMPLETED,
+    CommandDispatcher,
+    DeadlineWorker,
+    IssuedCommand,
+    Reaction,
+    Saga,
+    SagaCommand,
+    SagaRunner,
+    command_id_for,
+    saga_instance,
+)
+from chronik.store.protocol import EventStore
+
+ROOT = Path(__file__).parent.parent.parent
+
+
+@pytest.fixture(params=["sqlite", pytest.param("postgres", marks=pytest.mark.postgres)])
+def url(request: pytest.FixtureRequest, tmp_path: Path) -> str:
+    if request.param == "sqlite":
+        return f"sqlite:///{tmp_path}/sagas.db"
+    return str(request.getfixturevalue("pg_url"))
+
+
+Handler = chronik.CommandHandler[dict[str, Any], object, ft.Account]
+
+
+async def _accounts(store: EventStore) -> Handler:
+    handler = chronik.CommandHandler(store, ft.account, registry=ft.registry)
+    for name in ("alice", "bob", "carol"):
+        await handler.handle(f"account-{name}", {"type": "Open", "owner": name})
+    await handler.handle("account-alice", {"type": "Credit", "amount": 100})
+    await handler.handle("account-carol", {"type": "Close"})
+    return handler
+
+
+async def _balance(handler: Handler, n: str) -> int:
+    return (await handler.load(f"account-{n}")).state.balance
+
+
+async def test_transfer_completes_and_rejected_credit_is_compensated(url: str) -> None:
+    async with await chronik.connect(url) as store:
+        handler = await _accounts(store)
+        await ft.request_transfer(store, "t1", "alice", "bob", 30)
+        await ft.request_transfer(store, "t2", "alice", "carol", 20)
+        assert await saga_instance(store, ft.transfer_saga, "t1") is None  # pending
+        await ft.settle(store)
+        t1 = await saga_instance(store, ft.transfer_saga, "t1")
+        t2 = await saga_instance(store, ft.transfer_saga, "t2")
+        assert t1 is not None and t1.status == COMPLETED
+        assert t2 is not None and t2.status == COMPENSATED
+        assert [e.type for e in t2.events][-2:] == ["SagaCompensating", "SagaCompensated"]
+        assert (await _balance(handler, "alice"), await _balance(handler, "bob")) == (70, 30)
+        assert await _balance(handler, "carol") == 0
+        # the whole flow shares the request's correlation id (chronik trace)
+        first = await anext(aiter(store.read_stream("transfer-t2")))
+        flow = await store.read_correlation(str(first.correlation_id))
+        assert {e.type for e in flow} >= {"TransferRequested", "Debited", "Credited"}
+        assert any(e.type == "SagaCommandRejected" for e in flow)
+
+
+async def test_redelivered_events_issue_nothing_new(url: str) -> None:
+    async with await chronik.connect(url) as store:
+        await _accounts(store)
+        await ft.request_transfer(store, "t1", "alice", "bob", 30)
+        await ft.settle(store)
+        rows_before = await store.query("SELECT count(*) FROM saga_commands")
+        # a second runner without the checkpoint re-reads everything: nothing new issued
+        await store.query("SELECT 1")
+        runner = SagaRunner(store, ft.transfer_saga)
+        runner.subscription._after = 0
+        while await runner.run_once():
+            pass
+        assert await store.query("SELECT count(*) FROM saga_commands") == rows_before
+        inst = await saga_instance(store, ft.transfer_saga, "t1")
+        assert inst is not None and inst.status == COMPLETED
+
+
+async def test_compensation_runs_in_reverse_order(url: str) -> None:
+    executed: list[str] = []
+
+    def react(state: object, event: chronik.RecordedEvent) -> Reaction:
+        if event.type == "Go":
+            return Reaction(
+                commands=[
+                    SagaCommand(f"thing-{n}", "Do", {"n": n}, step=f"s{n}",
+                                compensation=SagaCommand(f"thing-{n}", "Undo", {"n": n}))
+                    for n in (1, 2, 3)
+                ] + [SagaCommand("thing-4", "Fail", step="s4")]
+            )  # fmt: skip
+        return Reaction()
+
+    saga: Saga[None] = Saga(
+        name="multi",
+        categories=["job"],
+        correlate=lambda e: e.stream_id.partition("-")[2],
+        react=react,
+        initial_state=lambda: None,
+    )
+
+    async def execute(cmd: IssuedCommand) -> None:
+        executed.append(f"{cmd.type}{cmd.data.get('n', '')}")
+        if cmd.type == "Fail":
+            raise chronik.sagas.CommandRejected("no")
+
+    async with await chronik.connect(url) as store:
+        await store.append("job-1", [chronik.NewEvent("Go", {})])
+        runner = SagaRunner(store, saga)
+        dispatcher = CommandDispatcher(store, [saga], execute)
+        for _ in range(10):
+            if not (await runner.run_once() + await dispatcher.run_once()):
+                break
+        assert executed == ["Do1", "Do2", "Do3", "Fail", "Undo3", "Undo2", "Undo1"]
+        inst = await saga_instance(store, saga, "1")
+        assert inst is not None and inst.status == COMPENSATED
+
+
+async def test_deadline_is_durable_fires_and_is_cancelled(url: str) -> None:
+    now = [1000.0]
+    async with await chronik.connect(url) as store:
+        await _accounts(store)
+        await store.append(
+            "transfer-slow",
+            [chronik.NewEvent("TransferRequested",
+                              {"source": "alice", "target": "bob", "amount": 5, "timeout": 60})],
+        )  # fmt: skip
+        await store.append(
+            "transfer-fast",
+            [chronik.NewEvent("TransferRequested",
+                              {"source": "alice", "target": "bob", "amount": 5, "timeout": 60})],
+        )  # fmt: skip
+        runner = SagaRunner(store, ft.transfer_saga, clock=lambda: now[0])
+        await runner.run_once()
+        assert len(await store.query("SELECT name FROM saga_deadlines")) == 2
+    # a restart: the deadlines are in the database
+    async with await chronik.connect(url) as store:
+        runner = SagaRunner(store, ft.transfer_saga, clock=lambda: now[0])
+        dispatcher = CommandDispatcher(
+            store, [ft.transfer_saga], ft.account_executor(store),
+            rejected_by=(ft.AccountRejected,),
+        )  # fmt: skip
+        deadlines = DeadlineWorker(store, [ft.transfer_saga], clock=lambda: now[0])
+        assert await deadlines.run_once() == 0  # not due yet
+        # "fast" runs to completion, which cancels its deadline
+        await dispatcher.run_once(limit=1)  # debit of slow
+        await dispatcher.run_once(limit=1)  # debit of fast
+        await runner.run_once()
+        # only fast's credit is executed before the deadline
+        rows = await store.query(
+            "SELECT command_id FROM saga_commands WHERE status = 'pending' AND saga_key = 'fast'"
+        )
+        assert len(rows) == 1
+        await store.query("SELECT 1")
+        async with store.transaction() as tx:  # hold slow's credit back (as if stuck)
+            await tx.execute("UPDATE saga_commands SET status = 'held' WHERE saga_key = 'slow'")
+        await dispatcher.run_once()
+        await runner.run_once()
+        fast = await saga_instance(store, ft.transfer_saga, "fast")
+        assert fast is not None and fast.status == COMPLETED
+        assert [r[0] for r in await store.query("SELECT saga_key FROM saga_deadlines")] == ["slow"]
+        now[0] += 61
+        assert await deadlines.run_once() == 1
+        await runner.run_once()
+        inst = await saga_instance(store, ft.transfer_saga, "slow")
+        assert inst is not None and inst.status == "compensating"  # the credit is in flight
+        async with store.transaction() as tx:  # the stuck credit gets through after all
+            await tx.execute("UPDATE saga_commands SET status = 'pending' WHERE status = 'held'")
+        for _ in range(5):
+            await runner.run_once()
+            await dispatcher.run_once()
+        slow = await saga_instance(store, ft.transfer_saga, "slow")
+        assert slow is not None and slow.status == COMPENSATED
+        assert slow.record["reason"] == "timed out"
+        handler = chronik.CommandHandler(store, ft.account, registry=ft.registry)
+        assert (await _balance(handler, "alice"), await _balance(handler, "bob")) == (95, 5)
+
+
+def test_command_ids_are_deterministic() -> None:
+    a = command_id_for("transfer", "e1", "debit")
+    assert a == command_id_for("transfer", "e1", "debit")
+    assert a != command_id_for("transfer", "e2", "debit")
+
+
+def test_saga_names_are_checked() -> None:
+    with pytest.raises(ValueError):
+        Saga(name="a-b", categories=[], correlate=lambda e: None,
+             react=lambda s, e: Reaction(), initial_state=lambda: None)  # fmt: skip
+
+
+# -- kill -9 ------------------------------------------------------------------------------
+
+
+def _worker(url: str) -> subprocess.Popen[bytes]:
+    env = {**os.environ, "PYTHONPATH": str(ROOT)}
+    return subprocess.Popen(
+        [sys.executable, "-m", "tests.integration.saga_worker", url],
+        cwd=ROOT,
+        env=env,
+        stdout=subprocess.DEVNULL,
+        stderr=subprocess.DEVNULL,
+    )
+
+
+@pytest.mark.slow
+async def test_kill_9_saga_workers(url: str) -> None:
+    rng = random.Random(8)
+    n = 40
+    async with await chronik.connect(url) as store:
+        handler = await _accounts(store)
+        await handler.handle("account-alice", {"type": "Credit", "amount": 10_000})
+        for i in range(n):
+            target = "carol" if i % 4 == 0 else "bob"  # every 4th credit is rejected
+            await ft.request_transfer(store, f"k{i}", "alice", target, 1 + i % 3)
+        kills = 0
+        for _ in range(12):
+            proc = _worker(url)
+            await asyncio.sleep(rng.uniform(0.2, 1.2))
+            proc.send_signal(signal.SIGKILL)
+            proc.wait()
+            kills += 1
+        proc = _worker(url)
+        try:
+            for _ in range(600):
+                rows = await store.query(
+                    "SELECT count(*) FROM saga_instances WHERE status IN "
+                    "('completed', 'compensated', 'failed')"
+                )
+                if rows[0][0] == n:
+                    break
+                await asyncio.sleep(0.1)
+        finally:
+            proc.send_signal(signal.SIGKILL)
+            proc.wait()
+        statuses: Counter[str] = Counter()
+        for i in range(n):
+            inst = await saga_instance(store, ft.transfer_saga, f"k{i}")
+            assert inst is not None
+            statuses[inst.status] += 1
+        assert statuses == {COMPLETED: 30, COMPENSATED: 10}, statuses
+        # every command executed exactly once: count the events carrying each command id
+        per_command: Counter[str] = Counter()
+        for name in ("alice", "bob", "carol"):
+            async for ev in store.read_stream(f"account-{name}"):
+                if "command_id" in ev.metadata:
+                    per_command[ev.metadata["command_id"]] += 1
+        assert per_command and set(per_command.values()) == {1}
+        done = await store.query(
+            "SELECT count(*) FROM saga_commands WHERE status = 'done' AND type IN "
+            "('Debit', 'Credit')"
+        )
+        assert done[0][0] == len(per_command)
+        expected_alice = 10_100 - sum(1 + i % 3 for i in range(n) if i % 4 != 0)
+        assert await _balance(handler, "alice") == expected_alice
+        assert kills == 12
+
+
+def test_cli_sagas_status_and_run(tmp_path: Path, capsys: pytest.CaptureFixture[str]) -> None:
+    import json
+
+    from chronik.cli.main import main
+
+    url = f"sqlite:///{tmp_path}/cli.db"
+    asyncio.run(ft.main(url))
+    capsys.readouterr()
+    assert main(["--store", url, "sagas", "status", "--json"]) == 0
+    status = json.loads(capsys.readouterr().out)
+    assert {(r["status"], r["count"]) for r in status["instances"]} == {
+        ("completed", 1),
+        ("compensated", 1),
+    }
+    # `chronik sagas run` starts the workers and stops cleanly on SIGTERM
+    env = {**os.environ, "PYTHONPATH": str(ROOT)}
+    proc = subprocess.Popen(
+        [sys.executable, "-m", "chronik", "--store", url, "sagas", "run",
+         "examples.funds_transfer:workers"],
+        cwd=ROOT, env=env, stdout=subprocess.DEVNULL, stderr=subprocess.PIPE,
+    )  # fmt: skip
+    assert proc.stderr is not None
+    first = proc.stderr.readline()  # "running 3 saga workers ..."
+    assert b"running 3 saga workers" in first
+    proc.send_signal(signal.SIGTERM)
+    assert proc.wait(timeout=30) == 0
+    proc.stderr.close()
