@@ -53,6 +53,7 @@ from chronik.events import RecordedEvent, category_of
 from chronik.store.protocol import EventStore, Tx
 from chronik.subscriptions import Subscription
 from chronik.telemetry import event_log_fields, projection_batch, projection_handler
+from chronik.workers import Worker
 
 __all__ = [
     "ExternalProjection",
@@ -243,7 +244,7 @@ def _describe(exc: BaseException) -> str:
     return "".join(traceback.format_exception_only(type(exc), exc)).strip()
 
 
-class ProjectionRunner:
+class ProjectionRunner(Worker):
     """Runs projections against a store: catch-up, live, retries, dead letters, lag."""
 
     def __init__(
@@ -324,21 +325,6 @@ class ProjectionRunner:
             worker.task = None
             if worker.state == "running":
                 worker.state = "stopped"
-
-    async def run_until_stopped(self, stop: asyncio.Event) -> None:
-        """Start, wait for ``stop`` to be set, then stop gracefully."""
-        await self.start()
-        try:
-            await stop.wait()
-        finally:
-            await self.stop()
-
-    async def __aenter__(self) -> ProjectionRunner:
-        await self.start()
-        return self
-
-    async def __aexit__(self, *exc: object) -> None:
-        await self.stop()
 
     # -- processing ---------------------------------------------------------------------
 

@@ -35,6 +35,7 @@ from chronik.snapshots.load import stream_status, take_snapshot
 from chronik.snapshots.store import snapshot_store
 from chronik.store.protocol import EventStore
 from chronik.subscriptions import Page, Subscription
+from chronik.workers import Worker
 
 __all__ = ["SnapshotProblem", "Snapshotter", "Targets", "snapshot_targets", "verify_snapshots"]
 
@@ -72,7 +73,7 @@ def _describe(exc: BaseException) -> str:
     return "".join(traceback.format_exception_only(type(exc), exc)).strip()
 
 
-class Snapshotter:
+class Snapshotter(Worker):
     """Takes snapshots per policy off the request path, from committed events only.
 
     Args:
@@ -152,21 +153,6 @@ class Snapshotter:
             self._task = None
         if self.state == "running":
             self.state = "stopped"
-
-    async def run_until_stopped(self, stop: asyncio.Event) -> None:
-        """Start, wait for ``stop`` to be set, then stop gracefully."""
-        await self.start()
-        try:
-            await stop.wait()
-        finally:
-            await self.stop()
-
-    async def __aenter__(self) -> Snapshotter:
-        await self.start()
-        return self
-
-    async def __aexit__(self, *exc: object) -> None:
-        await self.stop()
 
     # -- work -------------------------------------------------------------------------------
 
