@@ -78,16 +78,6 @@ async def store(pg_url: str) -> AsyncIterator[PostgresEventStore]:
         await s.close()
 
 
-@pytest.fixture
-async def raw(pg_url: str) -> AsyncIterator[Conn]:
-    conninfo, _ = split_schema(pg_url)
-    conn = await psycopg.AsyncConnection.connect(conninfo, autocommit=True)
-    try:
-        yield conn
-    finally:
-        await conn.close()
-
-
 class OurReader:
     """Pages ``read_all(after=last)`` and records what it was given."""
 

@@ -51,16 +51,6 @@ async def store(pg_url: str) -> AsyncIterator[PostgresEventStore]:
         await s.close()
 
 
-@pytest.fixture
-async def raw(pg_url: str) -> AsyncIterator[Conn]:
-    conninfo, _ = split_schema(pg_url)
-    conn = await psycopg.AsyncConnection.connect(conninfo, autocommit=True)
-    try:
-        yield conn
-    finally:
-        await conn.close()
-
-
 def schema_of(pg_url: str) -> str:
     _, schema = split_schema(pg_url)
     assert schema is not None
