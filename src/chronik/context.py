@@ -12,10 +12,9 @@ Example::
 
 from __future__ import annotations
 
-import contextlib
 import contextvars
-from collections.abc import Iterator, Mapping
-from dataclasses import dataclass, field, replace
+from collections.abc import Mapping
+from dataclasses import dataclass, field
 from typing import Any
 
 from chronik.events import new_event_id
@@ -45,38 +44,49 @@ def current_context() -> MessageContext:
     return _current.get()
 
 
-@contextlib.contextmanager
-def context(
-    *,
-    correlation_id: str | None = None,
-    causation_id: str | None = None,
-    actor: str | None = None,
-    traceparent: str | None = None,
-    **extra: Any,
-) -> Iterator[MessageContext]:
+class context:  # lower case: used like a function, ``with chronik.context(...)``
     """Set correlation/causation/actor (and extra metadata keys) for the code inside.
 
+    ``with context(correlation_id=..., causation_id=..., actor=..., **extra) as ctx:``.
     Values not given are inherited from the enclosing context; ``extra`` keys merge over
     the enclosing ones. Works across ``await``: it is a :mod:`contextvars` variable.
+    (A small class rather than a generator: projections enter one per event.)
     """
-    outer = _current.get()
-    changes: dict[str, Any] = {}
-    if correlation_id is not None:
-        changes["correlation_id"] = str(correlation_id)
-    if causation_id is not None:
-        changes["causation_id"] = str(causation_id)
-    if actor is not None:
-        changes["actor"] = actor
-    if traceparent is not None:
-        changes["traceparent"] = traceparent
-    if extra:
-        changes["extra"] = {**outer.extra, **extra}
-    inner = replace(outer, **changes) if changes else outer
-    token = _current.set(inner)
-    try:
-        yield inner
-    finally:
-        _current.reset(token)
+
+    __slots__ = ("_changes", "_token")
+
+    def __init__(
+        self,
+        *,
+        correlation_id: str | None = None,
+        causation_id: str | None = None,
+        actor: str | None = None,
+        traceparent: str | None = None,
+        **extra: Any,
+    ) -> None:
+        self._changes = (
+            None if correlation_id is None else str(correlation_id),
+            None if causation_id is None else str(causation_id),
+            actor,
+            traceparent,
+            extra,
+        )
+
+    def __enter__(self) -> MessageContext:
+        outer = _current.get()
+        correlation_id, causation_id, actor, traceparent, extra = self._changes
+        inner = MessageContext(
+            outer.correlation_id if correlation_id is None else correlation_id,
+            outer.causation_id if causation_id is None else causation_id,
+            outer.actor if actor is None else actor,
+            outer.traceparent if traceparent is None else traceparent,
+            {**outer.extra, **extra} if extra else outer.extra,
+        )
+        self._token = _current.set(inner)
+        return inner
+
+    def __exit__(self, *exc: object) -> None:
+        _current.reset(self._token)
 
 
 def metadata_for_append() -> dict[str, Any]:

@@ -448,7 +448,7 @@ class ProjectionRunner(Worker):
                     _failpoint("before_handle")
                     for event in events:
                         with (
-                            context(causation_id=str(event.event_id), **_correlation(event)),
+                            _event_scope(event),
                             projection_handler(p.name, event),
                         ):
                             for item in _upcast(p, event):
@@ -459,7 +459,7 @@ class ProjectionRunner(Worker):
             else:
                 for event in events:
                     with (
-                        context(causation_id=str(event.event_id), **_correlation(event)),
+                        _event_scope(event),
                         projection_handler(p.name, event),
                     ):
                         for item in _upcast(p, event):
@@ -492,7 +492,7 @@ class ProjectionRunner(Worker):
         for attempt in range(1, p.max_attempts + 1):
             try:
                 with (
-                    context(causation_id=str(event.event_id), **_correlation(event)),
+                    _event_scope(event),
                     projection_handler(p.name, event),
                 ):
                     if isinstance(p, Projection):
@@ -666,9 +666,13 @@ def _upcast(p: _BaseProjection, event: RecordedEvent) -> list[RecordedEvent]:
     return [e for e in p.registry.upcast(event, tolerant=p.tolerant) if p.accepts(e)]
 
 
-def _correlation(event: RecordedEvent) -> dict[str, Any]:
-    correlation = event.correlation_id
-    return {"correlation_id": correlation} if correlation else {}
+def _event_scope(event: RecordedEvent) -> context:
+    """The context a handler runs in: caused by ``event``, in its correlation."""
+    event_id = event._event_id  # the stored text where the backend gave text: no UUID parse
+    return context(
+        causation_id=event_id if isinstance(event_id, str) else str(event_id),
+        correlation_id=event.correlation_id or None,
+    )
 
 
 async def _event_at(store: EventStore, stream_id: str, version: int) -> RecordedEvent:

@@ -65,6 +65,15 @@ async def _append_some(store: EventStore, rng: random.Random, count: int) -> Non
         await store.append(stream, events)
 
 
+async def _running(proc: subprocess.Popen[bytes]) -> None:
+    """Wait for the worker's "running ..." line on stderr."""
+    assert proc.stderr is not None
+    while True:
+        line = await asyncio.wait_for(asyncio.to_thread(proc.stderr.readline), 60)
+        if not line or b"running" in line:
+            return
+
+
 async def _crash_many_times(url: str, rounds: int) -> None:
     rng = random.Random()
     async with await chronik.connect(url) as store:
@@ -85,8 +94,10 @@ async def _crash_many_times(url: str, rounds: int) -> None:
             kills += proc.returncode == -signal.SIGKILL
             await writer
         assert kills >= rounds // 2, f"only {kills} of {rounds} rounds ended in a kill"
-        # a final clean run catches up and stops gracefully on SIGTERM
+        # a final clean run catches up and stops gracefully on SIGTERM (sent only once it
+        # says it is running: before that its SIGTERM handler is not installed yet)
         proc = _worker(url)
+        await _running(proc)
         head = await store.head_position()
         for _ in range(600):
             if (await store.get_checkpoint("totals:v1") or 0) >= head:

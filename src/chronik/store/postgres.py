@@ -106,6 +106,29 @@ __all__ = [
 logger = logging.getLogger("chronik.store.postgres")
 
 
+def _read_ahead(fetch: Awaitable[list[_Row]]) -> asyncio.Task[list[_Row]]:
+    """Start reading a page now; the caller awaits it when it needs the rows."""
+    return asyncio.ensure_future(fetch)
+
+
+def _abandon(task: asyncio.Task[list[_Row]] | None) -> None:
+    """A read-ahead nobody will await (the reader stopped early): let it finish on its
+    pooled connection (cancelling a query mid-flight would cost the connection) and drop
+    its outcome, so asyncio does not log it as lost."""
+    if task is None:
+        return
+    if task.done():
+        if not task.cancelled():
+            task.exception()
+    else:
+        task.add_done_callback(_drop_outcome)
+
+
+def _drop_outcome(task: asyncio.Task[list[_Row]]) -> None:
+    if not task.cancelled():
+        task.exception()
+
+
 class PostgresTx:
     """A write transaction on one pooled connection (see :class:`chronik.store.protocol.Tx`).
 
@@ -139,7 +162,13 @@ class PostgresTx:
         return cur
 
     async def execute(self, sql: str, params: Sequence[Any] | Mapping[str, Any] = ()) -> None:
-        await self._cursor(sql, params)
+        query, args = _user_sql(sql, params)
+        try:  # no rows to load: the connection's own cursor, no per-cursor loaders
+            await self._conn.execute(query, args)
+        except psycopg.OperationalError as exc:
+            if _retryable(exc):
+                raise _unavailable(exc) from exc
+            raise
 
     async def fetchall(
         self, sql: str, params: Sequence[Any] | Mapping[str, Any] = ()
@@ -585,29 +614,46 @@ class PostgresEventStore:
                 remaining = 0
         else:
             cursor = max(from_version or 0, 0)
+
+        def fetch(cursor: int | None, size: int) -> Awaitable[list[_Row]]:
+            sql = self._sql
+            if not backwards:
+                return self._fetchall(sql.read_forward, (stream_id, cursor, size))
+            if cursor is None:
+                return self._fetchall(sql.read_backward_from_end, (stream_id, size))
+            return self._fetchall(sql.read_backward, (stream_id, cursor, size))
+
+        size = READ_PAGE_SIZE if remaining is None else min(READ_PAGE_SIZE, remaining)
+        if size <= 0:
+            (exists,) = await self._fetchone(self._sql.stream_exists, (stream_id,))
+            if not exists:
+                raise StreamNotFound(stream_id)
+            return
+        rows = await fetch(cursor, size)  # a one-page stream (the usual load) needs no task
+        pending: asyncio.Task[list[_Row]] | None = None
         first = True
-        while True:
-            page = READ_PAGE_SIZE if remaining is None else min(READ_PAGE_SIZE, remaining)
-            if page <= 0:
-                rows: list[_Row] = []
-            elif not backwards:
-                rows = await self._fetchall(self._sql.read_forward, (stream_id, cursor, page))
-            elif cursor is None:
-                rows = await self._fetchall(self._sql.read_backward_from_end, (stream_id, page))
-            else:
-                rows = await self._fetchall(self._sql.read_backward, (stream_id, cursor, page))
-            if first and not rows:
-                (exists,) = await self._fetchone(self._sql.stream_exists, (stream_id,))
-                if not exists:
-                    raise StreamNotFound(stream_id)
-            first = False
-            for row in rows:
-                yield _record(row)
-            if len(rows) < page or page <= 0:
-                return
-            cursor = rows[-1][2] - 1 if backwards else rows[-1][2] + 1
-            if remaining is not None:
-                remaining -= len(rows)
+        try:
+            while True:
+                if pending is not None:
+                    rows = await pending
+                if first and not rows:
+                    (exists,) = await self._fetchone(self._sql.stream_exists, (stream_id,))
+                    if not exists:
+                        raise StreamNotFound(stream_id)
+                first = False
+                if remaining is not None:
+                    remaining -= len(rows)
+                if len(rows) < size or remaining == 0:
+                    for row in rows:
+                        yield _record(row)
+                    return
+                cursor = rows[-1][2] - 1 if backwards else rows[-1][2] + 1
+                size = READ_PAGE_SIZE if remaining is None else min(READ_PAGE_SIZE, remaining)
+                pending = _read_ahead(fetch(cursor, size))  # read while this page is consumed
+                for row in rows:
+                    yield _record(row)
+        finally:
+            _abandon(pending)
 
     async def read_all(
         self,
@@ -621,7 +667,8 @@ class PostgresEventStore:
 
         Each page is one statement: the horizon ``(xmin of this snapshot + offset) << 20`` and
         the rows come from one snapshot, so a transaction that commits later always lands
-        above every position already returned.
+        above every position already returned. The next page is read while the caller
+        consumes this one (at most two pages are held).
         """
         self._check_open()
         sql = self._sql.read_all(categories=categories is not None, types=types is not None)
@@ -631,19 +678,31 @@ class PostgresEventStore:
         if types is not None:
             params["types"] = list(types)
         remaining = None if limit is None else max(limit, 0)
-        while True:
-            page = READ_PAGE_SIZE if remaining is None else min(READ_PAGE_SIZE, remaining)
-            if page <= 0:
-                return
-            params["page"] = page
-            rows = await self._fetchall(sql, params)
-            for row in rows:
-                yield _record(row)
-            if len(rows) < page:
-                return
-            params["after"] = rows[-1][0]
-            if remaining is not None:
-                remaining -= len(rows)
+
+        def fetch(cursor: int, size: int) -> Awaitable[list[_Row]]:
+            return self._fetchall(sql, {**params, "after": cursor, "page": size})
+
+        size = READ_PAGE_SIZE if remaining is None else min(READ_PAGE_SIZE, remaining)
+        if size <= 0:
+            return
+        rows = await fetch(int(after), size)
+        pending: asyncio.Task[list[_Row]] | None = None
+        try:
+            while True:
+                if pending is not None:
+                    rows = await pending
+                if remaining is not None:
+                    remaining -= len(rows)
+                if len(rows) < size or remaining == 0:
+                    for row in rows:
+                        yield _record(row)
+                    return
+                size = READ_PAGE_SIZE if remaining is None else min(READ_PAGE_SIZE, remaining)
+                pending = _read_ahead(fetch(rows[-1][0], size))  # read while this is consumed
+                for row in rows:
+                    yield _record(row)
+        finally:
+            _abandon(pending)
 
     async def read_correlation(
         self, correlation_id: str, *, limit: int | None = None

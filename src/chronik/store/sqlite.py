@@ -121,7 +121,16 @@ def _filters(
 
 
 class SqliteTx:
-    """A write transaction on the store's writer connection (see :class:`chronik.Tx`)."""
+    """A write transaction on the store's writer connection (see :class:`chronik.Tx`).
+
+    Its statements run on the caller's thread, not on the writer thread: the transaction
+    already holds SQLite's write lock (``BEGIN IMMEDIATE``), so a statement never waits for
+    another writer and writes nothing to disk before ``COMMIT`` (which does run on the
+    writer thread). That saves a thread round trip per statement, most of the cost of a
+    small upsert; keep statements in a transaction short, as they hold up the event loop.
+    Errors of the SQL itself are sqlite3's own (as psycopg's are on PostgreSQL); a locked,
+    busy or failing database raises :class:`StoreUnavailable`.
+    """
 
     dialect = "sqlite"
 
@@ -130,7 +139,12 @@ class SqliteTx:
 
     async def _run(self, fn: Callable[[sqlite3.Connection], T]) -> T:
         conn = self._store._conn(self._store._writer)
-        return await self._store._writer.run(lambda: fn(conn))
+        try:
+            return fn(conn)
+        except sqlite3.OperationalError as exc:
+            if _unavailable_error(exc):
+                raise StoreUnavailable(f"SQLite {self._store.path}: {exc}") from exc
+            raise
 
     async def execute(self, sql: str, params: Sequence[Any] | Mapping[str, Any] = ()) -> None:
         await self._run(lambda c: c.execute(sql, params))
@@ -195,8 +209,11 @@ class SqliteTx:
         )
 
     async def import_events(self, events: Sequence[ImportedEvent]) -> None:
-        limit = self._store.max_event_bytes
-        await self._run(lambda c: _import_sync(c, events, limit))
+        # thousands of rows at a time: on the writer thread, off the event loop
+        store = self._store
+        conn = store._conn(store._writer)
+        limit = store.max_event_bytes
+        await store._writer.run(lambda: _import_sync(conn, events, limit))
 
 
 def _import_sync(conn: sqlite3.Connection, events: Sequence[ImportedEvent], limit: int) -> None:
@@ -298,18 +315,26 @@ class _Connection:
             self._thread.start()
         await self.run(self._open)
 
-    async def run(self, fn: Callable[[], T]) -> T:
+    def submit(self, fn: Callable[[], T]) -> asyncio.Future[T]:
+        """Queue ``fn`` and return its future without waiting (await it with :meth:`result`;
+        cancel it to skip the job if it has not started)."""
         if self._stopped or self._thread is None:
             raise StoreUnavailable(f"SQLite {self._path}: store is closed")
         loop = asyncio.get_running_loop()
         future: asyncio.Future[T] = loop.create_future()
         self._jobs.put((fn, future, loop))
+        return future
+
+    async def result(self, future: asyncio.Future[T]) -> T:
         try:
             return await future
         except ChronikError:
             raise
         except sqlite3.Error as exc:
             raise StoreUnavailable(f"SQLite {self._path}: {exc}") from exc
+
+    async def run(self, fn: Callable[[], T]) -> T:
+        return await self.result(self.submit(fn))
 
     def _close(self) -> None:
         if self.conn is not None:
@@ -348,6 +373,23 @@ def _hand_back(
 ) -> None:
     with contextlib.suppress(RuntimeError):  # the loop is closed: nobody is waiting
         loop.call_soon_threadsafe(_settle, future, result, exc)
+
+
+def _unavailable_error(exc: sqlite3.OperationalError) -> bool:
+    """Whether an error is the database's state (locked, busy, I/O) rather than the SQL's."""
+    code = getattr(exc, "sqlite_errorcode", None)
+    if code is not None:
+        return code & 0xFF in (5, 6, 10, 11, 13, 14)  # BUSY LOCKED IOERR CORRUPT FULL CANTOPEN
+    text = str(exc).lower()
+    return any(w in text for w in ("locked", "busy", "disk", "i/o", "malformed", "unable to open"))
+
+
+def _abandon(future: asyncio.Future[Any]) -> None:
+    """A read-ahead nobody will await: skip it if not started, else drop its outcome."""
+    if not future.done():
+        future.cancel()
+    elif not future.cancelled():
+        future.exception()  # retrieved, so asyncio does not log it as lost
 
 
 class SqliteEventStore:
@@ -725,21 +767,36 @@ class SqliteEventStore:
                 f"SELECT {_COLUMNS} FROM events WHERE stream_id = ? AND version >= ? "
                 "ORDER BY version LIMIT ?"
             )
-        first = True
-        while remaining is None or remaining > 0:
-            size = READ_PAGE_SIZE if remaining is None else min(READ_PAGE_SIZE, remaining)
+
+        def fetch(cursor: int, size: int) -> asyncio.Future[list[RecordedEvent]]:
             params = (stream_id, cursor, size)
-            page = await self._reader.run(lambda p=params: self._query(sql, p))  # type: ignore[misc]
-            if first and not page and await self.stream_version(stream_id) is None:
-                raise StreamNotFound(stream_id)
-            first = False
-            for ev in page:
-                yield ev
-            if len(page) < size:
-                return
-            if remaining is not None:
-                remaining -= len(page)
-            cursor = page[-1].version - 1 if backwards else page[-1].version + 1
+            return self._reader.submit(lambda: self._query(sql, params))
+
+        size = READ_PAGE_SIZE if remaining is None else min(READ_PAGE_SIZE, remaining)
+        if size <= 0:
+            return
+        pending = fetch(cursor, size)
+        first = True
+        try:
+            while True:
+                page = await self._reader.result(pending)
+                if first and not page and await self.stream_version(stream_id) is None:
+                    raise StreamNotFound(stream_id)
+                first = False
+                if remaining is not None:
+                    remaining -= len(page)
+                if len(page) < size or remaining == 0:
+                    for ev in page:
+                        yield ev
+                    return
+                cursor = page[-1].version - 1 if backwards else page[-1].version + 1
+                size = READ_PAGE_SIZE if remaining is None else min(READ_PAGE_SIZE, remaining)
+                # the next page is read on the reader thread while this one is consumed
+                pending = fetch(cursor, size)
+                for ev in page:
+                    yield ev
+        finally:
+            _abandon(pending)
 
     async def read_all(
         self,
@@ -753,19 +810,32 @@ class SqliteEventStore:
         where, first = _filters(after, categories, types)
         filters = first[1:]
         sql = f"SELECT {_COLUMNS} FROM events WHERE {where} ORDER BY position LIMIT ?"
-        cursor = after
         remaining = limit
-        while remaining is None or remaining > 0:
-            size = READ_PAGE_SIZE if remaining is None else min(READ_PAGE_SIZE, remaining)
+
+        def fetch(cursor: int, size: int) -> asyncio.Future[list[RecordedEvent]]:
             params = (cursor, *filters, size)
-            page = await self._reader.run(lambda p=params: self._query(sql, p))  # type: ignore[misc]
-            for ev in page:
-                yield ev
-            if len(page) < size:
-                return
-            if remaining is not None:
-                remaining -= len(page)
-            cursor = page[-1].position
+            return self._reader.submit(lambda: self._query(sql, params))
+
+        size = READ_PAGE_SIZE if remaining is None else min(READ_PAGE_SIZE, remaining)
+        if size <= 0:
+            return
+        pending = fetch(after, size)
+        try:
+            while True:
+                page = await self._reader.result(pending)
+                if remaining is not None:
+                    remaining -= len(page)
+                if len(page) < size or remaining == 0:
+                    for ev in page:
+                        yield ev
+                    return
+                size = READ_PAGE_SIZE if remaining is None else min(READ_PAGE_SIZE, remaining)
+                # the next page is read on the reader thread while this one is consumed
+                pending = fetch(page[-1].position, size)
+                for ev in page:
+                    yield ev
+        finally:
+            _abandon(pending)
 
     async def read_correlation(
         self, correlation_id: str, *, limit: int | None = None

@@ -279,6 +279,31 @@ class EventStoreContract:
         assert await collect(store.read_all(limit=-1)) == []
         assert await collect(store.read_stream("t-1", limit=-1)) == []
 
+    async def test_readers_that_stop_early_leave_the_store_usable(self, store: EventStore) -> None:
+        # Backends may read the next page while the caller consumes this one: a reader that
+        # stops (break, or an exception) must neither leak that read nor lose later reads.
+        await store.append("long-1", [ev(n=n) for n in range(1200)])
+        loop = asyncio.get_running_loop()
+        lost: list[dict[str, Any]] = []
+        loop.set_exception_handler(lambda _loop, context: lost.append(context))
+        try:
+            for round_ in range(40):  # more rounds than a pool has connections
+                stop_at = 499 + round_ % 3  # just before, at and after a page boundary
+                it = store.read_all() if round_ % 2 else store.read_stream("long-1")
+                seen = 0
+                async for _e in it:
+                    seen += 1
+                    if seen > stop_at:
+                        break
+                await it.aclose()  # type: ignore[attr-defined]
+                assert seen == stop_at + 1
+            await asyncio.sleep(0.05)  # let abandoned read-aheads finish
+            assert [e.data["n"] for e in await collect(store.read_all())] == list(range(1200))
+            assert len(await collect(store.read_stream("long-1", backwards=True))) == 1200
+        finally:
+            loop.set_exception_handler(None)
+        assert lost == []
+
     async def test_read_all_filters(self, store: EventStore) -> None:
         await store.append("order-1", [ev("Placed"), ev("Paid")])
         await store.append("payment-1", [ev("Paid")])
