@@ -1,28 +1,85 @@
 """The workloads done the way a chronik user does them: typed events, ``append``, ``load``.
 
-Every function returns plain numbers; :mod:`benchmarks.run` turns them into the table.
+W5S loads through a ``CommandHandler`` given a ``SnapshotConfig(Account, policy=OnDemand())``
+after ``handler.take_snapshot``; W6P and W7 run the :class:`Balances` projection (one upsert
+per event, typed events through the registry) with a ``ProjectionRunner``: catch-up for W6P,
+following live in the writer's process for W7. Every function returns plain numbers;
+:mod:`benchmarks.run` turns them into the table.
 """
 
 from __future__ import annotations
 
 import asyncio
 import statistics
+import time
 from typing import Any
 
 import chronik
 from benchmarks.common import Sizes, Target, timer
 from benchmarks.model import (
+    Account,
     account_decider,
     account_events,
+    balance_change,
+    balances_ddl,
+    balances_upsert,
     deposited,
+    expected_balances,
+    opened,
     registry,
     stream_name,
 )
+from benchmarks.projection_rates import BareNotify, percentile
+from chronik.projections import Projection, ProjectionRunner
+from chronik.snapshots import OnDemand, SnapshotConfig
+from chronik.store.protocol import Tx
 
-__all__ = ["append_one_by_one", "chain", "load_big", "read_log", "rebuild", "write_accounts"]
+__all__ = [
+    "Balances",
+    "append_one_by_one",
+    "chain",
+    "live_lag",
+    "load_big",
+    "load_from_snapshot",
+    "project",
+    "read_log",
+    "rebuild",
+    "w7",
+    "write_accounts",
+]
 
 Metrics = dict[str, float]
 BIG_STREAM = "account-big"
+NEWER_EVENTS = 100
+"""W5S: events appended after the snapshot."""
+LIVE_STREAM = "account-live"
+
+
+class Balances(Projection):
+    """Balance in cents and deposit count per account: one upsert per event (W6P, W7)."""
+
+    name = "bench_balances"
+    event_types = ["Opened", "Deposited"]
+
+    def __init__(self) -> None:
+        self.upsert = balances_upsert(self.table("balances"))
+
+    async def setup(self, tx: Tx) -> None:
+        await tx.execute(balances_ddl(self.table("balances")))
+
+    async def teardown(self, tx: Tx) -> None:
+        await tx.execute(f"DROP TABLE IF EXISTS {self.table('balances')}")
+
+    async def handle(self, event: chronik.RecordedEvent, tx: Tx) -> None:
+        cents, deposits = balance_change(registry.decode(event))
+        await tx.execute(self.upsert, {"a": event.stream_id, "c": cents, "d": deposits})
+
+
+async def read_balances(store: chronik.EventStore) -> dict[str, tuple[int, int]]:
+    rows = await store.query(
+        f"SELECT account, balance_cents, deposits FROM {Balances().table('balances')}"
+    )
+    return {str(r[0]): (int(r[1]), int(r[2])) for r in rows}
 
 
 async def write_accounts(store: chronik.EventStore, sizes: Sizes) -> Metrics:
@@ -111,14 +168,181 @@ async def load_big(store: chronik.EventStore, sizes: Sizes) -> Metrics:
     return {"events": sizes.w5_events, "ms": statistics.median(times)}
 
 
+async def project(store: chronik.EventStore, sizes: Sizes) -> Metrics:
+    """W6P: the :class:`Balances` projection catches up from the start over the W1 events
+    (``ProjectionRunner.catch_up``: batches of 500, the checkpoint in each batch's
+    transaction); the read model is then checked against what W1 wrote."""
+    runner = ProjectionRunner(store, [Balances()], batch_size=500)
+    with timer() as t:
+        applied = await runner.catch_up()
+    expected = sizes.w1_streams * sizes.w1_events
+    if applied != expected:
+        raise AssertionError(f"W6P applied {applied} events, expected {expected}")
+    rows = await read_balances(store)
+    want = {
+        stream_name(i): v for i, v in expected_balances(sizes.w1_streams, sizes.w1_events).items()
+    }
+    if rows != want:
+        raise AssertionError("W6P: the read model differs from what W1 wrote")
+    return {
+        "events": applied,
+        "seconds": t.seconds,
+        "events_per_s": applied / t.seconds,
+        "accounts": len(rows),
+        "balance_cents_total": sum(cents for cents, _ in rows.values()),
+    }
+
+
+async def load_from_snapshot(store: chronik.EventStore, sizes: Sizes) -> Metrics:
+    """W5S: W5's account snapshotted at its last version (untimed, ``take_snapshot`` of a
+    handler with ``SnapshotConfig(Account, policy=OnDemand())``), 100 more events appended,
+    then ``load`` through that handler (snapshot + 100 events) ``w5_loads`` times."""
+    config = SnapshotConfig(Account, policy=OnDemand())
+    handler = chronik.CommandHandler(store, account_decider, registry=registry, snapshots=config)
+    snapshot = await handler.take_snapshot(BIG_STREAM)
+    at = sizes.w5_events - 1
+    if snapshot is None or snapshot.version != at:
+        raise AssertionError(f"W5S: no snapshot at version {at}: {snapshot}")
+    newer = [deposited(999_999, at + 1 + k) for k in range(NEWER_EVENTS)]
+    await store.append(BIG_STREAM, registry.to_new_events(newer), expected_version=at)
+    last = at + NEWER_EVENTS
+    times = []
+    loaded = None
+    for _ in range(sizes.w5_loads):
+        with timer() as t:
+            loaded = await handler.load(BIG_STREAM)
+        if loaded.version != last or loaded.snapshot_version != at:
+            raise AssertionError(
+                f"W5S loaded version {loaded.version} from snapshot {loaded.snapshot_version}"
+            )
+        times.append(t.seconds * 1000)
+    assert loaded is not None
+    if loaded.state.deposits != last:
+        raise AssertionError(f"W5S: {loaded.state.deposits} deposits, expected {last}")
+    return {
+        "events": NEWER_EVENTS,
+        "events_in_snapshot": at + 1,
+        "ms": statistics.median(times),
+    }
+
+
 async def _chain(target: Target, sizes: Sizes) -> dict[str, Metrics]:
     out: dict[str, Metrics] = {}
     async with await chronik.connect(target.chronik_url()) as store:
         out["W1"] = await write_accounts(store, sizes)
         out["W4"] = await rebuild(store, sizes)
         out["W6"] = await read_log(store, sizes.w1_streams * sizes.w1_events)
+        out["W6P"] = await project(store, sizes)
         out["W5"] = await load_big(store, sizes)
+        out["W5S"] = await load_from_snapshot(store, sizes)
     return out
+
+
+def _follow_live(url: str, ready: Any, stop: Any, out: Any) -> None:
+    """W7's projection process: the :class:`Balances` projection following the store live.
+
+    Reports, for every checkpoint advance, the position and ``time.monotonic()`` right after
+    its transaction committed (``CLOCK_MONOTONIC`` is one clock for every process).
+    """
+    asyncio.run(_follow(url, ready, stop, out))
+
+
+async def _follow(url: str, ready: Any, stop: Any, out: Any) -> None:
+    advances: list[tuple[int, float]] = []
+    async with await chronik.connect(url) as store:
+        runner = ProjectionRunner(store, [Balances()], poll_interval=1.0)
+        advanced = runner._advanced  # called after each batch's COMMIT
+
+        async def record(worker: Any, position: int) -> None:
+            advances.append((position, time.monotonic()))
+            await advanced(worker, position)
+
+        runner._advanced = record  # type: ignore[method-assign]
+        async with runner:
+            ready.set()
+            await asyncio.to_thread(stop.wait)
+    out.put(advances)
+
+
+async def _checkpoint_reaches(store: chronik.EventStore, position: int) -> None:
+    name = Balances().checkpoint_name
+    deadline = time.monotonic() + 30
+    while (await store.get_checkpoint(name) or 0) < position:
+        if time.monotonic() > deadline:
+            raise AssertionError(f"W7: the projection did not reach position {position}")
+        await asyncio.sleep(0.005)
+
+
+def _stats(values: list[float]) -> Metrics:
+    return {
+        "samples": len(values),
+        "p50_ms": statistics.median(values),
+        "p99_ms": percentile(values, 0.99),
+        "max_ms": max(values),
+    }
+
+
+async def live_lag(target: Target, samples: int) -> dict[str, Metrics]:
+    """W7 (PostgreSQL): an event committed → applied by a live projection in another process.
+
+    The projection (:class:`Balances`, one upsert per event, checkpoint in the same
+    transaction) runs in its own process, woken by LISTEN/NOTIFY (polling only every second
+    as a fallback), as a projection worker would run. This process appends one event at a
+    time, about 30 ms apart, and notes when ``append`` returned (committed); the projection
+    process notes when the transaction that applied it committed. Between two samples one
+    bare NOTIFY round trip between two plain psycopg connections is measured, so both see the
+    same server at the same time. ``p50_ms``/``p99_ms`` are commit → applied; the
+    ``*_from_call_ms`` figures count from the ``append`` call (adding the append's own commit).
+    """
+    import multiprocessing
+
+    ctx = multiprocessing.get_context("spawn")
+    ready, stop, out = ctx.Event(), ctx.Event(), ctx.Queue()
+    url = target.chronik_url()
+    follower = ctx.Process(target=_follow_live, args=(url, ready, stop, out), daemon=True)
+    sent: list[tuple[int, float, float]] = []  # position, append called, append returned
+    bare: list[float] = []
+    to_new = registry.to_new_event
+    async with await chronik.connect(url) as store:
+        first = await store.append(
+            LIVE_STREAM, [to_new(opened(7))], expected_version=chronik.NO_STREAM
+        )
+        follower.start()
+        try:
+            if not await asyncio.to_thread(ready.wait, 120):
+                raise AssertionError("W7: the projection process did not start")
+            await _checkpoint_reaches(store, first.position)
+            async with BareNotify(target.pg_url) as notify:
+                for seq in range(1, samples + 1):
+                    called = time.monotonic()
+                    result = await store.append(
+                        LIVE_STREAM, [to_new(deposited(7, seq))], expected_version=seq - 1
+                    )
+                    sent.append((result.position, called, time.monotonic()))
+                    await asyncio.sleep(0.02)
+                    bare.append(await notify.round_trip())
+                    await asyncio.sleep(0.01)
+            await _checkpoint_reaches(store, sent[-1][0])
+        finally:
+            stop.set()
+        advances: list[tuple[int, float]] = await asyncio.to_thread(out.get, True, 60)
+        await asyncio.to_thread(follower.join, 30)
+        rows = await read_balances(store)
+    if rows.get(LIVE_STREAM, (0, 0))[1] != samples:
+        raise AssertionError(f"W7: the projection counted {rows.get(LIVE_STREAM)} deposits")
+    from_commit: list[float] = []
+    from_call: list[float] = []
+    for position, called, committed in sent:
+        applied = min(t for reached, t in advances if reached >= position)
+        from_commit.append((applied - committed) * 1000)
+        from_call.append((applied - called) * 1000)
+    call = _stats(from_call)
+    chronik_metrics = {
+        **_stats(from_commit),
+        "p50_from_call_ms": call["p50_ms"],
+        "p99_from_call_ms": call["p99_ms"],
+    }
+    return {"chronik": chronik_metrics, "raw": _stats(bare)}
 
 
 async def _w2(target: Target, sizes: Sizes) -> dict[str, Metrics]:
@@ -127,8 +351,16 @@ async def _w2(target: Target, sizes: Sizes) -> dict[str, Metrics]:
 
 
 def chain(target: Target, sizes: Sizes) -> dict[str, Metrics]:
-    """W1, then W4 and W6 over what W1 wrote, then W5 (in this order, one database)."""
+    """W1, then W4, W6 and W6P over what W1 wrote, then W5 and W5S (in this order, one
+    database)."""
     return asyncio.run(_chain(target, sizes))
+
+
+def w7(target: Target, sizes: Sizes) -> dict[str, Metrics]:
+    """W7's chronik and bare-NOTIFY numbers (``{"chronik": ..., "raw": ...}``)."""
+    if target.backend != "postgres":
+        raise ValueError("W7 measures LISTEN/NOTIFY: PostgreSQL only")
+    return asyncio.run(live_lag(target, sizes.w7_samples))
 
 
 def w2(target: Target, sizes: Sizes) -> dict[str, Metrics]:

@@ -47,6 +47,7 @@ class Sizes:
     w3_seconds: float = 5.0
     w5_events: int = 10_000
     w5_loads: int = 3
+    w7_samples: int = 500
     m1_small: int = 100_000
     m1_large: int = 1_000_000
     repetitions: int = 5

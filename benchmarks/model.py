@@ -4,6 +4,8 @@ An account is ``Opened(owner, currency, branch, overdraft_limit)`` followed by
 ``Deposited(amount, reference, teller, seq)`` events (about 100-200 bytes each once encoded
 with their metadata). chronik and the raw drivers use the dataclasses below; the
 ``eventsourcing`` library gets the same fields on its own ``Aggregate`` (see :mod:`.peer`).
+W6P's and W7's read model (balance in cents and deposit count per account, one upsert per
+event) is defined here too, so every system writes the same table with the same statement.
 """
 
 from __future__ import annotations
@@ -20,7 +22,11 @@ __all__ = [
     "Opened",
     "account_decider",
     "account_events",
+    "balance_change",
+    "balances_ddl",
+    "balances_upsert",
     "evolve",
+    "expected_balances",
     "initial_state",
     "registry",
     "stream_name",
@@ -117,3 +123,44 @@ def account_events(index: int, count: int) -> Iterator[Opened | Deposited]:
     yield opened(index)
     for seq in range(1, count):
         yield deposited(index, seq)
+
+
+# -- the read model of W6P and W7 -----------------------------------------------------------
+#
+# Balance (in cents) and deposit count per account, one upsert per event, the same statement
+# for every system: ``Opened`` adds (0, 0), so it creates the row; ``Deposited`` adds its
+# amount and one deposit.
+
+
+def balances_ddl(table: str) -> str:
+    return (
+        f"CREATE TABLE IF NOT EXISTS {table} (account TEXT PRIMARY KEY, "
+        "balance_cents BIGINT NOT NULL, deposits INTEGER NOT NULL)"
+    )
+
+
+def balances_upsert(table: str, style: str = "named") -> str:
+    """The upsert with ``:name`` (chronik, sqlite3) or ``%(name)s`` (psycopg) parameters."""
+    a, c, d = (":a", ":c", ":d") if style == "named" else ("%(a)s", "%(c)s", "%(d)s")
+    return (
+        f"INSERT INTO {table} (account, balance_cents, deposits) VALUES ({a}, {c}, {d}) "
+        f"ON CONFLICT (account) DO UPDATE SET "
+        f"balance_cents = {table}.balance_cents + excluded.balance_cents, "
+        f"deposits = {table}.deposits + excluded.deposits"
+    )
+
+
+def balance_change(event: object) -> tuple[int, int]:
+    """What one event adds to its account's row: (cents, deposits)."""
+    if type(event) is Deposited:
+        return int(event.amount * 100), 1
+    return 0, 0
+
+
+def expected_balances(streams: int, events: int) -> dict[int, tuple[int, int]]:
+    """Account index -> (balance in cents, deposits) after the first ``events`` events."""
+    out = {}
+    for index in range(streams):
+        cents = sum(int(deposited(index, seq).amount * 100) for seq in range(1, events))
+        out[index] = (cents, max(events - 1, 0))
+    return out

@@ -4,26 +4,60 @@ Configured as its documentation says and nothing more: an ``Application`` subcla
 ``Aggregate`` with ``@event``-decorated methods, persistence chosen by environment
 (``PERSISTENCE_MODULE`` = ``eventsourcing.sqlite`` with ``SQLITE_DBNAME``, or
 ``eventsourcing.postgres`` with ``POSTGRES_*``), the library's default transcoder with its
-default transcodings (UUID, Decimal, datetime), no aggregate cache, no snapshots, and a
-notification log section size of 500 so the log is read in pages of 500.
+default transcodings (UUID, Decimal, datetime), no aggregate cache, no snapshots (except
+W5S, below), and a notification log section size of 500 so the log is read in pages of 500.
+
+W5S: a second application on the same database with ``IS_SNAPSHOTTING_ENABLED=y`` (the
+documented switch that gives it a snapshot store), ``app.take_snapshot(id)``, 100 more
+deposits saved, then ``app.repository.get(id)`` (newest snapshot + the events after it).
+
+W6P: the library's projection mechanism (``eventsourcing.projection``): a ``Projection``
+whose ``process_event`` writes to a materialised view, the view a subclass of the backend's
+tracking recorder that records the tracking object and the view's upsert in one transaction
+(one per event, as the library's ``Projection`` processes events one at a time). On
+PostgreSQL the library's ``ProjectionRunner`` drives it (a subscription pulling 500
+notifications at a time, LISTEN/NOTIFY); 9.5's SQLite recorder has no subscriptions
+(``subscribe`` raises ``NotImplementedError``), so on SQLite the same projection and view are
+driven by the loop the runner's subscription runs: ``select_notifications`` in pages of 500,
+``mapper.to_domain_event``, ``process_event(event, Tracking(app.name, id))``.
 """
 
 from __future__ import annotations
 
+import os
 import statistics
+import threading
+import time
 from decimal import Decimal
 from typing import Any
 from uuid import UUID
 
 from eventsourcing.application import Application
 from eventsourcing.domain import Aggregate, event
+from eventsourcing.persistence import InfrastructureFactory, Tracking, TrackingRecorder
+from eventsourcing.postgres import PostgresDatastore, PostgresTrackingRecorder
+from eventsourcing.projection import Projection, ProjectionRunner
+from eventsourcing.sqlite import SQLiteTrackingRecorder
+from eventsourcing.utils import Environment
+from psycopg.sql import SQL
 
 from benchmarks.common import Sizes, Target, pg_params, timer
-from benchmarks.model import deposited, opened
+from benchmarks.model import balances_ddl, balances_upsert, deposited, expected_balances, opened
 
-__all__ = ["Bank", "BankAccount", "chain", "make_app", "w2"]
+__all__ = [
+    "Bank",
+    "BankAccount",
+    "BalancesProjection",
+    "PostgresBalancesView",
+    "SQLiteBalancesView",
+    "chain",
+    "make_app",
+    "w2",
+]
 
 Metrics = dict[str, float]
+NEWER_EVENTS = 100
+"""W5S: events saved after the snapshot."""
 
 
 class BankAccount(Aggregate):
@@ -64,15 +98,18 @@ def env_for(target: Target) -> dict[str, str]:
     }
 
 
-def make_app(target: Target, *, create_table: bool = True) -> Bank:
+def make_app(target: Target, *, create_table: bool = True, snapshotting: bool = False) -> Bank:
     """The application on ``target``; ``create_table=False`` when its tables exist already.
 
     (Its documented ``CREATE_TABLE`` setting: concurrent processes that all create the
-    tables at once collide in PostgreSQL's catalog.)
+    tables at once collide in PostgreSQL's catalog.) ``snapshotting=True`` sets the
+    documented ``IS_SNAPSHOTTING_ENABLED``, which gives the application a snapshot store.
     """
     env = env_for(target)
     if not create_table:
         env["CREATE_TABLE"] = "n"
+    if snapshotting:
+        env["IS_SNAPSHOTTING_ENABLED"] = "y"
     app = Bank(env=env)
     if target.backend == "sqlite":
         # Same durability as chronik: the library leaves SQLite's default, which must be FULL.
@@ -159,7 +196,7 @@ def read_log(app: Bank, expected: int) -> Metrics:
     return {"events": count, "seconds": t.seconds, "events_per_s": count / t.seconds}
 
 
-def load_big(app: Bank, sizes: Sizes) -> Metrics:
+def load_big(app: Bank, sizes: Sizes) -> tuple[Metrics, UUID]:
     """W5: one account of ``w5_events`` events (saved untimed), loaded ``w5_loads`` times."""
     account = new_account(999_999, sizes.w5_events)
     app.save(account)
@@ -170,7 +207,185 @@ def load_big(app: Bank, sizes: Sizes) -> Metrics:
         if loaded.version != sizes.w5_events:
             raise AssertionError(f"W5 loaded version {loaded.version}")
         times.append(t.seconds * 1000)
-    return {"events": sizes.w5_events, "ms": statistics.median(times)}
+    return {"events": sizes.w5_events, "ms": statistics.median(times)}, account.id
+
+
+def load_from_snapshot(target: Target, account_id: UUID, sizes: Sizes) -> Metrics:
+    """W5S: W5's account snapshotted (``app.take_snapshot``, untimed) by an application with
+    snapshotting enabled, 100 more deposits saved, then ``repository.get`` ``w5_loads`` times."""
+    app = make_app(target, snapshotting=True)
+    try:
+        app.take_snapshot(account_id)
+        account: BankAccount = app.repository.get(account_id)
+        at = account.version
+        if at != sizes.w5_events:
+            raise AssertionError(f"W5S: the account is at version {at}")
+        for k in range(NEWER_EVENTS):
+            d = deposited(999_999, at + k)
+            account.deposit(d.amount, d.reference, d.teller, d.seq)
+        app.save(account)
+        times = []
+        loaded = account
+        for _ in range(sizes.w5_loads):
+            with timer() as t:
+                loaded = app.repository.get(account_id)
+            if loaded.version != at + NEWER_EVENTS:
+                raise AssertionError(f"W5S loaded version {loaded.version}")
+            times.append(t.seconds * 1000)
+        if loaded.deposits != at + NEWER_EVENTS - 1:
+            raise AssertionError(f"W5S: {loaded.deposits} deposits")
+        return {"events": NEWER_EVENTS, "events_in_snapshot": at, "ms": statistics.median(times)}
+    finally:
+        app.close()
+
+
+# -- W6P: a projection into a materialised view --------------------------------------------
+
+
+class _Finish:
+    """When the view recorded the last notification: the end of W6P's timing."""
+
+    def __init__(self) -> None:
+        self.target = 0
+        self.processed = 0
+        self.at = 0.0
+        self.done = threading.Event()
+
+    def arm(self, target: int) -> None:
+        self.target, self.processed, self.at = target, 0, 0.0
+        self.done.clear()
+
+    def tracked(self, notification_id: int) -> None:
+        self.processed += 1
+        if notification_id >= self.target:
+            self.at = time.perf_counter()
+            self.done.set()
+
+
+FINISH = _Finish()
+
+
+class SQLiteBalancesView(SQLiteTrackingRecorder):
+    """The materialised view on SQLite: the view table beside the tracking table."""
+
+    upsert = balances_upsert("balances")
+
+    def construct_create_table_statements(self) -> list[str]:
+        return [*super().construct_create_table_statements(), balances_ddl("balances")]
+
+    def record_change(self, account: str, cents: int, deposits: int, tracking: Tracking) -> None:
+        """The view's upsert and the tracking record, in one transaction."""
+        with self.datastore.transaction(commit=True) as c:
+            self._insert_tracking(c, tracking)
+            c.execute(self.upsert, {"a": account, "c": cents, "d": deposits})
+        FINISH.tracked(tracking.notification_id)
+
+    def balances(self) -> dict[str, tuple[int, int]]:
+        with self.datastore.transaction(commit=False) as c:
+            c.execute("SELECT account, balance_cents, deposits FROM balances")
+            return {r[0]: (int(r[1]), int(r[2])) for r in c.fetchall()}
+
+
+class PostgresBalancesView(PostgresTrackingRecorder):
+    """The materialised view on PostgreSQL: the view table beside the tracking table."""
+
+    def __init__(self, datastore: PostgresDatastore, **kwargs: Any) -> None:
+        super().__init__(datastore, **kwargs)
+        self.view_table = f'"{datastore.schema}".balances'
+        self.sql_create_statements.append(SQL(balances_ddl(self.view_table)))  # type: ignore[arg-type]
+        self.upsert = balances_upsert(self.view_table, "pyformat")
+
+    def record_change(self, account: str, cents: int, deposits: int, tracking: Tracking) -> None:
+        """The view's upsert and the tracking record, in one transaction."""
+        with self.datastore.transaction(commit=True) as curs:
+            self._insert_tracking(curs, tracking)
+            curs.execute(self.upsert, {"a": account, "c": cents, "d": deposits})
+        FINISH.tracked(tracking.notification_id)
+
+    def balances(self) -> dict[str, tuple[int, int]]:
+        with self.datastore.transaction(commit=False) as curs:
+            curs.execute(f"SELECT account, balance_cents, deposits FROM {self.view_table}")
+            return {
+                r["account"]: (int(r["balance_cents"]), int(r["deposits"])) for r in curs.fetchall()
+            }
+
+
+BalancesView = SQLiteBalancesView | PostgresBalancesView
+
+
+class BalancesProjection(Projection[Any]):
+    """Balance and deposit count per account, one upsert per event (the same as chronik's
+    and the raw baseline's read model)."""
+
+    name = "balances"
+
+    def process_event(self, domain_event: Any, tracking: Tracking) -> None:
+        view: BalancesView = self.view
+        amount = getattr(domain_event, "amount", None)
+        if amount is None:  # Opened
+            view.record_change(str(domain_event.originator_id), 0, 0, tracking)
+        else:  # Deposited
+            view.record_change(str(domain_event.originator_id), int(amount * 100), 1, tracking)
+
+
+def project(app: Bank, target: Target, ids: list[UUID], sizes: Sizes) -> Metrics:
+    """W6P: the projection catches up from the start over the W1 events into its view."""
+    env = env_for(target)
+    last = app.recorder.max_notification_id()
+    assert last is not None
+    FINISH.arm(last)
+    deadline = time.monotonic() + 3600
+    started = time.perf_counter()
+    if target.backend == "postgres":
+        with ProjectionRunner(
+            application_class=Bank,
+            projection_class=BalancesProjection,
+            view_class=PostgresBalancesView,
+            env=env,
+        ) as runner:
+            while not FINISH.done.wait(0.05):
+                if runner.is_interrupted.is_set() or time.monotonic() > deadline:
+                    break
+            view: BalancesView = runner.view
+    else:
+        factory = InfrastructureFactory[TrackingRecorder].construct(
+            env=Environment(BalancesProjection.name, {**os.environ, **env})
+        )
+        view = factory.tracking_recorder(SQLiteBalancesView)  # type: ignore[assignment]
+        projection = BalancesProjection(view=view)
+        select = app.recorder.select_notifications
+        to_domain_event = app.mapper.to_domain_event
+        name = app.name
+        start = view.max_tracking_id(name) or 0
+        while True:
+            page = select(start=start, limit=500, inclusive_of_start=False)
+            for notification in page:
+                projection.process_event(
+                    to_domain_event(notification), Tracking(name, notification.id)
+                )
+            if len(page) < 500:
+                break
+            start = page[-1].id
+    try:
+        if not FINISH.done.is_set():
+            raise AssertionError(f"W6P stopped at {FINISH.processed} events")
+        seconds = FINISH.at - started
+        balances = view.balances()
+    finally:
+        view.datastore.close()
+    expected = sizes.w1_streams * sizes.w1_events
+    if FINISH.processed != expected:
+        raise AssertionError(f"W6P applied {FINISH.processed} events, expected {expected}")
+    want = {str(ids[i]): v for i, v in expected_balances(sizes.w1_streams, sizes.w1_events).items()}
+    if balances != want:
+        raise AssertionError("W6P: the read model differs from what W1 wrote")
+    return {
+        "events": expected,
+        "seconds": seconds,
+        "events_per_s": expected / seconds,
+        "accounts": len(balances),
+        "balance_cents_total": sum(cents for cents, _ in balances.values()),
+    }
 
 
 def chain(target: Target, sizes: Sizes) -> dict[str, Metrics]:
@@ -180,10 +395,12 @@ def chain(target: Target, sizes: Sizes) -> dict[str, Metrics]:
         out["W1"], ids = write_accounts(app, sizes)
         out["W4"] = rebuild(app, ids, sizes)
         out["W6"] = read_log(app, sizes.w1_streams * sizes.w1_events)
-        out["W5"] = load_big(app, sizes)
-        return out
+        out["W6P"] = project(app, target, ids, sizes)
+        out["W5"], big = load_big(app, sizes)
     finally:
         app.close()
+    out["W5S"] = load_from_snapshot(target, big, sizes)
+    return out
 
 
 def w2(target: Target, sizes: Sizes) -> dict[str, Metrics]:

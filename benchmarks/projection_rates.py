@@ -7,12 +7,16 @@ transaction, batches of 500) over ``--events`` stored events. Latency: a live ru
 same process as the writer; each sample appends one event and waits until the projection
 has applied it (``wait_for``), appends spaced 20 ms apart. Next to it, the round trip of a
 bare LISTEN/NOTIFY on the same PostgreSQL server (writer connection NOTIFY → listener).
+
+:class:`BareNotify` and :func:`percentile` are also what ``python -m benchmarks.run`` uses for
+W7 (:func:`benchmarks.chronik_side.w7`).
 """
 
 from __future__ import annotations
 
 import argparse
 import asyncio
+import contextlib
 import statistics
 import tempfile
 import time
@@ -22,6 +26,8 @@ import chronik
 from chronik import NewEvent, RecordedEvent
 from chronik.projections import Projection, ProjectionRunner
 from chronik.store.protocol import Tx
+
+__all__ = ["BareNotify", "bare_notify_rtt", "measure", "percentile"]
 
 
 class Totals(Projection):
@@ -43,38 +49,68 @@ class Totals(Projection):
         )
 
 
-def _pct(values: list[float], q: float) -> float:
+def percentile(values: list[float], q: float) -> float:
+    """The value below which a fraction ``q`` of ``values`` lies (nearest rank)."""
     ordered = sorted(values)
     return ordered[min(len(ordered) - 1, int(q * len(ordered)))]
 
 
-async def bare_notify_rtt(conninfo: str, samples: int) -> list[float]:
-    import psycopg
+class BareNotify:
+    """A bare LISTEN/NOTIFY round trip between two psycopg connections (no chronik).
 
-    out: list[float] = []
-    arrived = asyncio.Event()
-    async with (
-        await psycopg.AsyncConnection.connect(conninfo, autocommit=True) as listener,
-        await psycopg.AsyncConnection.connect(conninfo, autocommit=True) as sender,
-    ):
-        await listener.execute("LISTEN chronik_bench_rtt")
+    ``async with BareNotify(url) as bare: ms = await bare.round_trip()``: the sender
+    connection NOTIFYs, the listener connection's reader task sees it. The baseline of W7.
+    """
+
+    def __init__(self, conninfo: str) -> None:
+        self.conninfo = conninfo
+        self.channel = f"chronik_bench_rtt_{uuid.uuid4().hex[:8]}"
+        self._arrived = asyncio.Event()
+        self._stack = contextlib.AsyncExitStack()
+
+    async def __aenter__(self) -> BareNotify:
+        import psycopg
+
+        stack = self._stack
+        listener = await stack.enter_async_context(
+            await psycopg.AsyncConnection.connect(self.conninfo, autocommit=True)
+        )
+        self._sender = await stack.enter_async_context(
+            await psycopg.AsyncConnection.connect(self.conninfo, autocommit=True)
+        )
+        await listener.execute(f"LISTEN {self.channel}")
 
         async def pump() -> None:  # always awaiting the generator: it reads the socket
             async for _ in listener.notifies():
-                arrived.set()
+                self._arrived.set()
 
         reader = asyncio.create_task(pump())
-        try:
-            for _ in range(samples):
-                arrived.clear()
-                await asyncio.sleep(0.005)
-                started = time.perf_counter()
-                await sender.execute("NOTIFY chronik_bench_rtt")
-                await asyncio.wait_for(arrived.wait(), 5)
-                out.append((time.perf_counter() - started) * 1000)
-        finally:
+
+        async def stop_reader() -> None:
             reader.cancel()
             await asyncio.gather(reader, return_exceptions=True)
+
+        stack.push_async_callback(stop_reader)
+        return self
+
+    async def __aexit__(self, *exc: object) -> None:
+        await self._stack.aclose()
+
+    async def round_trip(self) -> float:
+        """Milliseconds from sending one NOTIFY to the listener having received it."""
+        self._arrived.clear()
+        started = time.perf_counter()
+        await self._sender.execute(f"NOTIFY {self.channel}")
+        await asyncio.wait_for(self._arrived.wait(), 5)
+        return (time.perf_counter() - started) * 1000
+
+
+async def bare_notify_rtt(conninfo: str, samples: int) -> list[float]:
+    out: list[float] = []
+    async with BareNotify(conninfo) as bare:
+        for _ in range(samples):
+            await asyncio.sleep(0.005)
+            out.append(await bare.round_trip())
     return out
 
 
@@ -98,7 +134,7 @@ async def measure(url: str, events: int, samples: int) -> dict[str, float]:
     return {
         "catch_up_events_per_s": applied / catch_up_s,
         "latency_p50_ms": statistics.median(latencies),
-        "latency_p99_ms": _pct(latencies, 0.99),
+        "latency_p99_ms": percentile(latencies, 0.99),
     }
 
 
@@ -125,7 +161,7 @@ def main() -> None:
             rtt = asyncio.run(bare_notify_rtt(base, args.samples))
             print(
                 f"bare LISTEN/NOTIFY round trip: p50 {statistics.median(rtt):.2f} ms, "
-                f"p99 {_pct(rtt, 0.99):.2f} ms"
+                f"p99 {percentile(rtt, 0.99):.2f} ms"
             )
     finally:
         if url.startswith("postgresql") and args.store is None:

@@ -6,6 +6,12 @@ the same payload bytes (msgspec JSON of the same dataclasses, a correlation id i
 metadata) and, on reads, msgspec decoding straight into the same typed classes and the same
 ``evolve``. What it leaves out is everything chronik adds around the SQL: validation, the
 event loop and its worker threads or pool, ``RecordedEvent`` objects, the registry.
+
+W5S reads the newest row of chronik's ``snapshots`` table (written here, untimed, with the
+msgspec JSON of the state) and the events after it. W6P pages the log with chronik's
+``read_all`` SELECT (pages of 500) and applies each page in one transaction: one
+``executemany`` of the read model's upsert (one row per event) and the update of its own
+checkpoint row, guarded by the position it expects.
 """
 
 from __future__ import annotations
@@ -23,14 +29,20 @@ import msgspec
 import chronik
 from benchmarks.common import Sizes, Target, timer
 from benchmarks.model import (
+    Account,
     Deposited,
     Opened,
     account_events,
+    balance_change,
+    balances_ddl,
+    balances_upsert,
     deposited,
     evolve,
+    expected_balances,
     initial_state,
     stream_name,
 )
+from chronik.snapshots import state_version_of
 
 __all__ = ["chain", "w2"]
 
@@ -38,6 +50,10 @@ Metrics = dict[str, float]
 Row = tuple[Any, ...]
 BIG_STREAM = "account-big"
 PAGE = 500
+NEWER_EVENTS = 100
+CHECKPOINT = "raw_balances"
+STATE_VERSION = state_version_of(Account)
+decode_account = msgspec.json.Decoder(Account).decode
 
 TYPE_NAMES: dict[type[Any], str] = {Opened: "Opened", Deposited: "Deposited"}
 DECODERS: dict[str, Callable[[bytes], Any]] = {
@@ -80,6 +96,8 @@ class _Sqlite:
             "ORDER BY version LIMIT ?"
         )
         self.read_all = f"SELECT {columns} FROM events WHERE position > ? ORDER BY position LIMIT ?"
+        self.balances = "balances"
+        self.checkpoints = "raw_checkpoints"
         self.conn = sqlite3.connect(path, isolation_level=None)
         self.conn.execute("PRAGMA journal_mode = WAL")
         self.conn.execute("PRAGMA synchronous = FULL")
@@ -122,8 +140,7 @@ class _Sqlite:
                 conn.execute("ROLLBACK")
             raise
 
-    def stream_pages(self, stream_id: str) -> Iterator[list[Row]]:
-        version = 0
+    def stream_pages(self, stream_id: str, version: int = 0) -> Iterator[list[Row]]:
         while True:
             rows = self.conn.execute(self.read_stream, (stream_id, version, PAGE)).fetchall()
             yield rows
@@ -131,14 +148,75 @@ class _Sqlite:
                 return
             version = rows[-1][self.at["version"]] + 1
 
-    def log_pages(self) -> Iterator[list[Row]]:
-        after = 0
+    def log_pages(self, after: int = 0) -> Iterator[list[Row]]:
         while True:
             rows = self.conn.execute(self.read_all, (after, PAGE)).fetchall()
             yield rows
             if len(rows) < PAGE:
                 return
             after = rows[-1][self.at["position"]]
+
+    def save_snapshot(self, stream_id: str, version: int, state: bytes) -> None:
+        self.conn.execute(
+            "INSERT INTO snapshots (stream_id, state_version, version, category, state, "
+            "created_at) VALUES (?, ?, ?, ?, ?, ?)",
+            (
+                stream_id,
+                STATE_VERSION,
+                version,
+                stream_id.partition("-")[0],
+                state,
+                time.time_ns() // 1000,
+            ),
+        )
+
+    def newest_snapshot(self, stream_id: str) -> tuple[int, bytes] | None:
+        row = self.conn.execute(
+            "SELECT version, state FROM snapshots WHERE stream_id = ? AND state_version = ? "
+            "ORDER BY version DESC LIMIT 1",
+            (stream_id, STATE_VERSION),
+        ).fetchone()
+        return None if row is None else (row[0], row[1])
+
+    def projection_setup(self) -> int:
+        """Create the read model and the checkpoint row; the checkpoint position."""
+        conn = self.conn
+        conn.execute(balances_ddl(self.balances))
+        conn.execute(
+            f"CREATE TABLE IF NOT EXISTS {self.checkpoints} "
+            "(name TEXT PRIMARY KEY, position INTEGER NOT NULL)"
+        )
+        conn.execute(
+            f"INSERT INTO {self.checkpoints} VALUES (?, 0) ON CONFLICT (name) DO NOTHING",
+            (CHECKPOINT,),
+        )
+        row = conn.execute(
+            f"SELECT position FROM {self.checkpoints} WHERE name = ?", (CHECKPOINT,)
+        ).fetchone()
+        return int(row[0])
+
+    def apply_page(self, upserts: list[dict[str, Any]], expected: int, position: int) -> None:
+        conn = self.conn
+        conn.execute("BEGIN IMMEDIATE")
+        try:
+            conn.executemany(balances_upsert(self.balances), upserts)
+            moved = conn.execute(
+                f"UPDATE {self.checkpoints} SET position = ? WHERE name = ? AND position = ?",
+                (position, CHECKPOINT, expected),
+            ).rowcount
+            if moved != 1:
+                raise AssertionError("the checkpoint moved under the projection")
+            conn.execute("COMMIT")
+        except BaseException:
+            if conn.in_transaction:
+                conn.execute("ROLLBACK")
+            raise
+
+    def read_balances(self) -> dict[str, tuple[int, int]]:
+        rows = self.conn.execute(
+            f"SELECT account, balance_cents, deposits FROM {self.balances}"
+        ).fetchall()
+        return {r[0]: (int(r[1]), int(r[2])) for r in rows}
 
     def close(self) -> None:
         self.conn.close()
@@ -168,10 +246,13 @@ class _Postgres:
         self.append_one_sql: str | None = getattr(statements, "append_one", None)
         self.read_stream = statements.read_forward
         self.read_all = statements.read_all(categories=False, types=False)
+        self.schema = f'"{target.schema}"'
+        self.balances = f"{self.schema}.balances"
+        self.checkpoints = f"{self.schema}.raw_checkpoints"
         self.conn = psycopg.connect(target.pg_url, autocommit=True)
         self.conn.adapters.register_loader("json", RawJson)
         self.conn.adapters.register_loader("json", RawJsonBinary)
-        self.conn.execute("SET TIME ZONE 'UTC'")
+        self.conn.execute("SET TIME ZONE 'UTC'; SET plan_cache_mode = force_generic_plan")
 
     def append(self, stream_id: str, expected: int, events: Iterable[object]) -> None:
         evs = list(events)
@@ -208,8 +289,7 @@ class _Postgres:
         if len(rows) != len(evs):
             raise AssertionError(f"{stream_id}: wrote {len(rows)} of {len(evs)} events")
 
-    def stream_pages(self, stream_id: str) -> Iterator[list[Row]]:
-        version = 0
+    def stream_pages(self, stream_id: str, version: int = 0) -> Iterator[list[Row]]:
         while True:
             rows = self.conn.execute(self.read_stream, (stream_id, version, PAGE)).fetchall()
             yield rows
@@ -217,14 +297,63 @@ class _Postgres:
                 return
             version = rows[-1][self.at["version"]] + 1
 
-    def log_pages(self) -> Iterator[list[Row]]:
-        params: dict[str, Any] = {"after": 0, "page": PAGE}
+    def log_pages(self, after: int = 0) -> Iterator[list[Row]]:
+        params: dict[str, Any] = {"after": after, "page": PAGE}
         while True:
             rows = self.conn.execute(self.read_all, params).fetchall()
             yield rows
             if len(rows) < PAGE:
                 return
             params["after"] = rows[-1][self.at["position"]]
+
+    def save_snapshot(self, stream_id: str, version: int, state: bytes) -> None:
+        self.conn.execute(
+            f"INSERT INTO {self.schema}.snapshots (stream_id, state_version, version, category, "
+            "state) VALUES (%s, %s, %s, %s, %s)",
+            (stream_id, STATE_VERSION, version, stream_id.partition("-")[0], state),
+        )
+
+    def newest_snapshot(self, stream_id: str) -> tuple[int, bytes] | None:
+        row = self.conn.execute(
+            f"SELECT version, state FROM {self.schema}.snapshots "
+            "WHERE stream_id = %s AND state_version = %s ORDER BY version DESC LIMIT 1",
+            (stream_id, STATE_VERSION),
+        ).fetchone()
+        return None if row is None else (row[0], row[1])
+
+    def projection_setup(self) -> int:
+        """Create the read model and the checkpoint row; the checkpoint position."""
+        conn = self.conn
+        conn.execute(balances_ddl(self.balances))
+        conn.execute(
+            f"CREATE TABLE IF NOT EXISTS {self.checkpoints} "
+            "(name text PRIMARY KEY, position bigint NOT NULL)"
+        )
+        conn.execute(
+            f"INSERT INTO {self.checkpoints} VALUES (%s, 0) ON CONFLICT (name) DO NOTHING",
+            (CHECKPOINT,),
+        )
+        row = conn.execute(
+            f"SELECT position FROM {self.checkpoints} WHERE name = %s", (CHECKPOINT,)
+        ).fetchone()
+        assert row is not None
+        return int(row[0])
+
+    def apply_page(self, upserts: list[dict[str, Any]], expected: int, position: int) -> None:
+        with self.conn.transaction(), self.conn.cursor() as cur:
+            cur.executemany(balances_upsert(self.balances, "pyformat"), upserts)
+            cur.execute(
+                f"UPDATE {self.checkpoints} SET position = %s WHERE name = %s AND position = %s",
+                (position, CHECKPOINT, expected),
+            )
+            if cur.rowcount != 1:
+                raise AssertionError("the checkpoint moved under the projection")
+
+    def read_balances(self) -> dict[str, tuple[int, int]]:
+        rows = self.conn.execute(
+            f"SELECT account, balance_cents, deposits FROM {self.balances}"
+        ).fetchall()
+        return {r[0]: (int(r[1]), int(r[2])) for r in rows}
 
     def close(self) -> None:
         self.conn.close()
@@ -240,11 +369,16 @@ def _open(target: Target) -> tuple[_Db, int, int]:
     return db, db.at["type"], db.at["data"]
 
 
-def _load(db: _Db, stream_id: str, type_at: int, data_at: int) -> tuple[Any, int]:
-    state = initial_state()
+def _load(
+    db: _Db, stream_id: str, type_at: int, data_at: int, state: Any = None, version: int = -1
+) -> tuple[Any, int]:
+    """Fold the events of ``stream_id`` after ``version`` into ``state`` (default: from the
+    first event); returns the state and how many events were folded."""
+    if state is None:
+        state = initial_state()
     count = 0
     decoders = DECODERS
-    for rows in db.stream_pages(stream_id):
+    for rows in db.stream_pages(stream_id, version + 1):
         for row in rows:
             state = evolve(state, decoders[row[type_at]](row[data_at]))
         count += len(rows)
@@ -286,6 +420,7 @@ def chain(target: Target, sizes: Sizes) -> dict[str, Metrics]:
         if count != events:
             raise AssertionError(f"W6 read {count} events, expected {events}")
         out["W6"] = {"events": count, "seconds": t.seconds, "events_per_s": count / t.seconds}
+        out["W6P"] = _project(db, sizes, type_at, data_at)
 
         version = -1
         while version < sizes.w5_events - 1:
@@ -305,9 +440,70 @@ def chain(target: Target, sizes: Sizes) -> dict[str, Metrics]:
                 raise AssertionError(f"W5 loaded {n} events")
             times.append(t.seconds * 1000)
         out["W5"] = {"events": sizes.w5_events, "ms": statistics.median(times)}
+        out["W5S"] = _load_from_snapshot(db, sizes, type_at, data_at)
         return out
     finally:
         db.close()
+
+
+def _project(db: _Db, sizes: Sizes, type_at: int, data_at: int) -> Metrics:
+    """W6P: pages of 500 from the start, each decoded and applied in one transaction (the
+    upserts and the checkpoint); then the read model is checked against what W1 wrote."""
+    decoders = DECODERS
+    stream_at, position_at = db.at["stream_id"], db.at["position"]
+    count = 0
+    with timer() as t:
+        checkpoint = db.projection_setup()
+        for rows in db.log_pages(checkpoint):
+            if not rows:
+                continue
+            upserts = []
+            for row in rows:
+                cents, deposits = balance_change(decoders[row[type_at]](row[data_at]))
+                upserts.append({"a": row[stream_at], "c": cents, "d": deposits})
+            position = rows[-1][position_at]
+            db.apply_page(upserts, checkpoint, position)
+            checkpoint = position
+            count += len(rows)
+    expected = sizes.w1_streams * sizes.w1_events
+    if count != expected:
+        raise AssertionError(f"W6P applied {count} events, expected {expected}")
+    balances = db.read_balances()
+    want = {
+        stream_name(i): v for i, v in expected_balances(sizes.w1_streams, sizes.w1_events).items()
+    }
+    if balances != want:
+        raise AssertionError("W6P: the read model differs from what W1 wrote")
+    return {
+        "events": count,
+        "seconds": t.seconds,
+        "events_per_s": count / t.seconds,
+        "accounts": len(balances),
+        "balance_cents_total": sum(cents for cents, _ in balances.values()),
+    }
+
+
+def _load_from_snapshot(db: _Db, sizes: Sizes, type_at: int, data_at: int) -> Metrics:
+    """W5S: the W5 account's state saved as a snapshot row at its last version (untimed),
+    100 more events, then the newest snapshot row + the events after it, ``w5_loads`` times."""
+    at = sizes.w5_events - 1
+    state, _n = _load(db, BIG_STREAM, type_at, data_at)
+    db.save_snapshot(BIG_STREAM, at, _encode(state))
+    db.append(BIG_STREAM, at, [deposited(999_999, at + 1 + k) for k in range(NEWER_EVENTS)])
+    times = []
+    for _ in range(sizes.w5_loads):
+        with timer() as t:
+            found = db.newest_snapshot(BIG_STREAM)
+            if found is None:
+                raise AssertionError("W5S: no snapshot row")
+            version, raw_state = found
+            state, n = _load(db, BIG_STREAM, type_at, data_at, decode_account(raw_state), version)
+        if version != at or n != NEWER_EVENTS:
+            raise AssertionError(f"W5S folded {n} events after a snapshot at {version}")
+        times.append(t.seconds * 1000)
+    if state.deposits != at + NEWER_EVENTS:
+        raise AssertionError(f"W5S: {state.deposits} deposits, expected {at + NEWER_EVENTS}")
+    return {"events": NEWER_EVENTS, "events_in_snapshot": at + 1, "ms": statistics.median(times)}
 
 
 def w2(target: Target, sizes: Sizes) -> dict[str, Metrics]:

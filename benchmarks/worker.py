@@ -20,7 +20,8 @@ RESULT_PREFIX = "RESULT "
 
 class Job(msgspec.Struct, frozen=True):
     kind: str
-    """``chain`` (W1, W4, W6, W5), ``w2``, ``w3``, ``m1_fill`` or ``m1_read``."""
+    """``chain`` (W1, W4, W6, W6P, W5, W5S), ``w2``, ``w3``, ``w7`` (chronik and the bare
+    LISTEN/NOTIFY baseline in one job), ``m1_fill`` or ``m1_read``."""
     system: System
     target: Target
     sizes: Sizes
@@ -41,6 +42,10 @@ def run_job(job: Job) -> dict[str, Any]:
         from benchmarks import concurrent
 
         return concurrent.run(job.system, job.target, job.sizes.w3_writers, job.sizes.w3_seconds)
+    if job.kind == "w7":
+        from benchmarks import chronik_side
+
+        return chronik_side.w7(job.target, job.sizes)
     if job.system == "chronik":
         from benchmarks import chronik_side as side
     elif job.system == "eventsourcing":

@@ -16,7 +16,8 @@ pytest.importorskip("eventsourcing", reason="the benchmarks compare against even
 
 from benchmarks import chronik_side, concurrent, memory, peer, raw
 from benchmarks.common import Sizes, System, Target
-from benchmarks.run import evaluate, main, medians, table
+from benchmarks.model import expected_balances
+from benchmarks.run import evaluate, goal_text, main, medians, table
 
 TINY = Sizes(
     w1_streams=6,
@@ -27,6 +28,7 @@ TINY = Sizes(
     w3_seconds=0.3,
     w5_events=1100,
     w5_loads=1,
+    w7_samples=5,
     m1_small=1000,
     m1_large=3000,
     repetitions=1,
@@ -53,7 +55,7 @@ def _pg_target(pg_url: str) -> Target:
 
 
 def _check_chain(out: dict[str, dict[str, float]]) -> None:
-    assert set(out) == {"W1", "W4", "W5", "W6"}
+    assert set(out) == {"W1", "W4", "W5", "W5S", "W6", "W6P"}
     events = TINY.w1_streams * TINY.w1_events
     assert out["W1"]["events"] == events
     assert out["W1"]["events_per_s"] > 0
@@ -66,6 +68,17 @@ def _check_chain(out: dict[str, dict[str, float]]) -> None:
     assert out["W6"]["events_per_s"] > 0
     assert out["W5"]["events"] == TINY.w5_events
     assert out["W5"]["ms"] > 0
+    # W5S: a snapshot of the whole W5 account, then 100 newer events folded after it
+    assert out["W5S"]["events_in_snapshot"] == TINY.w5_events
+    assert out["W5S"]["events"] == 100
+    assert out["W5S"]["ms"] > 0
+    # W6P: every W1 event applied once; each side also compared its read model row by row
+    # with what W1 wrote (and raises otherwise)
+    assert out["W6P"]["events"] == events
+    assert out["W6P"]["events_per_s"] > 0
+    assert out["W6P"]["accounts"] == TINY.w1_streams
+    want = expected_balances(TINY.w1_streams, TINY.w1_events)
+    assert out["W6P"]["balance_cents_total"] == sum(cents for cents, _ in want.values())
 
 
 def _check_w2(out: dict[str, dict[str, float]]) -> None:
@@ -109,17 +122,50 @@ def test_summary_table_and_targets() -> None:
                 "eventsourcing": [{"ms": 50.0}],
                 "raw": [{"ms": 5.0}],
             },
-        }
+            "W5S": {
+                "chronik": [{"ms": 2.0}],
+                "eventsourcing": [{"ms": 3.0}],
+                "raw": [{"ms": 1.0}],
+            },
+            "W6P": {
+                "chronik": [{"events_per_s": 9000.0}],
+                "eventsourcing": [{"events_per_s": 3000.0}],
+                "raw": [{"events_per_s": 10000.0}],
+            },
+        },
+        "postgres": {
+            "W7": {
+                "chronik": [{"p50_ms": 4.0, "p99_ms": 6.0}, {"p50_ms": 5.0, "p99_ms": 9.0}],
+                "raw": [{"p50_ms": 1.0, "p99_ms": 2.5}, {"p50_ms": 1.0, "p99_ms": 2.5}],
+            },
+        },
     }
     med = medians(runs)
     assert med["sqlite"]["W1"]["chronik"]["events_per_s"] == 200.0
-    goals = {(g["workload"], g["peer"]): g for g in evaluate(med)}
-    assert goals[("W1", "eventsourcing")]["measured"] == pytest.approx(2.0)
-    assert goals[("W1", "eventsourcing")]["met"]
-    assert goals[("W1", "raw")]["measured"] == pytest.approx(1.0)
-    text = table(med, ["sqlite"])
+    evaluated = evaluate(med)
+    goals = {(g["workload"], g["backend"], g["peer"]): g for g in evaluated}
+    assert goals[("W1", "sqlite", "eventsourcing")]["measured"] == pytest.approx(2.0)
+    assert goals[("W1", "sqlite", "eventsourcing")]["met"]
+    assert goals[("W1", "sqlite", "raw")]["measured"] == pytest.approx(1.0)
+    assert goals[("W5S", "sqlite", "eventsourcing")]["measured"] == pytest.approx(1.5)
+    assert not goals[("W5S", "sqlite", "eventsourcing")]["met"]  # needs 2x
+    assert goals[("W6P", "sqlite", "eventsourcing")]["measured"] == pytest.approx(3.0)
+    assert goals[("W6P", "sqlite", "eventsourcing")]["met"]
+    # W7: chronik's p99 (median 7.5 ms) at most 3x the bare NOTIFY p99 (2.5 ms)
+    w7 = goals[("W7", "postgres", "raw")]
+    assert w7["measured"] == pytest.approx(3.0)
+    assert w7["met"]
+    assert "met    W7 postgres p99 ≤3x bare LISTEN/NOTIFY: 3.00x" in [
+        goal_text(g) for g in evaluated
+    ]
+    text = table(med, ["sqlite", "postgres"])
     assert "| 5.00x | 0.50x |" in text  # W5 is a time: the ratio is theirs / ours
-    assert "n/a (snapshots: issue 5)" in text
+    assert "| W5S load 10,000-event aggregate from a snapshot + 100 events | sqlite |" in text
+    assert "| 1.50x | 0.50x | ≥2x es MISSED |" in text
+    assert "| 3.00x | 0.90x | ≥2x es met |" in text  # W6P
+    assert "| postgres | ms p99 | 7.5 | - | 2.5 | - | 0.33x | ≤3x bare met (3.00x) |" in text
+    assert "| postgres | ms p50 | 4.5 | - | 1.0 | - | 0.22x |  |" in text
+    assert "n/a" not in text
 
 
 @pytest.mark.slow
@@ -131,12 +177,13 @@ def test_runner_end_to_end_on_sqlite(
     assert main(["--smoke", "--backends", "sqlite", "--json", str(out)]) == 0
     report = json.loads(out.read_text())
     assert report["mode"] == "smoke"
-    assert set(report["medians"]["sqlite"]) == {"W1", "W2", "W4", "W5", "W6"}
+    assert set(report["medians"]["sqlite"]) == {"W1", "W2", "W4", "W5", "W5S", "W6", "W6P"}
     for workload in report["medians"]["sqlite"].values():
         assert set(workload) == {"chronik", "eventsourcing", "raw"}
     assert set(report["m1"]["sqlite"]) == {str(TINY.m1_small), str(TINY.m1_large)}
     printed = capsys.readouterr().out
     assert "| W1 append" in printed
+    assert "| W6P projection catch-up" in printed
     assert "targets met" in printed
 
 
@@ -160,3 +207,17 @@ def test_postgres_concurrent_writers(system: System, pg_url: str) -> None:
     assert out["writers"] == TINY.w3_writers
     assert out["events"] > 0
     assert out["events_per_s"] > 0
+
+
+@pytest.mark.postgres
+def test_postgres_live_projection_lag(pg_url: str) -> None:
+    out = chronik_side.w7(_pg_target(pg_url), TINY)
+    assert set(out) == {"chronik", "raw"}  # chronik and the bare LISTEN/NOTIFY baseline
+    for metrics in out.values():
+        assert metrics["samples"] == TINY.w7_samples
+        assert 0 < metrics["p50_ms"] <= metrics["p99_ms"] <= metrics["max_ms"]
+
+
+def test_live_projection_lag_needs_postgres(tmp_path: Path) -> None:
+    with pytest.raises(ValueError, match="PostgreSQL only"):
+        chronik_side.w7(_sqlite_target(tmp_path, "w7"), TINY)
