@@ -319,7 +319,7 @@ class OutboxRelay:
         await self.subscription.start_position()
         try:
             while not self._stopped.is_set():
-                if not await self.run_once():
+                if not await self.run_once() and not self.subscription._full_page:
                     await self.subscription._wait()
         finally:
             await self.close()

@@ -349,7 +349,7 @@ class ProjectionRunner(Worker):
                     await self._apply_page(worker, page.events, page.caught_up_to)
                 sub.advance(worker.checkpoint)
                 backoff = 0.1
-                if len(page.events) < self.batch_size:
+                if not page.more:
                     await sub._wait()
             except asyncio.CancelledError:
                 raise
@@ -426,7 +426,7 @@ class ProjectionRunner(Worker):
             if progress is not None:
                 elapsed = max(time.monotonic() - started, 1e-9)
                 progress(Progress(p.name, done, max(todo, done), done / elapsed))
-            if len(page.events) < self.batch_size:
+            if not page.more:
                 return done
 
     async def _apply_page(
@@ -791,7 +791,7 @@ async def rebuild_blue_green(
     )
     while True:
         page = await sub.read_page()
-        if len(page.events) == batch_size:  # more arrived meanwhile: keep catching up
+        if page.more:  # more arrived meanwhile: keep catching up
             await runner._apply_page(worker, page.events, page.caught_up_to)
             sub.advance(worker.checkpoint)
             applied += len(page.events)

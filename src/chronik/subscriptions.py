@@ -47,11 +47,14 @@ class Page:
 
     ``caught_up_to`` is a position such that every matching event at or below it is in this
     page or an earlier one: a reader waiting for a position that does not match the filter
-    can stop waiting once ``caught_up_to`` reaches it.
+    can stop waiting once ``caught_up_to`` reaches it. ``more`` says more may be there now
+    (read again at once rather than wait for a change); a page can be short or even empty
+    and still have ``more``: a filtered read on PostgreSQL walks the log a window at a time.
     """
 
     events: list[RecordedEvent]
     caught_up_to: int
+    more: bool = False
 
 
 class Subscription:
@@ -113,21 +116,30 @@ class Subscription:
     async def read_page(self) -> Page:
         """Read the next page without waiting (empty when caught up)."""
         after = await self.start_position()
-        head = await self.store.head_position()
-        events = [
-            e
-            async for e in self.store.read_all(
+        read_page = getattr(self.store, "read_page", None)
+        if read_page is not None:  # the head and the page in one round trip (PostgreSQL)
+            events, caught_up_to, self._full_page = await read_page(
                 after=after,
+                limit=self.batch_size,
                 categories=self.categories,
                 types=self._read_types,
-                limit=self.batch_size,
             )
-        ]
-        caught_up_to = events[-1].position if events else after
-        self._full_page = len(events) >= self.batch_size
-        if len(events) < self.batch_size:
-            # every matching event up to `head` was visible before this read: all are here
-            caught_up_to = max(caught_up_to, head)
+        else:
+            head = await self.store.head_position()
+            events = [
+                e
+                async for e in self.store.read_all(
+                    after=after,
+                    categories=self.categories,
+                    types=self._read_types,
+                    limit=self.batch_size,
+                )
+            ]
+            caught_up_to = events[-1].position if events else after
+            self._full_page = len(events) >= self.batch_size
+            if len(events) < self.batch_size:
+                # every matching event up to `head` was visible before this read: all here
+                caught_up_to = max(caught_up_to, head)
         if self.registry is not None:
             upcast = self.registry.upcast
             wanted = None if self.types is None else set(self.types)
@@ -137,7 +149,7 @@ class Subscription:
                 for u in upcast(e, tolerant=self.tolerant)
                 if wanted is None or u.type in wanted
             ]
-        return Page(events, caught_up_to)
+        return Page(events, caught_up_to, self._full_page)
 
     def advance(self, position: int) -> None:
         """Move the read cursor (done by :meth:`pages` for what it yields)."""

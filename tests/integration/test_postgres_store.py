@@ -575,3 +575,98 @@ async def test_count_events_uses_the_read_all_horizon(
     assert await store.count_events() == 3
     (first,) = [e.position async for e in store.read_all(limit=1)]
     assert await store.count_events(after=first) == 2
+
+
+# -- query plans of the read path -------------------------------------------------------------
+
+
+async def _generic_plan(store: PostgresEventStore, sql: str) -> str:
+    """The plan a pooled connection (plan_cache_mode = force_generic_plan) runs ``sql`` with:
+    PREPARE + EXPLAIN EXECUTE (a plain EXPLAIN plans with the values, a custom plan)."""
+    numbered = (
+        sql.replace("%(after)s", "$1")
+        .replace("%(page)s", "$2")
+        .replace("%(categories)s", "$3")
+        .replace("%(types)s", "$4")
+        .replace("%(window)s", "$5")
+    )
+
+    async def op(conn: Any) -> str:
+        await conn.execute(
+            f"PREPARE plan_probe (bigint, bigint, text[], text[], bigint) AS {numbered}"
+        )
+        try:
+            cur = await conn.execute(
+                "EXPLAIN EXECUTE plan_probe (0, 500, ARRAY['order'], ARRAY['Placed'], 1000)"
+            )
+            return "\n".join(str(r[0]) for r in await cur.fetchall())
+        finally:
+            await conn.execute("DEALLOCATE plan_probe")
+
+    return await store._run(op)
+
+
+async def test_read_path_plans_walk_the_primary_key_without_sorting(
+    store: PostgresEventStore,
+) -> None:
+    # A catch-up page must walk the primary key in position order and stop early. A bitmap
+    # scan + sort reads the whole tail above the cursor for every page (quadratic catch-up):
+    # generic plans chose it for filtered reads (they cannot know how dense a category or a
+    # type is), and custom plans chose it on tables with stale statistics.
+    for n in range(40):
+        await store.append(
+            f"{'order' if n % 4 else 'invoice'}-{n}",
+            [NewEvent("Placed" if k % 3 else "Paid", {"k": k}) for k in range(250)],
+        )
+    sql = store._sql
+    statements = [sql.read_all(categories=False, types=False), sql.read_page()] + [
+        sql.read_window(categories=c, types=t)
+        for c, t in ((True, False), (False, True), (True, True))
+    ]
+    for statement in statements:
+        plan = await _generic_plan(store, statement)
+        assert "Bitmap" not in plan and "Seq Scan on events" not in plan, f"{statement}\n{plan}"
+        assert "Index Scan using events_pkey on events " in plan, plan
+        lines = plan.splitlines()
+        for i, line in enumerate(lines):
+            if "Sort  (" in line:  # only the window (at most 1,000 rows) may be sorted
+                scan = next(ln for ln in lines[i + 1 :] if "Scan" in ln)
+                assert "CTE Scan on w" in scan, f"{statement}\n{plan}"
+
+
+async def test_filtered_reads_walk_windows_and_miss_nothing(store: PostgresEventStore) -> None:
+    # a rare type among many others: windows (1,000 events) without a match in between
+    for n in range(6):
+        for _ in range(2):
+            await store.append("noise-1", [NewEvent("Noise", {}) for _ in range(600)])
+        await store.append(f"rare-{n}", [NewEvent("Rare", {"n": n})])
+    got = [e async for e in store.read_all(types=["Rare"])]
+    assert [e.data["n"] for e in got] == list(range(6))
+    got = [e async for e in store.read_all(categories=["rare"], limit=4)]
+    assert [e.data["n"] for e in got] == list(range(4))
+    head = await store.head_position()
+    events, caught_up_to, more = await store.read_page(after=0, limit=500, types=["Rare"])
+    assert more and not events and caught_up_to < head  # one window walked, none matched
+    seen: list[int] = []
+    after = 0
+    while True:
+        events, after, more = await store.read_page(after=after, limit=2, types=["Rare"])
+        seen += [e.data["n"] for e in events]
+        if not more:
+            break
+    assert seen == list(range(6)) and after == head
+
+
+async def test_read_page_is_head_and_page_from_one_snapshot(store: PostgresEventStore) -> None:
+    assert await store.read_page(after=0, limit=10) == ([], 0, False)
+    await store.append("order-1", [NewEvent("Placed", {}), NewEvent("Paid", {})])
+    await store.append("invoice-1", [NewEvent("Sent", {})])
+    head = await store.head_position()
+    events, caught_up_to, more = await store.read_page(after=0, limit=10, categories=["order"])
+    assert [e.type for e in events] == ["Placed", "Paid"]
+    assert (caught_up_to, more) == (head, False)  # complete up to the head, matching or not
+    events, caught_up_to, more = await store.read_page(after=0, limit=1, types=["Paid", "Sent"])
+    assert [e.type for e in events] == ["Paid"] and more and caught_up_to == events[0].position
+    events, caught_up_to, more = await store.read_page(after=0, limit=2)
+    assert len(events) == 2 and more and caught_up_to == events[1].position
+    assert await store.read_page(after=head, limit=10) == ([], head, False)

@@ -310,6 +310,51 @@ FROM (SELECT (pg_current_xact_id()::text::bigint + xid_offset) << {POSITION_SHIF
             f"WHERE {self._read_all_where(categories, types)} ORDER BY position LIMIT %(page)s"
         )
 
+    def read_page(self) -> str:
+        """The head (last position below the horizon) and one unfiltered page of
+        ``read_all``, from one snapshot: every row carries the head, and an empty page is
+        one row of the head and NULLs."""
+        s = self._schema_sql
+        return (
+            f"SELECT h.head, e.* FROM (SELECT coalesce(max(position), 0) AS head "
+            f"FROM {s}.events WHERE position < {self.horizon}) AS h "
+            f"LEFT JOIN LATERAL (SELECT {self.columns} FROM {s}.events "
+            f"WHERE {self._read_all_where(False, False)} "
+            f"ORDER BY position LIMIT %(page)s) AS e ON true"
+        )
+
+    def read_window(self, *, categories: bool, types: bool) -> str:
+        """A filtered read: the next ``%(window)s`` events in position order (the primary
+        key, never a bitmap + sort), and those of them that match, at most ``%(page)s``.
+
+        Each row is ``head, scanned, scanned_to`` then the event's columns (NULLs when
+        nothing in the window matches). Filtering inside a window of the primary key keeps
+        every read a short ordered index walk whatever the planner believes about how many
+        events match; with the filters in the WHERE clause of one query, a generic plan
+        (which cannot know how dense a category or type is) chose a bitmap scan of the
+        whole tail and a sort, for every page.
+        """
+        s = self._schema_sql
+        where = []
+        if categories:
+            where.append("category = ANY(%(categories)s::text[])")
+        if types:
+            where.append("type = ANY(%(types)s::text[])")
+        return f"""
+WITH w AS MATERIALIZED (
+    SELECT {self.columns}, category FROM {s}.events
+    WHERE {self._read_all_where(False, False)}
+    ORDER BY position LIMIT %(window)s
+)
+SELECT s.head, s.scanned, s.scanned_to, e.*
+FROM (SELECT (SELECT coalesce(max(position), 0) FROM {s}.events
+              WHERE position < {self.horizon}) AS head,
+             count(*) AS scanned, coalesce(max(position), 0) AS scanned_to FROM w) AS s
+LEFT JOIN LATERAL (
+    SELECT {self.columns} FROM w WHERE {" AND ".join(where or ["true"])}
+    ORDER BY position LIMIT %(page)s
+) AS e ON true"""
+
     def count(self, *, categories: bool, types: bool) -> str:
         """How many events ``read_all`` would yield now (same horizon, same filters)."""
         return (
@@ -318,9 +363,16 @@ FROM (SELECT (pg_current_xact_id()::text::bigint + xid_offset) << {POSITION_SHIF
         )
 
     def _read_all_where(self, categories: bool, types: bool) -> str:
+        # ``position + 0``: the horizon is a filter, not the second bound of an index range.
+        # A range of two unknown bounds is estimated at 0.5% of the table, and the planner
+        # then reads the whole tail above the cursor through a bitmap and sorts it, for
+        # every page (14 ms a page at 20,000 events with a category filter, growing with the
+        # log: quadratic catch-up). With one bound it walks the primary key in order and
+        # stops at the page size; the rows above the horizon it filters out are only those
+        # of transactions still open.
         where = [
             "position > %(after)s::bigint",
-            f"position < {self.horizon}",
+            f"position + 0 < {self.horizon}",
         ]
         if categories:
             where.append("category = ANY(%(categories)s::text[])")

@@ -105,6 +105,9 @@ __all__ = [
 
 logger = logging.getLogger("chronik.store.postgres")
 
+FILTER_WINDOW = 1000
+"""A filtered read walks the log in windows of at least this many events (in order)."""
+
 
 def _read_ahead(fetch: Awaitable[list[_Row]]) -> asyncio.Task[list[_Row]]:
     """Start reading a page now; the caller awaits it when it needs the rows."""
@@ -671,13 +674,20 @@ class PostgresEventStore:
         consumes this one (at most two pages are held).
         """
         self._check_open()
-        sql = self._sql.read_all(categories=categories is not None, types=types is not None)
-        params: dict[str, Any] = {"after": int(after)}
-        if categories is not None:
-            params["categories"] = list(categories)
-        if types is not None:
-            params["types"] = list(types)
         remaining = None if limit is None else max(limit, 0)
+        if categories is not None or types is not None:
+            cursor = int(after)
+            more = True
+            while more and (remaining is None or remaining > 0):
+                size = READ_PAGE_SIZE if remaining is None else min(READ_PAGE_SIZE, remaining)
+                rows, cursor, more = await self._read_window(cursor, size, categories, types)
+                if remaining is not None:
+                    remaining -= len(rows)
+                for row in rows:
+                    yield _record(row)
+            return
+        sql = self._sql.read_all(categories=False, types=False)
+        params: dict[str, Any] = {"after": int(after)}
 
         def fetch(cursor: int, size: int) -> Awaitable[list[_Row]]:
             return self._fetchall(sql, {**params, "after": cursor, "page": size})
@@ -703,6 +713,58 @@ class PostgresEventStore:
                     yield _record(row)
         finally:
             _abandon(pending)
+
+    async def read_page(
+        self,
+        *,
+        after: int,
+        limit: int,
+        categories: Sequence[str] | None = None,
+        types: Sequence[str] | None = None,
+    ) -> tuple[list[RecordedEvent], int, bool]:
+        """What a live subscription reads each time it wakes, in one round trip.
+
+        Returns the matching events after ``after`` (at most ``limit``), a position such
+        that every matching event at or below it is in this page or an earlier one (see
+        :class:`chronik.subscriptions.Page`), and whether more may match right now. The
+        head and the page come from one snapshot.
+        """
+        self._check_open()
+        limit = max(int(limit), 0)
+        if categories is None and types is None:
+            rows = await self._fetchall(self._sql.read_page(), {"after": int(after), "page": limit})
+            head = int(rows[0][0]) if rows else 0
+            events = [_record(row[1:]) for row in rows if row[1] is not None]
+            if len(events) >= limit:
+                return events, events[-1].position if events else int(after), limit > 0
+            return events, max(head, int(after)), False
+        found, caught_up_to, more = await self._read_window(after, limit, categories, types)
+        return [_record(row) for row in found], caught_up_to, more
+
+    async def _read_window(
+        self,
+        after: int,
+        page: int,
+        categories: Sequence[str] | None,
+        types: Sequence[str] | None,
+    ) -> tuple[list[_Row], int, bool]:
+        """One window of a filtered read (see ``_Statements.read_window``): the matching
+        rows, the position the read is complete up to, and whether to read on."""
+        window = max(2 * page, FILTER_WINDOW)
+        params: dict[str, Any] = {"after": int(after), "page": page, "window": window}
+        if categories is not None:
+            params["categories"] = list(categories)
+        if types is not None:
+            params["types"] = list(types)
+        sql = self._sql.read_window(categories=categories is not None, types=types is not None)
+        rows = await self._fetchall(sql, params)
+        head, scanned, scanned_to = int(rows[0][0]), int(rows[0][1]), int(rows[0][2])
+        found = [row[3:] for row in rows if row[3] is not None]
+        if page > 0 and len(found) >= page:
+            return found, found[-1][0], True
+        if scanned < window:  # reached the horizon: everything below it has been seen
+            return found, max(head, scanned_to, int(after)), False
+        return found, scanned_to, True
 
     async def read_correlation(
         self, correlation_id: str, *, limit: int | None = None
@@ -889,10 +951,14 @@ class PostgresEventStore:
         """Whether a listener on another connection waits for this schema's NOTIFY.
 
         Listeners hold a shared advisory lock while they LISTEN; a process with no
-        followers elsewhere (a batch writer, say) then sends no NOTIFY at all.
+        followers elsewhere (a batch writer, say) then sends no NOTIFY at all. The answer
+        is kept for a second when someone listens (a listener gone meanwhile costs a few
+        unheard NOTIFYs), but only for 0.1 s when nobody does: a projection worker that
+        starts next to a busy writer would otherwise wait up to a second, on its polling,
+        for its first wake-up (seen in benchmark W7).
         """
         now = time.monotonic()
-        if now - self._listeners_checked >= 1.0:
+        if now - self._listeners_checked >= (1.0 if self._others_listening else 0.1):
             cur = await conn.execute(
                 "SELECT EXISTS (SELECT 1 FROM pg_locks WHERE locktype = 'advisory' "
                 "AND classid::bigint = %s::bigint & 4294967295 "
