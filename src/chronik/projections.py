@@ -350,6 +350,10 @@ class ProjectionRunner(Worker):
                 sub.advance(worker.checkpoint)
                 backoff = 0.1
                 if not page.more:
+                    # the once-a-second retirement check before sleeping, not between a
+                    # wake-up and the read: it is a round trip a live event would wait for
+                    if await self._retired(worker, force=True):
+                        return
                     await sub._wait()
             except asyncio.CancelledError:
                 raise
@@ -377,13 +381,14 @@ class ProjectionRunner(Worker):
                     worker.changed.notify_all()
                 return
 
-    async def _retired(self, worker: _Worker) -> bool:
-        """Whether a blue/green switch made another version active (checked once a second)."""
+    async def _retired(self, worker: _Worker, *, force: bool = False) -> bool:
+        """Whether a blue/green switch made another version active (checked once a second
+        while busy; ``force`` checks before going idle, when nothing waits on it)."""
         p = worker.projection
         if not isinstance(p, Projection):
             return False
         now = time.monotonic()
-        if now - worker.retired_checked < 1.0:
+        if now - worker.retired_checked < (0.25 if force else 1.0):
             return False
         worker.retired_checked = now
         active = await self.store.get_active_version(p.name)

@@ -942,7 +942,12 @@ class PostgresEventStore:
             self._last_notify = time.monotonic()
             try:
                 async with self._pool.connection() as conn:
-                    if await self._someone_else_listens(conn):
+                    # NOTIFY first when someone was listening, and refresh that answer
+                    # after: the check is a round trip a listener need not wait for
+                    listening = self._others_listening
+                    if listening:
+                        await conn.execute(f"NOTIFY {self._channel}")
+                    if await self._someone_else_listens(conn) and not listening:
                         await conn.execute(f"NOTIFY {self._channel}")
             except (psycopg.Error, PoolClosed, PoolTimeout) as exc:
                 logger.debug("NOTIFY failed (%s); listeners fall back to polling", exc)
