@@ -23,6 +23,7 @@ from chronik.context import MessageContext, context, current_context
 from chronik.decider import Decider
 from chronik.errors import (
     BatchTooLarge,
+    CheckpointMoved,
     ChronikError,
     ConcurrencyError,
     DuplicateEventId,
@@ -76,6 +77,7 @@ __all__ = [
     "AnyOf",
     "AppendResult",
     "BatchTooLarge",
+    "CheckpointMoved",
     "ChronikError",
     "CommandHandler",
     "ConcurrencyError",

@@ -4,6 +4,7 @@
 
     ChronikError
     ├── ConcurrencyError            expected_version did not match; nothing written
+    ├── CheckpointMoved             another worker moved a checkpoint; the transaction rolled back
     ├── DuplicateEventId            an event id is stored already, elsewhere or with other content
     ├── StreamNotFound (LookupError)
     ├── StreamDeleted
@@ -29,6 +30,7 @@ from __future__ import annotations
 
 __all__ = [
     "BatchTooLarge",
+    "CheckpointMoved",
     "ChronikError",
     "ConcurrencyError",
     "DuplicateEventId",
@@ -72,6 +74,19 @@ class ConcurrencyError(ChronikError):
             f"stream {stream_id!r}: expected version {_describe_version(expected)}, "
             f"actual {_describe_version(actual)}"
         )
+
+
+class CheckpointMoved(ChronikError):
+    """``Tx.advance_checkpoint`` found the checkpoint elsewhere than expected: another worker
+    of the same subscription moved it. The transaction rolls back (on PostgreSQL the error
+    arrives at COMMIT); re-read the checkpoint and go on from there."""
+
+    def __init__(self, name: str, expected: int | None = None, actual: int | None = None) -> None:
+        self.name = name
+        self.expected = expected
+        self.actual = actual
+        where = "" if actual is None else f" is at {actual}"
+        super().__init__(f"checkpoint {name!r}{where}, not at {expected} as expected")
 
 
 class DuplicateEventId(ChronikError):

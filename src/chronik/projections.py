@@ -48,7 +48,7 @@ from typing import Any, Literal, TypeVar
 
 from chronik.codec import EventRegistry
 from chronik.context import context
-from chronik.errors import ChronikError, StoreUnavailable
+from chronik.errors import CheckpointMoved, ChronikError, StoreUnavailable
 from chronik.events import RecordedEvent, category_of
 from chronik.store.protocol import EventStore, Tx
 from chronik.subscriptions import Subscription
@@ -236,8 +236,8 @@ class _Worker:
         return max(self.checkpoint, self.caught_up_to)
 
 
-class _Moved(Exception):
-    """Another runner advanced the checkpoint: reload and go on."""
+_Moved = CheckpointMoved
+"""Another runner advanced the checkpoint: reload and go on."""
 
 
 def _describe(exc: BaseException) -> str:
@@ -358,7 +358,10 @@ class ProjectionRunner(Worker):
             except asyncio.CancelledError:
                 raise
             except _Moved:
-                worker.checkpoint = await self.store.get_checkpoint(p.checkpoint_name) or 0
+                # another runner of this projection got there first: go on from its
+                # checkpoint (and wake wait_for callers: that is progress too)
+                moved_to = await self.store.get_checkpoint(p.checkpoint_name) or 0
+                await self._advanced(worker, moved_to)
                 sub = Subscription(
                     self.store,
                     after=worker.checkpoint,
@@ -449,7 +452,6 @@ class ProjectionRunner(Worker):
         try:
             if isinstance(p, Projection):
                 async with self.store.transaction() as tx:
-                    await self._guard(tx, p, expected)
                     _failpoint("before_handle")
                     for event in events:
                         with (
@@ -458,7 +460,8 @@ class ProjectionRunner(Worker):
                         ):
                             for item in _upcast(p, event):
                                 await p.handle(item, tx)
-                    await tx.set_checkpoint(p.checkpoint_name, new_checkpoint)
+                    # checked with the writes: moved by another runner → all rolls back
+                    await tx.advance_checkpoint(p.checkpoint_name, expected, new_checkpoint)
                     _failpoint("after_handle")
                 _failpoint("after_commit")
             else:
@@ -480,16 +483,12 @@ class ProjectionRunner(Worker):
                     await self._apply_one(worker, event)
             if new_checkpoint > worker.checkpoint:
                 async with self.store.transaction() as tx:
-                    await self._guard(tx, p, worker.checkpoint)
-                    await tx.set_checkpoint(p.checkpoint_name, new_checkpoint)
+                    await tx.advance_checkpoint(
+                        p.checkpoint_name, worker.checkpoint, new_checkpoint
+                    )
         else:
             worker.applied += len(events)
         await self._advanced(worker, new_checkpoint)
-
-    async def _guard(self, tx: Tx, p: AnyProjection, expected: int) -> None:
-        stored = await tx.get_checkpoint(p.checkpoint_name)
-        if (stored or 0) != expected:
-            raise _Moved()
 
     async def _apply_one(self, worker: _Worker, event: RecordedEvent) -> None:
         p = worker.projection
@@ -502,10 +501,11 @@ class ProjectionRunner(Worker):
                 ):
                     if isinstance(p, Projection):
                         async with self.store.transaction() as tx:
-                            await self._guard(tx, p, worker.checkpoint)
                             for item in _upcast(p, event):
                                 await p.handle(item, tx)
-                            await tx.set_checkpoint(p.checkpoint_name, event.position)
+                            await tx.advance_checkpoint(
+                                p.checkpoint_name, worker.checkpoint, event.position
+                            )
                     else:
                         for item in _upcast(p, event):
                             await p.handle(item)
@@ -537,9 +537,8 @@ class ProjectionRunner(Worker):
             extra=event_log_fields(event),
         )
         async with self.store.transaction() as tx:
-            await self._guard(tx, p, worker.checkpoint)
             await tx.add_dead_letter(p.checkpoint_name, event, _describe(error), p.max_attempts)
-            await tx.set_checkpoint(p.checkpoint_name, event.position)
+            await tx.advance_checkpoint(p.checkpoint_name, worker.checkpoint, event.position)
         await self._advanced(worker, event.position)
 
     async def _advanced(self, worker: _Worker, position: int) -> None:
@@ -802,12 +801,11 @@ async def rebuild_blue_green(
             applied += len(page.events)
             continue
         async with store.transaction() as tx:
-            await runner._guard(tx, new, worker.checkpoint)
             for event in page.events:
                 for item in _upcast(new, event):
                     await new.handle(item, tx)
             final = max(page.caught_up_to, worker.checkpoint)
-            await tx.set_checkpoint(new.checkpoint_name, final)
+            await tx.advance_checkpoint(new.checkpoint_name, worker.checkpoint, final)
             await tx.set_active_version(new.name, new.version)
         applied += len(page.events)
         break

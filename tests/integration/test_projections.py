@@ -338,3 +338,45 @@ async def test_runner_rejects_bad_configuration(store: EventStore) -> None:
 
 def _unused(*_: Any) -> None:
     pass
+
+
+@pytest.mark.parametrize(
+    "backend", ["sqlite", pytest.param("postgres", marks=pytest.mark.postgres)]
+)
+async def test_runners_of_one_projection_racing_apply_each_event_once(
+    backend: str, request: pytest.FixtureRequest, tmp_path: Path
+) -> None:
+    # Three runners of the same projection, each with its own store (own connections),
+    # catching up while events arrive: a batch whose checkpoint another runner moved must
+    # roll back whole (Tx.advance_checkpoint), so no event is applied twice or skipped.
+    from tests.integration.crash_app import Totals
+
+    url = (
+        f"sqlite:///{tmp_path}/race.db"
+        if backend == "sqlite"
+        else request.getfixturevalue("pg_url")
+    )
+    stores = [await chronik.connect(url) for _ in range(3)]
+    try:
+        store = stores[0]
+        runners = [
+            ProjectionRunner(s, [Totals()], batch_size=7, poll_interval=0.02) for s in stores
+        ]
+        await runners[0].setup()
+        for runner in runners:
+            await runner.start()
+        for n in range(60):
+            await store.append(f"acct-{n % 5}", [NewEvent("Added", {"n": k}) for k in range(3)])
+            if n % 10 == 0:
+                await asyncio.sleep(0.01)
+        head = await store.head_position()
+        for runner in runners:
+            await runner.wait_for(head, timeout=30)
+        for runner in runners:
+            await runner.stop()
+        applied = await store.query(f"SELECT n FROM {Totals().table('applied')}")
+    finally:
+        for s in stores:
+            await s.close()
+    assert len(applied) == 180
+    assert {row[0] for row in applied} == {1}

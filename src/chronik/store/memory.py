@@ -15,7 +15,13 @@ from datetime import UTC, datetime
 from types import TracebackType
 from typing import Any, Self
 
-from chronik.errors import ChronikError, DuplicateEventId, StoreUnavailable, StreamNotFound
+from chronik.errors import (
+    CheckpointMoved,
+    ChronikError,
+    DuplicateEventId,
+    StoreUnavailable,
+    StreamNotFound,
+)
 from chronik.events import (
     ANY,
     AppendResult,
@@ -56,6 +62,7 @@ class MemoryTx:
         self._deleted: set[int] = set()
         self._versions: dict[str, int] = {}
         self._imports: list[ImportedEvent] = []
+        self._expected: dict[str, int] = {}
 
     async def execute(self, sql: str, params: Sequence[Any] | Mapping[str, Any] = ()) -> None:
         raise ChronikError("the memory store runs no SQL; use an SQLite or PostgreSQL store")
@@ -74,6 +81,13 @@ class MemoryTx:
         return self._checkpoints.get(name, self._store._checkpoints.get(name))
 
     async def set_checkpoint(self, name: str, position: int) -> None:
+        self._checkpoints[name] = position
+
+    async def advance_checkpoint(self, name: str, expected: int, position: int) -> None:
+        actual = await self.get_checkpoint(name) or 0
+        if actual != expected:
+            raise CheckpointMoved(name, expected, actual)
+        self._expected.setdefault(name, expected)  # checked again at commit
         self._checkpoints[name] = position
 
     async def add_dead_letter(
@@ -132,6 +146,10 @@ class MemoryTx:
 
     def commit(self) -> None:
         store = self._store
+        for name, expected in self._expected.items():
+            actual = store._checkpoints.get(name, 0)
+            if actual != expected:  # another transaction moved it meanwhile: apply nothing
+                raise CheckpointMoved(name, expected, actual)
         if self._imports:
             self._commit_imports()
         store._checkpoints.update(self._checkpoints)

@@ -257,6 +257,7 @@ RETURNING position, version, recorded_at"""
         self.get_checkpoint = f"SELECT position FROM {s}.checkpoints WHERE name = %s"
         self.all_checkpoints = f"SELECT name, position FROM {s}.checkpoints ORDER BY name"
         self.lock_checkpoint = "SELECT pg_advisory_xact_lock(hashtextextended(%s, 0))"
+        self.advance_checkpoint = f"SELECT {s}.chronik_advance_checkpoint(%s, %s, %s, %s)"
         self.set_checkpoint = (
             f"INSERT INTO {s}.checkpoints (name, position, updated_at) VALUES (%s, %s, now()) "
             f"ON CONFLICT (name) DO UPDATE SET position = excluded.position, "

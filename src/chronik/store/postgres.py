@@ -42,6 +42,7 @@ from psycopg_pool import AsyncConnectionPool, PoolClosed, PoolTimeout
 
 from chronik.errors import (
     BatchTooLarge,
+    CheckpointMoved,
     ConcurrencyError,
     DuplicateEventId,
     SerializationError,
@@ -105,6 +106,8 @@ __all__ = [
 
 logger = logging.getLogger("chronik.store.postgres")
 
+CHECKPOINT_MOVED = "CK001"
+"""SQLSTATE of chronik_advance_checkpoint() finding the checkpoint moved (migration 0006)."""
 FILTER_WINDOW = 1000
 """A filtered read walks the log in windows of at least this many events (in order)."""
 
@@ -197,6 +200,15 @@ class PostgresTx:
 
     async def set_checkpoint(self, name: str, position: int) -> None:
         await self._conn.execute(self._store._sql.set_checkpoint, (name, position))
+
+    async def advance_checkpoint(self, name: str, expected: int, position: int) -> None:
+        # Sent without waiting (pipeline mode): the function takes the checkpoint's lock,
+        # checks and writes in the server; a mismatch fails the transaction, and the error
+        # (SQLSTATE CK001) arrives at COMMIT as CheckpointMoved.
+        key = f"chronik.checkpoint.{self._store.schema}.{name}"
+        await self._conn.execute(
+            self._store._sql.advance_checkpoint, (key, name, int(expected), int(position))
+        )
 
     async def add_dead_letter(
         self, subscription: str, event: RecordedEvent, error: str, attempts: int
@@ -869,6 +881,10 @@ class PostgresEventStore:
                 yield PostgresTx(conn, self)
         except psycopg.OperationalError as exc:
             raise _unavailable(exc) from exc
+        except psycopg.Error as exc:
+            if exc.sqlstate == CHECKPOINT_MOVED:
+                raise CheckpointMoved(exc.diag.message_detail or "?") from exc
+            raise
 
     async def query(
         self, sql: str, params: Sequence[Any] | Mapping[str, Any] = ()

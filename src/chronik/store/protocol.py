@@ -117,6 +117,16 @@ class Tx(Protocol):
 
     async def set_checkpoint(self, name: str, position: int) -> None: ...
 
+    async def advance_checkpoint(self, name: str, expected: int, position: int) -> None:
+        """Move checkpoint ``name`` from ``expected`` (0: never saved) to ``position``.
+
+        Raises :class:`~chronik.errors.CheckpointMoved` when another transaction moved it,
+        and the whole transaction rolls back; on PostgreSQL the check runs in the server
+        and the error arrives at COMMIT, so the batch costs no round trip of its own.
+        Transactions advancing the same checkpoint run one after the other.
+        """
+        ...
+
     async def add_dead_letter(
         self, subscription: str, event: RecordedEvent, error: str, attempts: int
     ) -> None: ...

@@ -26,6 +26,7 @@ from types import TracebackType
 from typing import Any, Self, TypeVar
 
 from chronik.errors import (
+    CheckpointMoved,
     ChronikError,
     ConcurrencyError,
     DuplicateEventId,
@@ -163,6 +164,13 @@ class SqliteTx:
     async def get_checkpoint(self, name: str) -> int | None:
         row = await self.fetchone("SELECT position FROM checkpoints WHERE name = ?", (name,))
         return None if row is None else int(row[0])
+
+    async def advance_checkpoint(self, name: str, expected: int, position: int) -> None:
+        # the transaction holds SQLite's write lock: nobody moves it between read and write
+        actual = await self.get_checkpoint(name) or 0
+        if actual != expected:
+            raise CheckpointMoved(name, expected, actual)
+        await self.set_checkpoint(name, position)
 
     async def set_checkpoint(self, name: str, position: int) -> None:
         await self.execute(

@@ -22,6 +22,7 @@ import pytest
 
 from chronik.context import context
 from chronik.errors import (
+    CheckpointMoved,
     ConcurrencyError,
     DuplicateEventId,
     InvalidExpectedVersion,
@@ -454,6 +455,23 @@ class EventStoreContract:
         assert len(await collect(store.read_all())) == 1
 
     # -- correlation (chronik trace) ------------------------------------------------------
+
+    async def test_advance_checkpoint_moves_it_only_from_where_it_was(
+        self, store: EventStore
+    ) -> None:
+        async with store.transaction() as tx:
+            await tx.advance_checkpoint("proj", 0, 5)  # never saved counts as 0
+        assert await store.get_checkpoint("proj") == 5
+        async with store.transaction() as tx:
+            await tx.advance_checkpoint("proj", 5, 8)
+        assert await store.get_checkpoint("proj") == 8
+        # moved meanwhile (expected 5, it is at 8): the whole transaction rolls back
+        with pytest.raises(CheckpointMoved):
+            async with store.transaction() as tx:
+                await tx.set_checkpoint("other", 9)
+                await tx.advance_checkpoint("proj", 5, 12)
+        assert await store.get_checkpoint("other") is None
+        assert await store.get_checkpoint("proj") == 8
 
     async def test_read_correlation_returns_its_events_in_order(self, store: EventStore) -> None:
         for n in range(6):
