@@ -601,6 +601,7 @@ def main(argv: Sequence[str] | None = None) -> int:
             skipped["postgres"] = reason
             backends.remove("postgres")
 
+    load_at_start = os.getloadavg()[0]
     started = time.perf_counter()
     say(f"chronik benchmarks ({mode_name}): {asdict(sizes)}")
     errors: list[str] = []
@@ -638,6 +639,7 @@ def main(argv: Sequence[str] | None = None) -> int:
             "projections": "W6P: chronik and raw one transaction per page of 500 (read model "
             "and checkpoint), eventsourcing one per event (its Projection's design)",
         },
+        "load_at_start": load_at_start,
         "busiest_load_before": busiest,
         "results": results,
         "medians": med,
@@ -660,10 +662,16 @@ def main(argv: Sequence[str] | None = None) -> int:
         print(f"skipped {backend}: {reason}")
     for error in errors:
         print(f"FAILED (left out of the table): {error.splitlines()[0]}")
-    if busiest > BUSY_LOAD:
+    # The load average before each measurement includes this run's own previous jobs (W3's
+    # eight writers, the server), so only the one before the first job tells of other work.
+    print(
+        f"\n1-minute load average: {load_at_start:.1f} before the run, up to {busiest:.1f} "
+        f"before a measurement (with this run's own jobs; {os.cpu_count()} CPUs)"
+    )
+    if load_at_start > BUSY_LOAD:
         print(
-            f"\nwarning: the 1-minute load average was up to {busiest:.1f} when a measurement "
-            f"started ({os.cpu_count()} CPUs): something else was running, numbers are noisy"
+            f"warning: the load average was {load_at_start:.1f} before the run started: "
+            "something else was running, numbers are noisy"
         )
     met = sum(1 for g in goals if g["met"])
     print(f"\n{met}/{len(goals)} targets met; {elapsed:.0f}s; JSON: {path}")

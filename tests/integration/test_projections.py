@@ -380,3 +380,30 @@ async def test_runners_of_one_projection_racing_apply_each_event_once(
             await s.close()
     assert len(applied) == 180
     assert {row[0] for row in applied} == {1}
+
+
+class BrokenSql(Balances):
+    """Balances whose handler runs SQL the database rejects for some events."""
+
+    name = "broken_sql"
+
+    async def handle(self, event: RecordedEvent, tx: Tx) -> None:
+        if event.data["n"] in self.poison:
+            await tx.execute(f"INSERT INTO {self.table('missing')} VALUES (1)")
+        await super().handle(event, tx)
+
+
+async def test_a_handler_sql_error_is_a_poison_event_not_a_lost_connection(
+    store: EventStore,
+) -> None:
+    # The database rejecting a handler's SQL is the handler's fault: dead-lettered after its
+    # retries (as a Python exception is), not retried forever as "store unavailable".
+    deposits = [(f"acct-{n % 3}", n) for n in range(1, 41)]
+    for stream, n in deposits:
+        await deposit(store, stream, n)
+    p = BrokenSql(poison={5, 30})
+    runner = ProjectionRunner(store, [p], batch_size=10)
+    await asyncio.wait_for(runner.catch_up(), 30)
+    letters = await store.dead_letters(p.checkpoint_name)
+    assert sorted(d.version for d in letters) == [1, 9]  # n=5 → acct-2 v1; n=30 → acct-0 v9
+    assert await read_model(store, p) == expected_balances(deposits, {5, 30})
