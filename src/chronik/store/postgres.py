@@ -945,6 +945,8 @@ class PostgresEventStore:
 
     def _appended(self) -> None:
         self._wake()
+        if not self._others_listening and time.monotonic() - self._listeners_checked < 0.1:
+            return  # nobody else listened 0.1 s ago: no NOTIFY, no task, no pool checkout
         self._notify_pending = True
         if self._notifier is None or self._notifier.done():
             self._notifier = asyncio.get_running_loop().create_task(self._send_notifies())
