@@ -89,6 +89,7 @@ from chronik.store.protocol import (
     StreamInfo,
     check_expected,
     encode_batch,
+    pages_reading_ahead,
     plan_import,
     resolve_duplicate,
 )
@@ -110,29 +111,6 @@ CHECKPOINT_MOVED = "CK001"
 """SQLSTATE of chronik_advance_checkpoint() finding the checkpoint moved (migration 0006)."""
 FILTER_WINDOW = 1000
 """A filtered read walks the log in windows of at least this many events (in order)."""
-
-
-def _read_ahead(fetch: Awaitable[list[_Row]]) -> asyncio.Task[list[_Row]]:
-    """Start reading a page now; the caller awaits it when it needs the rows."""
-    return asyncio.ensure_future(fetch)
-
-
-def _abandon(task: asyncio.Task[list[_Row]] | None) -> None:
-    """A read-ahead nobody will await (the reader stopped early): let it finish on its
-    pooled connection (cancelling a query mid-flight would cost the connection) and drop
-    its outcome, so asyncio does not log it as lost."""
-    if task is None:
-        return
-    if task.done():
-        if not task.cancelled():
-            task.exception()
-    else:
-        task.add_done_callback(_drop_outcome)
-
-
-def _drop_outcome(task: asyncio.Task[list[_Row]]) -> None:
-    if not task.cancelled():
-        task.exception()
 
 
 class PostgresTx:
@@ -644,31 +622,21 @@ class PostgresEventStore:
             if not exists:
                 raise StreamNotFound(stream_id)
             return
-        rows = await fetch(cursor, size)  # a one-page stream (the usual load) needs no task
-        pending: asyncio.Task[list[_Row]] | None = None
-        first = True
-        try:
-            while True:
-                if pending is not None:
-                    rows = await pending
-                if first and not rows:
-                    (exists,) = await self._fetchone(self._sql.stream_exists, (stream_id,))
-                    if not exists:
-                        raise StreamNotFound(stream_id)
-                first = False
-                if remaining is not None:
-                    remaining -= len(rows)
-                if len(rows) < size or remaining == 0:
-                    for row in rows:
-                        yield _record(row)
-                    return
-                cursor = rows[-1][2] - 1 if backwards else rows[-1][2] + 1
-                size = READ_PAGE_SIZE if remaining is None else min(READ_PAGE_SIZE, remaining)
-                pending = _read_ahead(fetch(cursor, size))  # read while this page is consumed
-                for row in rows:
+        rows = await fetch(cursor, size)
+        if not rows:
+            (exists,) = await self._fetchone(self._sql.stream_exists, (stream_id,))
+            if not exists:
+                raise StreamNotFound(stream_id)
+
+        def read_next(page: list[_Row], size: int) -> Awaitable[list[_Row]]:
+            last = page[-1][2]
+            return fetch(last - 1 if backwards else last + 1, size)
+
+        pages = pages_reading_ahead(rows, size, remaining, read_next)
+        async with contextlib.aclosing(pages):
+            async for page in pages:
+                for row in page:
                     yield _record(row)
-        finally:
-            _abandon(pending)
 
     async def read_all(
         self,
@@ -707,24 +675,16 @@ class PostgresEventStore:
         size = READ_PAGE_SIZE if remaining is None else min(READ_PAGE_SIZE, remaining)
         if size <= 0:
             return
-        rows = await fetch(int(after), size)
-        pending: asyncio.Task[list[_Row]] | None = None
-        try:
-            while True:
-                if pending is not None:
-                    rows = await pending
-                if remaining is not None:
-                    remaining -= len(rows)
-                if len(rows) < size or remaining == 0:
-                    for row in rows:
-                        yield _record(row)
-                    return
-                size = READ_PAGE_SIZE if remaining is None else min(READ_PAGE_SIZE, remaining)
-                pending = _read_ahead(fetch(rows[-1][0], size))  # read while this is consumed
-                for row in rows:
+        pages = pages_reading_ahead(
+            await fetch(int(after), size),
+            size,
+            remaining,
+            lambda page, size: fetch(page[-1][0], size),
+        )
+        async with contextlib.aclosing(pages):
+            async for page in pages:
+                for row in page:
                     yield _record(row)
-        finally:
-            _abandon(pending)
 
     async def read_page(
         self,

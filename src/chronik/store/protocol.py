@@ -6,13 +6,14 @@ backend is the reference; sqlite and postgres follow it name for name.
 
 from __future__ import annotations
 
+import asyncio
 import uuid
-from collections.abc import AsyncIterator, Mapping, Sequence
+from collections.abc import AsyncGenerator, AsyncIterator, Awaitable, Callable, Mapping, Sequence
 from contextlib import AbstractAsyncContextManager
 from dataclasses import dataclass, field
 from datetime import datetime
 from types import TracebackType
-from typing import Any, NamedTuple, Protocol, Self, runtime_checkable
+from typing import Any, NamedTuple, Protocol, Self, TypeVar, runtime_checkable
 
 import msgspec
 
@@ -48,12 +49,15 @@ __all__ = [
     "StreamInfo",
     "check_expected",
     "encode_batch",
+    "pages_reading_ahead",
     "plan_import",
     "resolve_duplicate",
 ]
 
 DEFAULT_MAX_EVENT_BYTES = 1024 * 1024
 READ_PAGE_SIZE = 500
+
+_Item = TypeVar("_Item")
 
 
 @dataclass(frozen=True, slots=True)
@@ -517,3 +521,42 @@ def resolve_duplicate(
         )
     last = copies[-1]
     return AppendResult(position=last.position, version=last.version)
+
+
+async def pages_reading_ahead(
+    first: list[_Item],
+    size: int,
+    remaining: int | None,
+    read_next: Callable[[list[_Item], int], Awaitable[list[_Item]]],
+) -> AsyncGenerator[list[_Item], None]:
+    """The pages of a paged read, each next page asked for before the current one is handed
+    out, so the database (or the reader thread) works while the caller consumes.
+
+    ``first`` is the first page, read with ``size``; ``read_next(page, size)`` starts reading
+    the page after ``page`` at once. The read ends after a short page, or when ``remaining``
+    (``None``: no limit) is used up. At most two pages are held. If the caller stops early,
+    the read started for it finishes on its own and its outcome is dropped (cancelling a
+    query mid-flight would cost a pooled connection). Close it with ``aclosing``.
+    """
+    page = first
+    pending: asyncio.Future[list[_Item]] | None = None
+    try:
+        while True:
+            if remaining is not None:
+                remaining -= len(page)
+            if len(page) < size or remaining == 0:
+                yield page
+                return
+            size = READ_PAGE_SIZE if remaining is None else min(READ_PAGE_SIZE, remaining)
+            pending = asyncio.ensure_future(read_next(page, size))
+            yield page
+            page = await pending
+            pending = None
+    finally:
+        if pending is not None:
+            pending.add_done_callback(_drop_outcome)
+
+
+def _drop_outcome(future: asyncio.Future[Any]) -> None:
+    if not future.cancelled():
+        future.exception()  # retrieved, so asyncio does not log it as lost

@@ -18,7 +18,7 @@ import sqlite3
 import threading
 import time
 import uuid
-from collections.abc import AsyncIterator, Callable, Mapping, Sequence
+from collections.abc import AsyncIterator, Awaitable, Callable, Mapping, Sequence
 from datetime import UTC, datetime, timedelta
 from importlib import resources
 from pathlib import Path
@@ -54,6 +54,7 @@ from chronik.store.protocol import (
     StreamInfo,
     check_expected,
     encode_batch,
+    pages_reading_ahead,
     plan_import,
     resolve_duplicate,
 )
@@ -390,14 +391,6 @@ def _unavailable_error(exc: sqlite3.OperationalError) -> bool:
         return code & 0xFF in (5, 6, 10, 11, 13, 14)  # BUSY LOCKED IOERR CORRUPT FULL CANTOPEN
     text = str(exc).lower()
     return any(w in text for w in ("locked", "busy", "disk", "i/o", "malformed", "unable to open"))
-
-
-def _abandon(future: asyncio.Future[Any]) -> None:
-    """A read-ahead nobody will await: skip it if not started, else drop its outcome."""
-    if not future.done():
-        future.cancel()
-    elif not future.cancelled():
-        future.exception()  # retrieved, so asyncio does not log it as lost
 
 
 class SqliteEventStore:
@@ -776,35 +769,24 @@ class SqliteEventStore:
                 "ORDER BY version LIMIT ?"
             )
 
-        def fetch(cursor: int, size: int) -> asyncio.Future[list[RecordedEvent]]:
-            params = (stream_id, cursor, size)
-            return self._reader.submit(lambda: self._query(sql, params))
+        def fetch(cursor: int, size: int) -> Awaitable[list[RecordedEvent]]:
+            params = (stream_id, cursor, size)  # queued on the reader thread at once
+            return self._reader.result(self._reader.submit(lambda: self._query(sql, params)))
+
+        def read_next(page: list[RecordedEvent], size: int) -> Awaitable[list[RecordedEvent]]:
+            return fetch(page[-1].version - 1 if backwards else page[-1].version + 1, size)
 
         size = READ_PAGE_SIZE if remaining is None else min(READ_PAGE_SIZE, remaining)
         if size <= 0:
             return
-        pending = fetch(cursor, size)
-        first = True
-        try:
-            while True:
-                page = await self._reader.result(pending)
-                if first and not page and await self.stream_version(stream_id) is None:
-                    raise StreamNotFound(stream_id)
-                first = False
-                if remaining is not None:
-                    remaining -= len(page)
-                if len(page) < size or remaining == 0:
-                    for ev in page:
-                        yield ev
-                    return
-                cursor = page[-1].version - 1 if backwards else page[-1].version + 1
-                size = READ_PAGE_SIZE if remaining is None else min(READ_PAGE_SIZE, remaining)
-                # the next page is read on the reader thread while this one is consumed
-                pending = fetch(cursor, size)
+        first = await fetch(cursor, size)
+        if not first and await self.stream_version(stream_id) is None:
+            raise StreamNotFound(stream_id)
+        pages = pages_reading_ahead(first, size, remaining, read_next)
+        async with contextlib.aclosing(pages):
+            async for page in pages:
                 for ev in page:
                     yield ev
-        finally:
-            _abandon(pending)
 
     async def read_all(
         self,
@@ -815,35 +797,27 @@ class SqliteEventStore:
         limit: int | None = None,
     ) -> AsyncIterator[RecordedEvent]:
         self._check_open()
-        where, first = _filters(after, categories, types)
-        filters = first[1:]
+        where, first_params = _filters(after, categories, types)
+        filters = first_params[1:]
         sql = f"SELECT {_COLUMNS} FROM events WHERE {where} ORDER BY position LIMIT ?"
-        remaining = limit
 
-        def fetch(cursor: int, size: int) -> asyncio.Future[list[RecordedEvent]]:
-            params = (cursor, *filters, size)
-            return self._reader.submit(lambda: self._query(sql, params))
+        def fetch(cursor: int, size: int) -> Awaitable[list[RecordedEvent]]:
+            params = (cursor, *filters, size)  # queued on the reader thread at once
+            return self._reader.result(self._reader.submit(lambda: self._query(sql, params)))
 
-        size = READ_PAGE_SIZE if remaining is None else min(READ_PAGE_SIZE, remaining)
+        size = READ_PAGE_SIZE if limit is None else min(READ_PAGE_SIZE, limit)
         if size <= 0:
             return
-        pending = fetch(after, size)
-        try:
-            while True:
-                page = await self._reader.result(pending)
-                if remaining is not None:
-                    remaining -= len(page)
-                if len(page) < size or remaining == 0:
-                    for ev in page:
-                        yield ev
-                    return
-                size = READ_PAGE_SIZE if remaining is None else min(READ_PAGE_SIZE, remaining)
-                # the next page is read on the reader thread while this one is consumed
-                pending = fetch(page[-1].position, size)
+        pages = pages_reading_ahead(
+            await fetch(after, size),
+            size,
+            limit,
+            lambda page, size: fetch(page[-1].position, size),
+        )
+        async with contextlib.aclosing(pages):
+            async for page in pages:
                 for ev in page:
                     yield ev
-        finally:
-            _abandon(pending)
 
     async def read_correlation(
         self, correlation_id: str, *, limit: int | None = None
