@@ -670,3 +670,4 @@ async def test_read_page_is_head_and_page_from_one_snapshot(store: PostgresEvent
     events, caught_up_to, more = await store.read_page(after=0, limit=2)
     assert len(events) == 2 and more and caught_up_to == events[1].position
     assert await store.read_page(after=head, limit=10) == ([], head, False)
+    assert await store.read_page(after=0, limit=0, types=["Paid"]) == ([], 0, False)

@@ -627,6 +627,10 @@ class PostgresEventStore:
             (exists,) = await self._fetchone(self._sql.stream_exists, (stream_id,))
             if not exists:
                 raise StreamNotFound(stream_id)
+        if len(rows) < size:  # the whole stream in one page: the usual load
+            for row in rows:
+                yield _record(row)
+            return
 
         def read_next(page: list[_Row], size: int) -> Awaitable[list[_Row]]:
             last = page[-1][2]
@@ -703,6 +707,8 @@ class PostgresEventStore:
         """
         self._check_open()
         limit = max(int(limit), 0)
+        if limit == 0:  # nothing read, nothing known beyond `after`
+            return [], int(after), False
         if categories is None and types is None:
             rows = await self._fetchall(self._sql.read_page(), {"after": int(after), "page": limit})
             head = int(rows[0][0]) if rows else 0

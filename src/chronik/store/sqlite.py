@@ -782,6 +782,10 @@ class SqliteEventStore:
         first = await fetch(cursor, size)
         if not first and await self.stream_version(stream_id) is None:
             raise StreamNotFound(stream_id)
+        if len(first) < size:  # the whole stream in one page: the usual load
+            for ev in first:
+                yield ev
+            return
         pages = pages_reading_ahead(first, size, remaining, read_next)
         async with contextlib.aclosing(pages):
             async for page in pages:
