@@ -236,10 +236,6 @@ class _Worker:
         return max(self.checkpoint, self.caught_up_to)
 
 
-_Moved = CheckpointMoved
-"""Another runner advanced the checkpoint: reload and go on."""
-
-
 def _describe(exc: BaseException) -> str:
     return "".join(traceback.format_exception_only(type(exc), exc)).strip()
 
@@ -357,7 +353,7 @@ class ProjectionRunner(Worker):
                     await sub._wait()
             except asyncio.CancelledError:
                 raise
-            except _Moved:
+            except CheckpointMoved:
                 # another runner of this projection got there first: go on from its
                 # checkpoint (and wake wait_for callers: that is progress too)
                 moved_to = await self.store.get_checkpoint(p.checkpoint_name) or 0
@@ -474,7 +470,7 @@ class ProjectionRunner(Worker):
                             await p.handle(item)
                 async with self.store.transaction() as tx:
                     await tx.set_checkpoint(p.checkpoint_name, new_checkpoint)
-        except (StoreUnavailable, _Moved, asyncio.CancelledError):
+        except (StoreUnavailable, CheckpointMoved, asyncio.CancelledError):
             raise
         except Exception:
             # one event at a time, each with its retries, to isolate the poison
@@ -511,7 +507,7 @@ class ProjectionRunner(Worker):
                             await p.handle(item)
                         async with self.store.transaction() as tx:
                             await tx.set_checkpoint(p.checkpoint_name, event.position)
-            except (StoreUnavailable, _Moved, asyncio.CancelledError):
+            except (StoreUnavailable, CheckpointMoved, asyncio.CancelledError):
                 raise
             except Exception as exc:
                 error = exc

@@ -227,7 +227,6 @@ RETURNING position, version, recorded_at"""
             f"SELECT {columns} FROM {s}.events WHERE (metadata->>'correlation_id') = %s "
             f"ORDER BY position LIMIT %s"
         )
-        self.stream_exists = f"SELECT EXISTS (SELECT 1 FROM {s}.events WHERE stream_id = %s)"
         self.read_forward = (
             f"SELECT {columns} FROM {s}.events WHERE stream_id = %s AND version >= %s "
             f"ORDER BY version LIMIT %s"

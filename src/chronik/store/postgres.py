@@ -617,17 +617,10 @@ class PostgresEventStore:
             return self._fetchall(sql.read_backward, (stream_id, cursor, size))
 
         size = READ_PAGE_SIZE if remaining is None else min(READ_PAGE_SIZE, remaining)
-        if size <= 0:
-            (exists,) = await self._fetchone(self._sql.stream_exists, (stream_id,))
-            if not exists:
-                raise StreamNotFound(stream_id)
-            return
-        rows = await fetch(cursor, size)
-        if not rows:
-            (exists,) = await self._fetchone(self._sql.stream_exists, (stream_id,))
-            if not exists:
-                raise StreamNotFound(stream_id)
-        if len(rows) < size:  # the whole stream in one page: the usual load
+        rows = await fetch(cursor, size) if size > 0 else []
+        if not rows and await self.stream_version(stream_id) is None:
+            raise StreamNotFound(stream_id)
+        if len(rows) < size or size <= 0:  # the whole stream in one page: the usual load
             for row in rows:
                 yield _record(row)
             return
@@ -714,7 +707,7 @@ class PostgresEventStore:
             head = int(rows[0][0]) if rows else 0
             events = [_record(row[1:]) for row in rows if row[1] is not None]
             if len(events) >= limit:
-                return events, events[-1].position if events else int(after), limit > 0
+                return events, events[-1].position, True
             return events, max(head, int(after)), False
         found, caught_up_to, more = await self._read_window(after, limit, categories, types)
         return [_record(row) for row in found], caught_up_to, more
@@ -738,7 +731,7 @@ class PostgresEventStore:
         rows = await self._fetchall(sql, params)
         head, scanned, scanned_to = int(rows[0][0]), int(rows[0][1]), int(rows[0][2])
         found = [row[3:] for row in rows if row[3] is not None]
-        if page > 0 and len(found) >= page:
+        if len(found) >= page:
             return found, found[-1][0], True
         if scanned < window:  # reached the horizon: everything below it has been seen
             return found, max(head, scanned_to, int(after)), False

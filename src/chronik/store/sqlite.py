@@ -326,7 +326,7 @@ class _Connection:
 
     def submit(self, fn: Callable[[], T]) -> asyncio.Future[T]:
         """Queue ``fn`` and return its future without waiting (await it with :meth:`result`;
-        cancel it to skip the job if it has not started)."""
+        a cancelled future's job is skipped if it has not started)."""
         if self._stopped or self._thread is None:
             raise StoreUnavailable(f"SQLite {self._path}: store is closed")
         loop = asyncio.get_running_loop()
@@ -386,11 +386,8 @@ def _hand_back(
 
 def _unavailable_error(exc: sqlite3.OperationalError) -> bool:
     """Whether an error is the database's state (locked, busy, I/O) rather than the SQL's."""
-    code = getattr(exc, "sqlite_errorcode", None)
-    if code is not None:
-        return code & 0xFF in (5, 6, 10, 11, 13, 14)  # BUSY LOCKED IOERR CORRUPT FULL CANTOPEN
-    text = str(exc).lower()
-    return any(w in text for w in ("locked", "busy", "disk", "i/o", "malformed", "unable to open"))
+    # the primary result code: BUSY, LOCKED, IOERR, CORRUPT, FULL, CANTOPEN
+    return exc.sqlite_errorcode & 0xFF in (5, 6, 10, 11, 13, 14)
 
 
 class SqliteEventStore:
