@@ -54,6 +54,7 @@ class MemoryTx:
     """Buffered checkpoint and dead-letter writes, applied by :meth:`commit`."""
 
     dialect = "memory"
+    clock_sql = ""  # runs no SQL
 
     def __init__(self, store: MemoryEventStore) -> None:
         self._store = store
@@ -413,6 +414,10 @@ class MemoryEventStore:
     async def get_active_version(self, projection: str) -> int | None:
         self._check_open()
         return self._active_versions.get(projection)
+
+    def change_marker(self) -> asyncio.Event:
+        """An event set by the next append (take it before a read: no change is missed)."""
+        return self._changed
 
     async def wait_for_change(self, timeout: float) -> None:
         """Return when an append happens or ``timeout`` seconds pass (for followers)."""

@@ -92,6 +92,7 @@ from chronik.store.protocol import (
     pages_reading_ahead,
     plan_import,
     resolve_duplicate,
+    wait_uninterrupted,
 )
 from chronik.telemetry import traced_append
 
@@ -123,6 +124,7 @@ class PostgresTx:
     """
 
     dialect = "postgresql"
+    clock_sql = "extract(epoch from clock_timestamp())::float8"
 
     def __init__(self, conn: _Conn, store: PostgresEventStore) -> None:
         self._conn = conn
@@ -451,11 +453,17 @@ class PostgresEventStore:
         sql, params = self._append_statement(stream_id, expected, batch)
         for _attempt in range(MAX_APPEND_ATTEMPTS):
             try:
+                # Cancelled, psycopg cancels the statement in the server and waits for its
+                # outcome (committed or not; a retry with the same ids tells which); an
+                # inline projection's transaction is rolled back by its context manager.
                 outcome = await self._run(
                     lambda conn: self._insert(conn, stream_id, batch, sql, params)
                 )
             except _HandlerFailed as failed:
                 raise failed.error from None
+            except asyncio.CancelledError:
+                self._appended()  # it may have committed: a spurious wake-up costs a read
+                raise
             if isinstance(outcome, AppendResult):
                 self._appended()
                 return outcome
@@ -826,24 +834,53 @@ class PostgresEventStore:
         """A write transaction on one pooled connection, committed when the block succeeds.
 
         Read models, checkpoints and dead letters written through it commit together.
+
+        The store, not the caller, ends it: COMMIT or ROLLBACK and handing the connection
+        back to the pool run in a task of their own (:meth:`_end_transaction`), which a
+        cancelled caller cannot interrupt; the caller gets its ``CancelledError`` once the
+        transaction is over. A block that is cancelled (or interrupted otherwise) may have
+        left a statement half-sent in the pipeline, so its connection is closed (the server
+        rolls back) instead of being reused.
         """
         self._check_open()
         try:
-            async with (
-                self._pool.connection() as conn,
-                conn.pipeline(),
-                conn.transaction(),
-            ):
-                # pipeline mode: statements whose results nobody fetches (a handler's
-                # INSERTs, the checkpoint) go out without waiting for one round trip each;
-                # an error surfaces at the next fetch or at COMMIT and rolls everything back
+            # pipeline mode: statements whose results nobody fetches (a handler's
+            # INSERTs, the checkpoint) go out without waiting for one round trip each;
+            # an error surfaces at the next fetch or at COMMIT and rolls everything back
+            conn = await self._pool.getconn()  # a cancelled wait loses no connection
+            scope = contextlib.AsyncExitStack()
+            try:
+                await scope.enter_async_context(conn.pipeline())
+                await scope.enter_async_context(conn.transaction())
                 yield PostgresTx(conn, self)
+            except BaseException as exc:
+                await wait_uninterrupted(self._end_transaction(conn, scope, exc))
+                raise
+            await wait_uninterrupted(self._end_transaction(conn, scope, None))
         except psycopg.OperationalError as exc:
             raise _unavailable(exc) from exc
         except psycopg.Error as exc:
             if exc.sqlstate == CHECKPOINT_MOVED:
                 raise CheckpointMoved(exc.diag.message_detail or "?") from exc
             raise
+
+    async def _end_transaction(
+        self, conn: _Conn, scope: contextlib.AsyncExitStack, failure: BaseException | None
+    ) -> None:
+        """Commit (no failure), roll back (an error), or close the connection (the block
+        was cancelled or interrupted: the pipeline may be out of step), then give the
+        connection back to the pool, which replaces a closed one."""
+        try:
+            if failure is None:
+                await scope.aclose()
+            elif isinstance(failure, Exception):
+                await scope.__aexit__(type(failure), failure, failure.__traceback__)
+            else:
+                await conn.close()
+                with contextlib.suppress(psycopg.Error):  # "the connection is closed"
+                    await scope.aclose()
+        finally:
+            await self._pool.putconn(conn)
 
     async def query(
         self, sql: str, params: Sequence[Any] | Mapping[str, Any] = ()
@@ -891,12 +928,17 @@ class PostgresEventStore:
         serialise appends. If the listening connection is down, this simply times out and
         the caller polls; the listener reconnects by itself.
         """
+        event = self.change_marker()
+        with contextlib.suppress(TimeoutError):
+            await asyncio.wait_for(event.wait(), max(timeout, 0.0))
+
+    def change_marker(self) -> asyncio.Event:
+        """An event set by the next change: an append of this process, or a NOTIFY from
+        another (take it before a read: no change is missed). Starts the listener."""
         self._check_open()
         if self._listener is None or self._listener.done():
             self._listener = asyncio.get_running_loop().create_task(self._listen())
-        event = self._changed
-        with contextlib.suppress(TimeoutError):
-            await asyncio.wait_for(event.wait(), max(timeout, 0.0))
+        return self._changed
 
     def _wake(self) -> None:
         self._changed.set()

@@ -52,6 +52,7 @@ __all__ = [
     "pages_reading_ahead",
     "plan_import",
     "resolve_duplicate",
+    "wait_uninterrupted",
 ]
 
 DEFAULT_MAX_EVENT_BYTES = 1024 * 1024
@@ -106,6 +107,10 @@ class Tx(Protocol):
 
     dialect: str
     """``"sqlite"``, ``"postgresql"`` or ``"memory"`` (which runs no SQL)."""
+
+    clock_sql: str
+    """An SQL expression for the database's clock, in seconds since 1970 (a float): one
+    clock for every process that uses the store, whatever their own clocks say."""
 
     async def execute(self, sql: str, params: Sequence[Any] | Mapping[str, Any] = ()) -> None: ...
 
@@ -254,6 +259,14 @@ class EventStore(Protocol):
 
     async def wait_for_change(self, timeout: float) -> None:
         """Return soon after an append commits, or after ``timeout`` seconds."""
+        ...
+
+    def change_marker(self) -> asyncio.Event:
+        """An :class:`asyncio.Event` set by the next change the store can signal.
+
+        A follower takes it *before* it reads a page and waits on it after handling the
+        page, so an append that commits meanwhile wakes it at once (no lost wake-up).
+        """
         ...
 
     def transaction(self) -> AbstractAsyncContextManager[Tx]:
@@ -534,9 +547,10 @@ async def pages_reading_ahead(
 
     ``first`` is the first page, read with ``size``; ``read_next(page, size)`` starts reading
     the page after ``page`` at once. The read ends after a short page, or when ``remaining``
-    (``None``: no limit) is used up. At most two pages are held. If the caller stops early,
-    the read started for it finishes on its own and its outcome is dropped (cancelling a
-    query mid-flight would cost a pooled connection). Close it with ``aclosing``.
+    (``None``: no limit) is used up. At most two pages are held. If the caller stops early
+    or is cancelled, the read started for it finishes on its own and its outcome is dropped
+    (cancelling a query mid-flight costs a cancel request to the server, or the pooled
+    connection). Close it with ``aclosing``.
     """
     page = first
     pending: asyncio.Future[list[_Item]] | None = None
@@ -550,7 +564,7 @@ async def pages_reading_ahead(
             size = READ_PAGE_SIZE if remaining is None else min(READ_PAGE_SIZE, remaining)
             pending = asyncio.ensure_future(read_next(page, size))
             yield page
-            page = await pending
+            page = await asyncio.shield(pending)  # a cancelled reader leaves it running
             pending = None
     finally:
         if pending is not None:
@@ -560,3 +574,25 @@ async def pages_reading_ahead(
 def _drop_outcome(future: asyncio.Future[Any]) -> None:
     if not future.cancelled():
         future.exception()  # retrieved, so asyncio does not log it as lost
+
+
+async def wait_uninterrupted(work: Awaitable[_Item]) -> _Item:
+    """Await ``work`` to its end even if the calling task is cancelled meanwhile.
+
+    For what finishes a transaction (COMMIT, ROLLBACK, handing its connection back): it runs
+    to its end whatever happens to the caller, and a caller cancelled meanwhile gets its
+    ``CancelledError`` once it is over (the outcome is then dropped). So when a cancelled
+    call returns, its transaction is committed or rolled back, never still open, and a
+    retry (same event ids) finds out which.
+    """
+    future = asyncio.ensure_future(work)
+    interrupted: asyncio.CancelledError | None = None
+    while not future.done():
+        try:
+            await asyncio.wait((future,))  # unlike `await future`, never cancels it
+        except asyncio.CancelledError as exc:
+            interrupted = exc
+    if interrupted is not None:
+        _drop_outcome(future)
+        raise interrupted
+    return future.result()

@@ -57,6 +57,7 @@ from chronik.store.protocol import (
     pages_reading_ahead,
     plan_import,
     resolve_duplicate,
+    wait_uninterrupted,
 )
 from chronik.telemetry import traced_append
 
@@ -135,6 +136,7 @@ class SqliteTx:
     """
 
     dialect = "sqlite"
+    clock_sql = "((julianday('now') - 2440587.5) * 86400.0)"
 
     def __init__(self, store: SqliteEventStore) -> None:
         self._store = store
@@ -279,7 +281,10 @@ class _Connection:
     asked (``call_soon_threadsafe``): one wake-up each way, about half the round-trip cost of
     ``loop.run_in_executor`` on a ``ThreadPoolExecutor``, which matters for small reads.
     Jobs run one at a time, in the order they were submitted; a job whose caller was
-    cancelled before it started is skipped, as an executor skips a cancelled future.
+    cancelled before it started is skipped, as an executor skips a cancelled future, and a
+    job that started runs to its end whatever happens to its caller. Everything this store
+    does on the connection is a job or runs after awaiting one, so it happens after every
+    job submitted before, finished or not by a cancelled caller.
     """
 
     def __init__(self, path: str, *, synchronous: str, busy_timeout_ms: int, name: str) -> None:
@@ -334,7 +339,7 @@ class _Connection:
         self._jobs.put((fn, future, loop))
         return future
 
-    async def result(self, future: asyncio.Future[T]) -> T:
+    async def result(self, future: Awaitable[T]) -> T:
         try:
             return await future
         except ChronikError:
@@ -344,6 +349,12 @@ class _Connection:
 
     async def run(self, fn: Callable[[], T]) -> T:
         return await self.result(self.submit(fn))
+
+    async def finish(self, fn: Callable[[], T]) -> T:
+        """Like :meth:`run` for what ends a transaction (COMMIT, ROLLBACK): ``fn`` runs even
+        if the caller is cancelled before it starts, and a cancelled caller gets its
+        ``CancelledError`` only after ``fn`` has run."""
+        return await self.result(wait_uninterrupted(self.submit(fn)))
 
     def _close(self) -> None:
         if self.conn is not None:
@@ -382,6 +393,22 @@ def _hand_back(
 ) -> None:
     with contextlib.suppress(RuntimeError):  # the loop is closed: nobody is waiting
         loop.call_soon_threadsafe(_settle, future, result, exc)
+
+
+def _commit(conn: sqlite3.Connection) -> None:
+    """COMMIT; if it fails, roll back: the transaction ends either way."""
+    try:
+        conn.execute("COMMIT")
+    except BaseException:
+        if conn.in_transaction:
+            conn.execute("ROLLBACK")
+        raise
+
+
+def _rollback(conn: sqlite3.Connection) -> None:
+    """ROLLBACK whatever is open (nothing, when the BEGIN was skipped or failed)."""
+    if conn.in_transaction:
+        conn.execute("ROLLBACK")
 
 
 def _unavailable_error(exc: sqlite3.OperationalError) -> bool:
@@ -595,27 +622,56 @@ class SqliteEventStore:
         stream_id, expected, batch = encode_batch(
             stream_id, events, expected_version, self.max_event_bytes
         )
-        async with self._write_lock:
-            if not self.inline_projections:
-                result, written = await self._writer.run(
-                    lambda: self._append_sync(stream_id, expected, batch)
-                )
-            else:
-                result, written = await self._writer.run(
-                    lambda: self._append_sync(stream_id, expected, batch, commit=False)
-                )
-                if written is not None:
-                    await self._apply_inline(stream_id, result, batch, written)
+        try:
+            async with self._write_lock:
+                if not self.inline_projections:
+                    # one job: skipped if cancelled before it starts, else runs to its end
+                    result, written = await self._writer.run(
+                        lambda: self._append_sync(stream_id, expected, batch)
+                    )
+                else:
+                    result, written = await self._append_inline(stream_id, expected, batch)
+        except asyncio.CancelledError:
+            self._wake_after_writer()  # it may have committed (or may still)
+            raise
         if written is not None:
-            self._changed.set()
-            self._changed = asyncio.Event()
+            self._wake()
         return result
+
+    def _wake(self) -> None:
+        self._changed.set()
+        self._changed = asyncio.Event()
+
+    def _wake_after_writer(self) -> None:
+        """Wake followers once every job queued so far on the writer has run."""
+        with contextlib.suppress(StoreUnavailable):
+            self._writer.submit(lambda: None).add_done_callback(lambda _: self._wake())
+
+    async def _append_inline(
+        self, stream_id: str, expected: int, batch: list[EncodedEvent]
+    ) -> tuple[AppendResult, int | None]:
+        """Append with the inline projections in the same transaction, which spans several
+        awaits: if the caller fails or is cancelled at any of them, the writer thread rolls
+        the transaction back (or, once COMMIT was queued, finishes it) before the caller
+        gets its error."""
+        conn = self._conn(self._writer)
+        try:
+            result, written = await self._writer.run(
+                lambda: self._append_sync(stream_id, expected, batch, commit=False)
+            )
+            if written is not None:
+                await self._apply_inline(stream_id, result, batch, written)
+        except BaseException:
+            await self._writer.finish(lambda: _rollback(conn))
+            raise
+        if written is not None:
+            await self._writer.finish(lambda: _commit(conn))
+        return result, written
 
     async def _apply_inline(
         self, stream_id: str, result: AppendResult, batch: list[EncodedEvent], written: int
     ) -> None:
-        """Run inline projections inside the append's open transaction, then commit."""
-        conn = self._conn(self._writer)
+        """Run inline projections inside the append's open transaction (not committed)."""
         first_position = result.position - len(batch) + 1
         first_version = result.version - len(batch) + 1
         recorded = [
@@ -633,32 +689,30 @@ class SqliteEventStore:
             for i, ev in enumerate(batch)
         ]
         tx = SqliteTx(self)
-        try:
-            for projection in self.inline_projections:
-                for event in recorded:
-                    if projection.accepts(event):
-                        await projection.handle(event, tx)
-        except BaseException:
-            await self._writer.run(lambda: conn.execute("ROLLBACK"))
-            raise
-        await self._writer.run(lambda: conn.execute("COMMIT"))
+        for projection in self.inline_projections:
+            for event in recorded:
+                if projection.accepts(event):
+                    await projection.handle(event, tx)
 
     @contextlib.asynccontextmanager
     async def transaction(self) -> AsyncIterator[SqliteTx]:
         """A write transaction (``BEGIN IMMEDIATE``) on the writer connection.
 
         Appends from this store wait until it ends; other processes wait on SQLite's lock.
+        The writer thread ends it whatever happens to the caller: if the block fails or is
+        cancelled at any await (the BEGIN included), it rolls back; once the block is done,
+        it commits. A cancelled caller gets its ``CancelledError`` after that.
         """
         self._check_open()
         async with self._write_lock:
             conn = self._conn(self._writer)
-            await self._writer.run(lambda: conn.execute("BEGIN IMMEDIATE"))
             try:
+                await self._writer.run(lambda: conn.execute("BEGIN IMMEDIATE"))
                 yield SqliteTx(self)
             except BaseException:
-                await self._writer.run(lambda: conn.execute("ROLLBACK"))
+                await self._writer.finish(lambda: _rollback(conn))
                 raise
-            await self._writer.run(lambda: conn.execute("COMMIT"))
+            await self._writer.finish(lambda: _commit(conn))
 
     async def get_checkpoint(self, name: str) -> int | None:
         self._check_open()
@@ -920,6 +974,11 @@ class SqliteEventStore:
             )
 
         return await self._reader.run(query)
+
+    def change_marker(self) -> asyncio.Event:
+        """An event set by this process's next append (take it before a read: no change is
+        missed); other processes' appends are seen by polling."""
+        return self._changed
 
     async def wait_for_change(self, timeout: float) -> None:
         """Return when this process appends, or after ``timeout`` (other processes: poll)."""
