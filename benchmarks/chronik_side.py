@@ -253,13 +253,14 @@ async def _follow(url: str, ready: Any, stop: Any, out: Any) -> None:
     advances: list[tuple[int, float]] = []
     async with await chronik.connect(url) as store:
         runner = ProjectionRunner(store, [Balances()], poll_interval=1.0)
-        advanced = runner._advanced  # called after each batch's COMMIT
+        follower = runner.follower(Balances.name)
+        advance = follower.advance  # called after each batch's COMMIT
 
-        async def record(worker: Any, position: int) -> None:
+        async def record(position: int) -> None:
             advances.append((position, time.monotonic()))
-            await advanced(worker, position)
+            await advance(position)
 
-        runner._advanced = record  # type: ignore[method-assign]
+        follower.advance = record  # type: ignore[method-assign]
         async with runner:
             ready.set()
             await asyncio.to_thread(stop.wait)

@@ -101,7 +101,7 @@ async def main(kind: str, events: int, samples: int, in_flight: int = 1) -> None
                     arrived.clear()
                     await arrived.wait()
                 lat.append((seen[str(ev.event_id)] - t0) * 1000)
-            live.stop()
+            await live.stop()
             consume_task.cancel()
             await asyncio.gather(relay_task, consume_task, return_exceptions=True)
             await inbox.close()

@@ -5,6 +5,7 @@ from __future__ import annotations
 import asyncio
 import json
 import os
+import signal
 import subprocess
 import sys
 import time
@@ -15,7 +16,9 @@ import pytest
 from examples.bank_account import run
 
 import chronik
+from chronik.cli._common import Output, load_object, run_until_signal
 from chronik.cli.main import build_parser, main
+from chronik.workers import Poller
 
 
 @pytest.fixture
@@ -139,3 +142,146 @@ def test_every_command_is_documented() -> None:
     assert sub.choices is not None
     for name in sub.choices:
         assert f"chronik {name}" in docs, f"docs/cli.md does not document `chronik {name}`"
+
+
+async def _relay_state(url: str) -> None:
+    """Two relays' checkpoints and a dead letter, as `chronik relay run` leaves them."""
+    async with await chronik.connect(url) as store:
+        (first,) = [e async for e in store.read_all(limit=1)]
+        async with store.transaction() as tx:
+            await tx.set_checkpoint("relay:orders", 2)
+            await tx.set_checkpoint("relay:audit", 5)
+            await tx.set_checkpoint("totals:v1", 1)  # a projection: not shown
+            await tx.add_dead_letter("relay:orders", first, "InvalidSubject: bad token", 1)
+        await store.append("order-1", [chronik.NewEvent("OrderPlaced", {"total": 3})])
+
+
+def test_relay_status(url: str, capsys: pytest.CaptureFixture[str]) -> None:
+    asyncio.run(_relay_state(url))
+    rows = _json(capsys, ["--store", url, "relay", "status", "--json"])
+    assert rows == [
+        {
+            "name": "audit",
+            "checkpoint": 5,
+            "head": 6,
+            "lag_events": 1,
+            "lag_filter": None,
+            "dead_letters": 0,
+        },
+        {
+            "name": "orders",
+            "checkpoint": 2,
+            "head": 6,
+            "lag_events": 4,
+            "lag_filter": None,
+            "dead_letters": 1,
+        },
+    ]
+    rows = _json(
+        capsys, ["--store", url, "relay", "status", "orders", "--category", "order", "--json"]
+    )
+    assert [(r["name"], r["lag_events"]) for r in rows] == [("orders", 1)]
+    assert rows[0]["lag_filter"] == {"categories": ["order"], "types": None}
+    assert main(["--store", url, "relay", "status"]) == 0
+    out = capsys.readouterr().out
+    assert "orders" in out and "audit" in out and "totals" not in out and "unfiltered" in out
+
+
+def test_relay_status_without_relays(tmp_path: Path, capsys: pytest.CaptureFixture[str]) -> None:
+    url = f"sqlite:///{tmp_path}/empty.db"
+    assert _json(capsys, ["--store", url, "relay", "status", "--json"]) == []
+    assert main(["--store", url, "relay", "status"]) == 0
+    assert "no relay has a checkpoint yet" in capsys.readouterr().out
+
+
+@pytest.mark.parametrize(
+    ("spec", "message"),
+    [
+        ("no_colon", "write MODULE:OBJECT"),
+        ("chronik_no_such_module:workers", "no module named 'chronik_no_such_module'"),
+        ("chronik.no_such_module:workers", "no module named 'chronik.no_such_module'"),
+        ("examples.bank_account:no_such_name", "module examples.bank_account has no attribute"),
+        ("examples.bank_account:run.nope", "examples.bank_account:run has no attribute 'nope'"),
+        ("broken_app:workers", "importing module 'broken_app' failed: No module named 'absent_x'"),
+    ],
+)
+def test_module_object_errors_are_one_line(
+    spec: str,
+    message: str,
+    tmp_path: Path,
+    capsys: pytest.CaptureFixture[str],
+    monkeypatch: pytest.MonkeyPatch,
+) -> None:
+    (tmp_path / "broken_app.py").write_text("import absent_x\n")
+    monkeypatch.chdir(tmp_path)
+    monkeypatch.syspath_prepend(str(tmp_path))
+    url = f"sqlite:///{tmp_path}/loader.db"
+    assert main(["--store", url, "sagas", "run", spec]) == 1
+    err = capsys.readouterr().err
+    assert f"LoadError: sagas run {spec!r}: " in err and message in err, err
+    assert len(err.strip().splitlines()) == 1  # no traceback, not wrapped
+
+
+def test_load_object_finds_dotted_names_and_checks_kinds(
+    capsys: pytest.CaptureFixture[str],
+) -> None:
+    assert load_object("examples.bank_account:run.__name__", "--app") == "run"
+    argv = ["--store", "memory://", "migrate", "copy", "--from", "memory://", "--to"]
+    assert main([*argv, "memory://x", "--transform", "examples.bank_account:__doc__"]) == 1
+    assert "LoadError: --transform 'examples.bank_account:__doc__': str is not a function" in (
+        capsys.readouterr().err
+    )
+
+
+WORKERS_SCRIPT = """
+import asyncio, sys
+from chronik.cli._common import Output, run_until_signal
+from chronik.workers import Poller
+
+class Loud(Poller):
+    async def _starting(self): print(self.name, "started", flush=True)
+    async def run_once(self): return 0
+    async def _stopped(self): print(self.name, "stopped", flush=True)
+
+workers = [Loud(name="one", poll_interval=60.0), Loud(name="two", poll_interval=60.0)]
+sys.exit(asyncio.run(run_until_signal(workers, Output(False), "two workers")))
+"""
+
+
+@pytest.mark.parametrize("sig", [signal.SIGTERM, signal.SIGINT])
+def test_run_until_signal_stops_every_worker(sig: signal.Signals) -> None:
+    proc = subprocess.Popen(
+        [sys.executable, "-c", WORKERS_SCRIPT], stdout=subprocess.PIPE, stderr=subprocess.PIPE
+    )
+    assert proc.stderr is not None and proc.stdout is not None
+    assert b"running two workers" in proc.stderr.readline()  # the handlers are installed
+    started = {proc.stdout.readline(), proc.stdout.readline()}
+    assert started == {b"one started\n", b"two started\n"}
+    proc.send_signal(sig)
+    assert proc.wait(20) == 0
+    assert set(proc.stdout.read().splitlines()) == {b"one stopped", b"two stopped"}
+    proc.stdout.close()
+    proc.stderr.close()
+
+
+def test_run_until_signal_stops_the_others_when_one_fails(
+    capsys: pytest.CaptureFixture[str],
+) -> None:
+    class Failing(Poller):
+        async def run_once(self) -> int:
+            raise RuntimeError("broker gone")
+
+    class Waiting(Poller):
+        stopped = False
+
+        async def run_once(self) -> int:
+            return 0
+
+        async def _stopped(self) -> None:
+            self.stopped = True
+
+    waiting = Waiting(name="waiting", poll_interval=60.0)
+    failing = Failing(name="failing", poll_interval=60.0)
+    assert asyncio.run(run_until_signal([failing, waiting], Output(False), "both")) == 1
+    assert waiting.stopped
+    assert "broker gone" in capsys.readouterr().err

@@ -6,8 +6,15 @@ From one process on an embedded SQLite file to a fleet of services on PostgreSQL
     store = await chronik.connect("sqlite:///app.db")
     await store.append("order-42", [chronik.NewEvent("OrderPlaced", {"total": 10})],
                        expected_version=chronik.NO_STREAM)
+
+The names of the worker layer (``Snapshotter``, ...) load on first use, so ``import chronik``
+starts no worker module (``tests/test_layers.py`` checks it).
 """
 
+import importlib as _importlib
+import typing as _typing
+
+from chronik._version import __version__
 from chronik.aggregate import (
     Aggregate,
     CommandHandler,
@@ -25,21 +32,25 @@ from chronik.errors import (
     BatchTooLarge,
     CheckpointMoved,
     ChronikError,
+    CommandRejected,
     ConcurrencyError,
     DuplicateEventId,
+    FollowerFailed,
     InvalidExpectedVersion,
     InvalidStreamId,
+    InvalidSubject,
+    LoadError,
     MigrationError,
     PayloadTooLarge,
     RegistryError,
     SchemaError,
     SerializationError,
     StoreUnavailable,
-    StreamDeleted,
     StreamNotFound,
     UnknownEventType,
     UnsupportedStoreUrl,
     UpcastError,
+    WaitTimeout,
 )
 from chronik.events import (
     ANY,
@@ -53,67 +64,98 @@ from chronik.events import (
     new_event_id,
     validate_stream_id,
 )
-from chronik.snapshots import (
-    Adaptive,
-    AnyOf,
-    EveryN,
-    OnDemand,
-    Periodic,
-    SnapshotConfig,
-    Snapshotter,
-)
+from chronik.snapshots.config import SnapshotConfig
+from chronik.snapshots.policies import Adaptive, AnyOf, EveryN, OnDemand, Periodic
 from chronik.store import EventStore, StoreStats, StreamInfo, connect
 from chronik.upcasting import Upcast
 
-__version__ = "0.1.0"
+if _typing.TYPE_CHECKING:
+    from chronik.projections import (
+        ExternalProjection,
+        Pending,
+        Projection,
+        ProjectionRunner,
+        fresh_or_pending,
+        wait_for_projection,
+    )
+    from chronik.snapshots.worker import Snapshotter
+    from chronik.subscriptions import Page, Subscription
+    from chronik.workers import Follower, Worker
+
+_LAZY = {
+    "ExternalProjection": "chronik.projections",
+    "Follower": "chronik.workers",
+    "Page": "chronik.subscriptions",
+    "Pending": "chronik.projections",
+    "Projection": "chronik.projections",
+    "ProjectionRunner": "chronik.projections",
+    "Snapshotter": "chronik.snapshots.worker",
+    "Subscription": "chronik.subscriptions",
+    "Worker": "chronik.workers",
+    "fresh_or_pending": "chronik.projections",
+    "wait_for_projection": "chronik.projections",
+}
+"""Names of the worker layer re-exported here: name -> the module that defines it."""
 
 __all__ = [
     "ANY",
-    "NO_STREAM",
-    "STREAM_EXISTS",
     "Adaptive",
     "Aggregate",
-    "App",
     "AnyOf",
+    "App",
     "AppendResult",
     "BatchTooLarge",
     "CheckpointMoved",
     "ChronikError",
     "CommandHandler",
+    "CommandRejected",
     "ConcurrencyError",
     "Decider",
     "DuplicateEventId",
-    "EveryN",
     "EventRegistry",
     "EventStore",
     "EventType",
+    "EveryN",
+    "ExternalProjection",
+    "Follower",
+    "FollowerFailed",
     "HandleResult",
     "InvalidExpectedVersion",
     "InvalidStreamId",
+    "InvalidSubject",
+    "LoadError",
     "Loaded",
     "MessageContext",
     "MigrationError",
+    "NO_STREAM",
     "NewEvent",
     "OnDemand",
+    "Page",
     "PayloadTooLarge",
+    "Pending",
     "Periodic",
+    "Projection",
+    "ProjectionRunner",
     "RecordedEvent",
     "RegistryError",
     "Repository",
+    "STREAM_EXISTS",
     "SchemaError",
+    "SerializationError",
     "SnapshotConfig",
     "Snapshotter",
-    "SerializationError",
     "StoreStats",
     "StoreUnavailable",
-    "StreamDeleted",
     "StreamInfo",
     "StreamNotFound",
     "StreamState",
+    "Subscription",
     "UnknownEventType",
     "UnsupportedStoreUrl",
     "Upcast",
     "UpcastError",
+    "WaitTimeout",
+    "Worker",
     "__version__",
     "category_of",
     "connect",
@@ -122,8 +164,23 @@ __all__ = [
     "default_registry",
     "event",
     "execute",
+    "fresh_or_pending",
     "load_app",
     "load_state",
     "new_event_id",
     "validate_stream_id",
+    "wait_for_projection",
 ]
+
+
+def __getattr__(name: str) -> object:
+    module = _LAZY.get(name)
+    if module is None:
+        raise AttributeError(f"module 'chronik' has no attribute {name!r}")
+    value = getattr(_importlib.import_module(module), name)
+    globals()[name] = value
+    return value
+
+
+def __dir__() -> list[str]:
+    return sorted({*globals(), *_LAZY})

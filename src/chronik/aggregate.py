@@ -23,14 +23,14 @@ from chronik.codec import EventRegistry, default_registry
 from chronik.decider import Decider
 from chronik.errors import ConcurrencyError, StreamNotFound
 from chronik.events import NO_STREAM, AppendResult
-from chronik.snapshots import (
-    Snapshot,
-    SnapshotConfig,
+from chronik.snapshots.config import SnapshotConfig
+from chronik.snapshots.load import (
     load_from_snapshot,
     snapshot_after_append,
     snapshot_loaded,
     take_snapshot,
 )
+from chronik.snapshots.store import Snapshot
 from chronik.store.protocol import EventStore
 from chronik.telemetry import set_command_type, traced_command, traced_load
 

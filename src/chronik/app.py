@@ -8,6 +8,9 @@ projections, or a function returning any of these)::
         deciders={"account": account_decider},     # by stream category
         projections=[LoyaltyPoints()],
     )
+
+:func:`load_object` is the one ``MODULE:OBJECT`` loader; every CLI option naming code
+(``--app``, ``--transform``, ``chronik sagas run MODULE:OBJECT``) goes through it.
 """
 
 from __future__ import annotations
@@ -21,10 +24,10 @@ from typing import Any
 
 from chronik.codec import EventRegistry, default_registry
 from chronik.decider import Decider
-from chronik.errors import ChronikError
+from chronik.errors import ChronikError, LoadError
 from chronik.events import category_of
 
-__all__ = ["App", "load_app"]
+__all__ = ["App", "load_app", "load_object"]
 
 
 @dataclass
@@ -53,23 +56,57 @@ class App:
         return decider
 
 
+def load_object(spec: str, what: str = "MODULE:OBJECT") -> object:
+    """Import ``MODULE:OBJECT`` (``OBJECT`` may be dotted: ``module:factory.attr``).
+
+    The current folder is importable, as it is for ``python -m``. ``what`` names the option
+    in messages (``"--app"``, say). An exception raised by the module's own code while it is
+    imported (other than an ``ImportError``) is not caught: it is a bug to see whole.
+
+    Raises:
+        LoadError: ``spec`` is not ``MODULE:OBJECT``, the module is not found, importing it
+            failed on a missing import, or it has no such attribute.
+    """
+    module_name, _, attr = spec.partition(":")
+    if not module_name or not attr:
+        raise LoadError(spec, what, "write MODULE:OBJECT, a module path, a colon, a name in it")
+    if os.getcwd() not in sys.path:
+        sys.path.insert(0, os.getcwd())
+    try:
+        obj: object = importlib.import_module(module_name)
+    except ModuleNotFoundError as exc:
+        if exc.name is not None and (module_name + ".").startswith(exc.name + "."):
+            raise LoadError(
+                spec,
+                what,
+                f"no module named {exc.name!r} (searched the current folder and sys.path)",
+            ) from exc
+        raise LoadError(spec, what, f"importing module {module_name!r} failed: {exc}") from exc
+    except ImportError as exc:
+        raise LoadError(spec, what, f"importing module {module_name!r} failed: {exc}") from exc
+    found: list[str] = []
+    for name in attr.split("."):
+        try:
+            obj = getattr(obj, name)
+        except AttributeError as exc:
+            owner = f"{module_name}:{'.'.join(found)}" if found else f"module {module_name}"
+            raise LoadError(spec, what, f"{owner} has no attribute {name!r}") from exc
+        found.append(name)
+    return obj
+
+
 def load_app(spec: str) -> App:
     """Import ``MODULE:OBJECT`` and make an :class:`App` of it (the current folder is importable).
 
     OBJECT may be an App, a projection, a list of projections, or a callable returning one
     of these.
-    """
-    from chronik.projections import ExternalProjection, Projection
 
-    module_name, _, attr = spec.partition(":")
-    if not module_name or not attr:
-        raise ChronikError(f"--app must be MODULE:OBJECT, not {spec!r}")
-    if os.getcwd() not in sys.path:
-        sys.path.insert(0, os.getcwd())
-    try:
-        obj = getattr(importlib.import_module(module_name), attr)
-    except (ImportError, AttributeError) as exc:
-        raise ChronikError(f"cannot load {spec!r}: {exc}") from exc
+    Raises:
+        LoadError: see :func:`load_object`; or the object is none of these.
+    """
+    from chronik.projections.kinds import ExternalProjection, Projection
+
+    obj = load_object(spec, "--app")
     if callable(obj) and not isinstance(obj, (App, Projection, ExternalProjection, type)):
         obj = obj()
     if isinstance(obj, App):
@@ -77,5 +114,5 @@ def load_app(spec: str) -> App:
     items = list(obj) if isinstance(obj, (list, tuple)) else [obj]
     for item in items:
         if not isinstance(item, (Projection, ExternalProjection)):
-            raise ChronikError(f"{spec!r} gave {item!r}: not an App or a projection")
+            raise LoadError(spec, "--app", f"gave {item!r}: not an App or a projection")
     return App(projections=items)

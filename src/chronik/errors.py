@@ -7,7 +7,6 @@
     ├── CheckpointMoved             another worker moved a checkpoint; the transaction rolled back
     ├── DuplicateEventId            an event id is stored already, elsewhere or with other content
     ├── StreamNotFound (LookupError)
-    ├── StreamDeleted
     ├── InvalidStreamId (ValueError)
     ├── InvalidExpectedVersion (ValueError)
     ├── BatchTooLarge (ValueError)  more events in one append than a backend can number
@@ -20,10 +19,17 @@
     ├── StoreUnavailable (ConnectionError)
     ├── UnsupportedStoreUrl (ValueError)
     ├── MigrationError              an offline copy stopped (failing transform, failed check)
-    └── SchemaError                 the database schema is newer than this code
+    ├── SchemaError                 the database schema is newer than this code
+    ├── LoadError                   ``MODULE:OBJECT`` names no module, no attribute, or the
+    │                               wrong kind of object (``--app``, ``--transform``, ...)
+    ├── WaitTimeout (TimeoutError)  a projection did not reach a position in time
+    ├── FollowerFailed              a worker stopped for good (a poison event with "stop")
+    ├── CommandRejected             a saga's command was refused by its aggregate
+    └── InvalidSubject (ValueError) a NATS subject token would be empty or a wildcard
 
 Driver exceptions never leak: each backend raises one of these ``from`` the driver's error.
-The core knows no HTTP status codes; the HTTP layer maps them.
+The core knows no HTTP status codes; the HTTP layer maps them. This module imports nothing
+of chronik: it is the bottom of the layers (see docs/architecture.md).
 """
 
 from __future__ import annotations
@@ -32,21 +38,25 @@ __all__ = [
     "BatchTooLarge",
     "CheckpointMoved",
     "ChronikError",
+    "CommandRejected",
     "ConcurrencyError",
     "DuplicateEventId",
+    "FollowerFailed",
     "InvalidExpectedVersion",
     "InvalidStreamId",
+    "InvalidSubject",
+    "LoadError",
     "MigrationError",
     "PayloadTooLarge",
     "RegistryError",
     "SchemaError",
     "SerializationError",
     "StoreUnavailable",
-    "StreamDeleted",
     "StreamNotFound",
     "UnknownEventType",
     "UnsupportedStoreUrl",
     "UpcastError",
+    "WaitTimeout",
 ]
 
 
@@ -55,9 +65,15 @@ class ChronikError(Exception):
 
 
 def _describe_version(version: int | None) -> str:
-    from chronik.events import describe_expected_version
-
-    return describe_expected_version(version)
+    # The stream states of chronik.events.StreamState, spelled here so that errors imports
+    # nothing of chronik (events imports errors).
+    if version is None or version == -1:
+        return "NO_STREAM"
+    if version == -2:
+        return "ANY"
+    if version == -4:
+        return "STREAM_EXISTS"
+    return str(version)
 
 
 class ConcurrencyError(ChronikError):
@@ -105,14 +121,6 @@ class StreamNotFound(ChronikError, LookupError):
     def __init__(self, stream_id: str) -> None:
         self.stream_id = stream_id
         super().__init__(f"stream {stream_id!r} not found")
-
-
-class StreamDeleted(ChronikError):
-    """The stream was deleted and cannot be written or read."""
-
-    def __init__(self, stream_id: str) -> None:
-        self.stream_id = stream_id
-        super().__init__(f"stream {stream_id!r} is deleted")
 
 
 class InvalidStreamId(ChronikError, ValueError):
@@ -223,3 +231,53 @@ class UnsupportedStoreUrl(ChronikError, ValueError):
 
 class SchemaError(ChronikError):
     """The database schema is newer than this version of chronik knows how to use."""
+
+
+class LoadError(ChronikError):
+    """``MODULE:OBJECT`` could not be loaded: the text is not of that form, the module is not
+    found, it has no such attribute, or the object is not of the kind asked for.
+
+    ``spec`` is the text given; ``what`` names what it was for (``"--app"``, say).
+    """
+
+    def __init__(self, spec: str, what: str, reason: str) -> None:
+        self.spec = spec
+        self.what = what
+        self.reason = reason
+        super().__init__(f"{what} {spec!r}: {reason}")
+
+
+class WaitTimeout(ChronikError, TimeoutError):
+    """``wait_for`` gave up before the projection applied the position."""
+
+    def __init__(self, projection: str, position: int, reached: int, timeout: float) -> None:
+        self.projection = projection
+        self.position = position
+        self.reached = reached
+        super().__init__(
+            f"projection {projection!r} reached position {reached}, not {position}, "
+            f"within {timeout}s"
+        )
+
+
+class FollowerFailed(ChronikError):
+    """Raised by a follower's ``handle_page`` to stop the worker for good (state
+    ``failed``): a projection's poison event with ``on_poison = "stop"``, say."""
+
+    def __init__(self, reason: str) -> None:
+        self.reason = reason
+        super().__init__(reason)
+
+
+class CommandRejected(ChronikError):
+    """Raised by a saga's command executor: the aggregate refused the command (a domain
+    outcome, which starts compensation)."""
+
+
+class InvalidSubject(ChronikError, ValueError):
+    """A NATS subject token would be empty or smuggle in ``.``, ``*``, ``>`` or whitespace."""
+
+    def __init__(self, token: str, reason: str) -> None:
+        super().__init__(f"invalid NATS subject token {token!r}: {reason}")
+        self.token = token
+        self.reason = reason

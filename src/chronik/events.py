@@ -29,7 +29,6 @@ __all__ = [
     "RecordedEvent",
     "StreamState",
     "category_of",
-    "describe_expected_version",
     "new_event_id",
     "validate_expected_version",
     "validate_stream_id",
@@ -57,17 +56,6 @@ class StreamState(IntEnum):
 NO_STREAM = StreamState.NO_STREAM
 ANY = StreamState.ANY
 STREAM_EXISTS = StreamState.STREAM_EXISTS
-
-
-def describe_expected_version(version: int | None) -> str:
-    """Human text for a version or a :class:`StreamState` (``-1`` reads as "no stream")."""
-    if version is None or version == -1:
-        return "NO_STREAM"
-    if version == -2:
-        return "ANY"
-    if version == -4:
-        return "STREAM_EXISTS"
-    return str(version)
 
 
 def validate_expected_version(expected: object) -> int:

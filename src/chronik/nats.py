@@ -33,10 +33,11 @@ from typing import Any
 import msgspec
 
 from chronik.context import context
-from chronik.errors import ChronikError
+from chronik.errors import InvalidSubject, StoreUnavailable
 from chronik.events import RecordedEvent
 from chronik.store.protocol import EventStore, Tx
-from chronik.subscriptions import Subscription
+from chronik.subscriptions import Backoff, Page, describe
+from chronik.workers import Follower, Poller
 
 __all__ = [
     "Inbox",
@@ -59,15 +60,6 @@ HDR_POSITION = "Chronik-Position"
 HDR_CORRELATION = "Chronik-Correlation-Id"
 HDR_CAUSATION = "Chronik-Causation-Id"
 HDR_TRACEPARENT = "traceparent"
-
-
-class InvalidSubject(ChronikError, ValueError):
-    """A NATS subject token would be empty or smuggle in ``.``, ``*``, ``>`` or whitespace."""
-
-    def __init__(self, token: str, reason: str) -> None:
-        super().__init__(f"invalid NATS subject token {token!r}: {reason}")
-        self.token = token
-        self.reason = reason
 
 
 def validate_subject_token(token: object) -> str:
@@ -136,7 +128,7 @@ async def ensure_stream(
         await js.update_stream(config)
 
 
-class OutboxRelay:
+class OutboxRelay(Follower):
     """Publishes selected events to JetStream in store order; checkpoints what was acked."""
 
     def __init__(
@@ -158,10 +150,16 @@ class OutboxRelay:
     ) -> None:
         if prefix:
             subject_for(prefix, "x", "x")
-        self.store = store
+        super().__init__(
+            store,
+            checkpoint_name=f"relay:{name}",
+            categories=categories,
+            types=types,
+            batch_size=batch_size,
+            poll_interval=poll_interval,
+        )
         self.servers = [servers] if isinstance(servers, str) else list(servers)
         self.name = name
-        self.checkpoint_name = f"relay:{name}"
         self.stream = stream
         self.prefix = prefix
         self.mapper = mapper
@@ -173,19 +171,10 @@ class OutboxRelay:
         """Publishes awaiting their PubAck at once. 1 keeps store order in JetStream even
         when a publish fails; more is faster, but after a failed publish inside a window a
         later message of it may be stored before the earlier one's retry."""
-        self.subscription = Subscription(
-            store,
-            name=self.checkpoint_name,
-            categories=categories,
-            types=types,
-            batch_size=batch_size,
-            poll_interval=poll_interval,
-        )
         self.published = 0
         self.duplicates = 0
         self._nc: Any = None
         self._js: Any = None
-        self._stopped = asyncio.Event()
 
     async def connect(self) -> None:
         import nats
@@ -210,9 +199,8 @@ class OutboxRelay:
                 await self._nc.close()
             self._nc = None
 
-    def stop(self) -> None:
-        self._stopped.set()
-        self.subscription.stop()
+    async def _stopped(self) -> None:
+        await self.close()  # after the publish in progress: what was acked is checkpointed
 
     def message_for(self, event: RecordedEvent) -> tuple[str, bytes, dict[str, str]] | None:
         """The subject, payload and headers of one event (``None``: not published).
@@ -242,7 +230,7 @@ class OutboxRelay:
 
     async def _publish(self, subject: str, data: bytes, headers: dict[str, str]) -> None:
         """Publish until acked (reconnecting, with backoff) or stopped."""
-        backoff = 0.05
+        backoff = Backoff(most=self.max_backoff)
         while True:
             try:
                 await self.connect()
@@ -254,16 +242,15 @@ class OutboxRelay:
                 self.published += 1
                 return
             except Exception as exc:
-                if self._stopped.is_set():
+                if self._stopping.is_set():
                     raise
                 logger.warning("relay %s: publish failed (%r); retrying", self.name, exc)
-                await asyncio.sleep(backoff)
-                backoff = min(backoff * 2, self.max_backoff)
+                await backoff.sleep()
 
-    async def run_once(self) -> int:
-        """Publish one page; returns how many events it read."""
-        page = await self.subscription.read_page()
-        last = self.subscription.position
+    async def handle_page(self, page: Page) -> int:
+        """Publish one page in store order; what was acked is checkpointed even when a
+        publish fails or the relay stops half-way."""
+        last = self.checkpoint
         try:
             window: list[tuple[RecordedEvent, tuple[str, bytes, dict[str, str]] | None]] = []
             for event in page.events:
@@ -272,18 +259,15 @@ class OutboxRelay:
                 except InvalidSubject as exc:
                     async with self.store.transaction() as tx:
                         await tx.add_dead_letter(self.checkpoint_name, event, str(exc), 1)
+                    self.dead_lettered += 1
                     out = None
                 window.append((event, out))
                 if len(window) >= self.in_flight:
                     last = await self._publish_window(window, last)
                     window = []
             last = await self._publish_window(window, last)
-            last = max(last, page.caught_up_to)
         finally:
-            if last > self.subscription.position:
-                async with self.store.transaction() as tx:
-                    await tx.set_checkpoint(self.checkpoint_name, last)
-                self.subscription.advance(last)
+            await self.commit(last)
         return len(page.events)
 
     async def _publish_window(
@@ -314,16 +298,6 @@ class OutboxRelay:
             await self._publish(*out)
         return window[-1][0].position if window else last
 
-    async def run(self) -> None:
-        """Relay until :meth:`stop`."""
-        await self.subscription.start_position()
-        try:
-            while not self._stopped.is_set():
-                if not await self.run_once() and not self.subscription._full_page:
-                    await self.subscription._wait()
-        finally:
-            await self.close()
-
 
 @dataclass(frozen=True, slots=True)
 class InboxMessage:
@@ -351,7 +325,7 @@ AppendingHandler = Callable[[InboxMessage], Awaitable[None]]
 """Effects that are appends to the store (idempotent by themselves)."""
 
 
-class Inbox:
+class Inbox(Poller):
     """A durable JetStream pull consumer whose effects happen exactly once in ``store``."""
 
     def __init__(
@@ -372,6 +346,7 @@ class Inbox:
         if (handler is None) == (append_handler is None):
             raise ValueError("give either handler (effects in the Tx) or append_handler")
         validate_subject_token(name)
+        super().__init__(name=f"inbox:{name}", poll_interval=0.0)  # a fetch waits by itself
         self.store = store
         self.servers = [servers] if isinstance(servers, str) else list(servers)
         self.name = name
@@ -389,7 +364,6 @@ class Inbox:
         self.dead_lettered = 0
         self._nc: Any = None
         self._sub: Any = None
-        self._stopped = asyncio.Event()
 
     async def connect(self) -> None:
         import nats
@@ -418,25 +392,14 @@ class Inbox:
                 await self._nc.close()
         self._nc = self._sub = None
 
-    def stop(self) -> None:
-        self._stopped.set()
+    retry_on = (Exception,)
+    """A lost broker or store, a failed fetch: close, back off, connect again."""
 
-    async def run(self) -> None:
-        """Consume until :meth:`stop`; a lost connection is logged and retried."""
-        backoff = 0.05
-        try:
-            while not self._stopped.is_set():
-                try:
-                    await self.run_once()
-                    backoff = 0.05
-                except Exception as exc:
-                    logger.warning("inbox %s: %r; retrying in %.2fs", self.name, exc, backoff)
-                    await self.close()
-                    with contextlib.suppress(TimeoutError):
-                        await asyncio.wait_for(self._stopped.wait(), backoff)
-                    backoff = min(backoff * 2, 5.0)
-        finally:
-            await self.close()
+    async def lost(self, exc: BaseException) -> None:
+        await self.close()
+
+    async def _stopped(self) -> None:
+        await self.close()
 
     async def run_once(self) -> int:
         """Fetch and handle one batch; returns how many messages were fetched."""
@@ -464,18 +427,35 @@ class Inbox:
             headers,
             deliveries,
         )
-        try:
-            await self.process(message)
-        except Exception as exc:
-            if deliveries >= self.max_deliver:
-                await self._dead_letter(message, exc)
-                await msg.term()
-                self.dead_lettered += 1
-            else:
-                logger.warning("inbox %s: %s failed (%r)", self.name, message_id, exc)
-                await msg.nak(delay=min(0.1 * 2**deliveries, 5.0))
+        backoff = Backoff(first=0.1, most=2.0)
+        while True:
+            try:
+                await self.process(message)
+            except StoreUnavailable as exc:
+                # the store is lost, not the message: retry it here, holding it (in
+                # progress), so that an outage spends none of its max_deliver deliveries
+                # (nor dead-letters it once the store is back)
+                if self._stopping.is_set():
+                    raise
+                logger.warning(
+                    "inbox %s: %s; retrying %s in %.2fs",
+                    self.name, describe(exc), message_id, backoff.delay,
+                )  # fmt: skip
+                with contextlib.suppress(Exception):
+                    await msg.in_progress()
+                await backoff.sleep(self._stopping)
+                continue
+            except Exception as exc:
+                if deliveries >= self.max_deliver:
+                    await self._dead_letter(message, exc)
+                    await msg.term()
+                    self.dead_lettered += 1
+                else:
+                    logger.warning("inbox %s: %s failed (%r)", self.name, message_id, exc)
+                    await msg.nak(delay=min(0.1 * 2**deliveries, 5.0))
+                return
+            await msg.ack()
             return
-        await msg.ack()
 
     async def process(self, message: InboxMessage) -> bool:
         """Run the handler unless the message was processed already; ``False``: a duplicate."""

@@ -34,10 +34,7 @@ Needs a SQL store (SQLite or PostgreSQL): the tables come with migration 0005.
 
 from __future__ import annotations
 
-import asyncio
-import contextlib
 import logging
-import time
 import uuid
 from collections.abc import Awaitable, Callable, Mapping, Sequence
 from dataclasses import dataclass, field
@@ -46,10 +43,11 @@ from typing import Any, Generic, TypeVar
 import msgspec
 
 from chronik.context import context
-from chronik.errors import ChronikError, StreamNotFound
+from chronik.errors import CommandRejected, StoreUnavailable, StreamNotFound
 from chronik.events import NewEvent, RecordedEvent, category_of
 from chronik.store.protocol import EventStore, Tx
-from chronik.subscriptions import Subscription
+from chronik.subscriptions import Page
+from chronik.workers import Follower, Poller
 
 __all__ = [
     "COMPENSATED",
@@ -90,10 +88,6 @@ DEADLINE_TYPE = "SagaDeadlineExpired"
 _NS = uuid.UUID("6f1c5d0e-8a43-4c59-9a57-3f0d6c1e2b11")
 _enc = msgspec.json.encode
 _dec = msgspec.json.decode
-
-
-class CommandRejected(ChronikError):
-    """Raised by a command executor: the aggregate refused the command (a domain outcome)."""
 
 
 @dataclass(frozen=True, slots=True)
@@ -288,8 +282,14 @@ class _Step:
         self.record["outstanding"].append(str(cid))
 
 
-class SagaRunner:
-    """Follows the store and runs one saga's steps, one transaction per event."""
+class SagaRunner(Follower):
+    """Follows the store and runs one saga's steps, one transaction per event.
+
+    ``clock`` is for tests only: by default deadlines are computed on the database's
+    clock (one clock for every worker, whatever its own says).
+    """
+
+    kind = "saga"
 
     def __init__(
         self,
@@ -298,43 +298,26 @@ class SagaRunner:
         *,
         batch_size: int = 100,
         poll_interval: float = 0.2,
-        clock: Callable[[], float] = time.time,
+        clock: Callable[[], float] | None = None,
     ) -> None:
-        self.store = store
-        self.saga = saga
-        self.clock = clock
-        self.checkpoint_name = f"saga:{saga.name}"
-        categories = [*saga.categories, saga.stream_category]
         types = None
         if saga.types is not None:
             types = [*saga.types, SUCCEEDED_TYPE, REJECTED_TYPE, DEADLINE_TYPE]
-        self.subscription = Subscription(
+        super().__init__(
             store,
-            name=self.checkpoint_name,
-            categories=categories,
+            checkpoint_name=f"saga:{saga.name}",
+            categories=[*saga.categories, saga.stream_category],
             types=types,
             batch_size=batch_size,
             poll_interval=poll_interval,
         )
+        self.saga = saga
+        self.clock = clock
 
-    def stop(self) -> None:
-        self.subscription.stop()
-
-    async def run(self) -> None:
-        """Run until :meth:`stop`."""
-        async for page in self.subscription.pages():
-            for event in page.events:
-                await self.handle(event)
-            if page.caught_up_to > self.subscription.position:
-                async with self.store.transaction() as tx:
-                    await tx.set_checkpoint(self.checkpoint_name, page.caught_up_to)
-
-    async def run_once(self) -> int:
-        """Handle what is there now; returns how many events were read."""
-        page = await self.subscription.read_page()
+    async def handle_page(self, page: Page) -> int:
         for event in page.events:
             await self.handle(event)
-        self.subscription.advance(page.caught_up_to)
+            await self.advance(event.position)
         return len(page.events)
 
     def _key(self, event: RecordedEvent) -> str | None:
@@ -448,8 +431,8 @@ class SagaRunner:
                 "AND name = :name",
                 {**base, "name": name},
             )
+        now = f"{float(self.clock())!r}" if self.clock is not None else tx.clock_sql
         if status not in TERMINAL:
-            now = self.clock()
             for deadline in step.schedule:
                 did = str(uuid.uuid5(_NS, f"{saga.name}/{key}/{event.event_id}/{deadline.name}"))
                 record["deadlines"][deadline.name] = did
@@ -460,24 +443,24 @@ class SagaRunner:
                 )
                 await tx.execute(
                     "INSERT INTO saga_deadlines (deadline_id, saga, saga_key, name, due_at, "
-                    "data, correlation_id) VALUES (:did, :saga, :key, :name, :due, :data, :corr)",
-                    {**base, "did": did, "name": deadline.name, "due": now + deadline.seconds,
+                    f"data, correlation_id) VALUES (:did, :saga, :key, :name, {now} + :seconds, "
+                    ":data, :corr)",
+                    {**base, "did": did, "name": deadline.name, "seconds": float(deadline.seconds),
                      "data": _enc(dict(deadline.data)).decode(), "corr": correlation},
                 )  # fmt: skip
         await tx.execute(
             "INSERT INTO saga_instances (saga, saga_key, status, record, seq, updated_at) "
-            "VALUES (:saga, :key, :status, :record, :seq, :now) ON CONFLICT (saga, saga_key) "
+            f"VALUES (:saga, :key, :status, :record, :seq, {now}) ON CONFLICT (saga, saga_key) "
             "DO UPDATE SET status = excluded.status, record = excluded.record, "
             "seq = excluded.seq, updated_at = excluded.updated_at",
-            {**base, "status": status, "record": _enc(record).decode(), "seq": seq,
-             "now": self.clock()},
+            {**base, "status": status, "record": _enc(record).decode(), "seq": seq},
         )  # fmt: skip
 
 
 CommandExecutor = Callable[[IssuedCommand], Awaitable[None]]
 
 
-class CommandDispatcher:
+class CommandDispatcher(Poller):
     """Executes the saga outbox's pending commands, in order, each at most once."""
 
     def __init__(
@@ -494,6 +477,8 @@ class CommandDispatcher:
     ) -> None:
         if not sagas:
             raise ValueError("a CommandDispatcher needs at least one saga")
+        super().__init__(name="dispatcher:" + ",".join(s.name for s in sagas),
+                         poll_interval=poll_interval)  # fmt: skip
         self.store = store
         self.sagas = {s.name: s for s in sagas}
         self.execute = execute
@@ -504,19 +489,6 @@ class CommandDispatcher:
         self.rejected_by = rejected_by
         self.max_attempts = max_attempts
         self.lookback = lookback
-        self.poll_interval = poll_interval
-        self._stopped = asyncio.Event()
-
-    def stop(self) -> None:
-        self._stopped.set()
-
-    async def run(self) -> None:
-        """Dispatch until :meth:`stop`."""
-        while not self._stopped.is_set():
-            done = await self.run_once()
-            if not done:
-                with contextlib.suppress(TimeoutError):
-                    await asyncio.wait_for(self._stopped.wait(), self.poll_interval)
 
     async def run_once(self, limit: int = 100) -> int:
         """Dispatch the pending commands there are now; returns how many were finished."""
@@ -580,6 +552,8 @@ class CommandDispatcher:
                     await self.execute(command)
             except self.rejected_by as exc:
                 reason = str(exc) or type(exc).__name__
+            except StoreUnavailable:
+                raise  # an outage is no failed attempt: the poller retries the round
             except Exception as exc:
                 if command.attempts + 1 < self.max_attempts:
                     logger.warning("command %s failed (retrying): %r", cid, exc)
@@ -657,8 +631,13 @@ def _issued(row: Sequence[Any]) -> IssuedCommand:
     )  # fmt: skip
 
 
-class DeadlineWorker:
-    """Fires due deadlines as ``SagaDeadlineExpired`` events in the instance's stream."""
+class DeadlineWorker(Poller):
+    """Fires due deadlines as ``SagaDeadlineExpired`` events in the instance's stream.
+
+    "Due" is decided on the database's clock, the clock the runner scheduled them on, so a
+    worker whose own clock is off fires them neither early nor late. ``clock`` is for
+    tests only.
+    """
 
     def __init__(
         self,
@@ -666,30 +645,22 @@ class DeadlineWorker:
         sagas: Sequence[Saga[Any]],
         *,
         poll_interval: float = 0.5,
-        clock: Callable[[], float] = time.time,
+        clock: Callable[[], float] | None = None,
     ) -> None:
+        super().__init__(name="deadlines:" + ",".join(s.name for s in sagas),
+                         poll_interval=poll_interval)  # fmt: skip
         self.store = store
         self.sagas = {s.name: s for s in sagas}
-        self.poll_interval = poll_interval
         self.clock = clock
-        self._stopped = asyncio.Event()
-
-    def stop(self) -> None:
-        self._stopped.set()
-
-    async def run(self) -> None:
-        while not self._stopped.is_set():
-            await self.run_once()
-            with contextlib.suppress(TimeoutError):
-                await asyncio.wait_for(self._stopped.wait(), self.poll_interval)
 
     async def run_once(self, limit: int = 100) -> int:
         """Fire the deadlines due now; returns how many fired."""
-        rows = await self.store.query(
-            "SELECT deadline_id, saga, saga_key, name, data, correlation_id FROM saga_deadlines "
-            f"WHERE due_at <= :now ORDER BY due_at LIMIT {int(limit)}",
-            {"now": self.clock()},
-        )
+        async with self.store.transaction() as tx:
+            now = f"{float(self.clock())!r}" if self.clock is not None else tx.clock_sql
+            rows = await tx.fetchall(
+                "SELECT deadline_id, saga, saga_key, name, data, correlation_id "
+                f"FROM saga_deadlines WHERE due_at <= {now} ORDER BY due_at LIMIT {int(limit)}"
+            )
         fired = 0
         for did, saga_name, key, name, data, correlation in rows:
             saga = self.sagas.get(saga_name)

@@ -13,9 +13,21 @@ With ``registry=``, events come upcast to the shapes the code knows today (see
 types renamed into them are read too. ``tolerant=True`` passes events of unknown types or
 newer schema versions through raw instead of raising.
 
+:meth:`Subscription.pages` is the one loop that follows the log in chronik: every worker
+(projections, snapshotter, sagas, outbox relay) reads through it, via
+:class:`chronik.workers.Follower`. It takes the store's change marker *before* each read, so
+an append that commits while the caller handles a page wakes it at once; it decides "caught
+up" only from :attr:`Page.more`, never from the length of a page (a filtered page on
+PostgreSQL can be short or empty while more follows).
+
+An event that cannot be upcast does not stop the subscription: it comes in
+:attr:`Page.poison` (the good events of the page are delivered), and a named subscription
+iterated event by event records it as a dead letter.
+
 Example::
 
-    async for event in Subscription(store, name="mailer", categories=["order"]):
+    sub = Subscription(store, name="mailer", categories=["order"])
+    async for event in sub:
         await send_mail(event)
         await sub.save_checkpoint(event.position)   # at-least-once
 """
@@ -25,7 +37,8 @@ from __future__ import annotations
 import asyncio
 import contextlib
 import logging
-from collections.abc import AsyncIterator, Sequence
+import traceback
+from collections.abc import AsyncIterator, Awaitable, Callable, Sequence
 from dataclasses import dataclass
 from typing import TYPE_CHECKING
 
@@ -36,9 +49,51 @@ from chronik.store.protocol import EventStore
 if TYPE_CHECKING:
     from chronik.codec import EventRegistry
 
-__all__ = ["Page", "Subscription"]
+__all__ = ["Backoff", "Page", "Poison", "Subscription", "wait_for_checkpoint"]
 
 logger = logging.getLogger("chronik.subscriptions")
+
+
+class Backoff:
+    """Exponential backoff for retrying a lost store or broker: ``first`` doubling to ``most``.
+
+    The one retry policy of chronik's workers; :meth:`sleep` returns early when ``stop`` is
+    set, so a stopping worker never waits out its backoff.
+    """
+
+    def __init__(self, first: float = 0.05, most: float = 5.0) -> None:
+        self.first = first
+        self.most = most
+        self.delay = first
+        self.failures = 0
+        """Consecutive failures since the last :meth:`reset`."""
+
+    def reset(self) -> None:
+        self.delay = self.first
+        self.failures = 0
+
+    async def sleep(self, stop: asyncio.Event | None = None) -> None:
+        """Wait the current delay (or until ``stop`` is set), then double it."""
+        self.failures += 1
+        delay, self.delay = self.delay, min(self.delay * 2, self.most)
+        if stop is None:
+            await asyncio.sleep(delay)
+            return
+        with contextlib.suppress(TimeoutError):
+            await asyncio.wait_for(stop.wait(), delay)
+
+
+def describe(exc: BaseException) -> str:
+    """One line naming an exception and its message (for logs, statuses, dead letters)."""
+    return "".join(traceback.format_exception_only(type(exc), exc)).strip()
+
+
+@dataclass(frozen=True, slots=True)
+class Poison:
+    """An event a subscription read but could not hand over (its upcast failed)."""
+
+    event: RecordedEvent
+    error: str
 
 
 @dataclass(frozen=True, slots=True)
@@ -50,11 +105,13 @@ class Page:
     can stop waiting once ``caught_up_to`` reaches it. ``more`` says more may be there now
     (read again at once rather than wait for a change); a page can be short or even empty
     and still have ``more``: a filtered read on PostgreSQL walks the log a window at a time.
+    ``poison`` holds the events of this page that could not be upcast (with the reason).
     """
 
     events: list[RecordedEvent]
     caught_up_to: int
     more: bool = False
+    poison: tuple[Poison, ...] = ()
 
 
 class Subscription:
@@ -84,11 +141,14 @@ class Subscription:
         self._read_types = self.types
         if registry is not None and self.types is not None:
             self._read_types = registry.stored_types(self.types)
-        self._full_page = False  # the last read filled a page (before upcasting)
         self.batch_size = batch_size
         self.poll_interval = poll_interval
         self._after = after
         self._stopped = asyncio.Event()
+        self.waits = 0
+        """Times :meth:`pages` went idle waiting for a change."""
+        self.poll_expiries = 0
+        """Of those, the waits that ended by ``poll_interval`` passing, not by a change."""
 
     @property
     def position(self) -> int:
@@ -113,12 +173,16 @@ class Subscription:
         """End iteration after the current page."""
         self._stopped.set()
 
+    @property
+    def stopped(self) -> bool:
+        return self._stopped.is_set()
+
     async def read_page(self) -> Page:
         """Read the next page without waiting (empty when caught up)."""
         after = await self.start_position()
         read_page = getattr(self.store, "read_page", None)
         if read_page is not None:  # the head and the page in one round trip (PostgreSQL)
-            events, caught_up_to, self._full_page = await read_page(
+            events, caught_up_to, more = await read_page(
                 after=after,
                 limit=self.batch_size,
                 categories=self.categories,
@@ -136,70 +200,131 @@ class Subscription:
                 )
             ]
             caught_up_to = events[-1].position if events else after
-            self._full_page = len(events) >= self.batch_size
-            if len(events) < self.batch_size:
+            more = len(events) >= self.batch_size
+            if not more:
                 # every matching event up to `head` was visible before this read: all here
                 caught_up_to = max(caught_up_to, head)
-        if self.registry is not None:
-            upcast = self.registry.upcast
-            wanted = None if self.types is None else set(self.types)
-            events = [
-                u
-                for e in events
-                for u in upcast(e, tolerant=self.tolerant)
-                if wanted is None or u.type in wanted
-            ]
-        return Page(events, caught_up_to, self._full_page)
+        if self.registry is None:
+            return Page(events, caught_up_to, more)
+        return self._upcast(events, caught_up_to, more)
+
+    def _upcast(self, events: list[RecordedEvent], caught_up_to: int, more: bool) -> Page:
+        assert self.registry is not None
+        upcast = self.registry.upcast
+        wanted = None if self.types is None else set(self.types)
+        good: list[RecordedEvent] = []
+        poison: list[Poison] = []
+        for event in events:
+            try:
+                current = upcast(event, tolerant=self.tolerant)
+            except Exception as exc:  # one bad event must not hold up the page
+                poison.append(Poison(event, describe(exc)))
+                continue
+            good.extend(u for u in current if wanted is None or u.type in wanted)
+        return Page(good, caught_up_to, more, tuple(poison))
 
     def advance(self, position: int) -> None:
         """Move the read cursor (done by :meth:`pages` for what it yields)."""
         if position > (self._after or 0):
             self._after = position
 
-    async def pages(self) -> AsyncIterator[Page]:
-        """Pages forever (until :meth:`stop`): catch-up pages, then one per change.
+    async def pages(
+        self, *, follow: bool = True, before_wait: Callable[[], Awaitable[bool]] | None = None
+    ) -> AsyncIterator[Page]:
+        """Pages until :meth:`stop`: catch-up pages, then (``follow``) one per change.
 
-        A lost database connection is not the end: it is logged and retried with backoff
-        (up to 5 s apart), and reading resumes after the last position yielded.
+        With ``follow=False`` it ends once caught up (a page without ``more``), as of the
+        moment it is called; a lost store then raises. Following, a lost database
+        connection is not the end: it is logged and retried with :class:`Backoff`, and
+        reading resumes after the last position yielded. The change marker is taken
+        before each read, so a change during the caller's handling of a page is not lost.
+        ``before_wait`` runs each time it is about to go idle; ``True`` ends the pages.
         """
-        backoff = 0.05
+        backoff = Backoff()
         while not self._stopped.is_set():
+            marker = None
             try:
+                if follow:
+                    marker = self.store.change_marker()
                 page = await self.read_page()
             except StoreUnavailable as exc:
-                logger.warning("subscription %s: %s; retrying in %.2fs", self.name, exc, backoff)
-                await self._sleep(backoff)
-                backoff = min(backoff * 2, 5.0)
+                if not follow:
+                    raise
+                logger.warning(
+                    "subscription %s: %s; retrying in %.2fs", self.name, exc, backoff.delay
+                )
+                await backoff.sleep(self._stopped)
                 continue
-            backoff = 0.05
-            if page.events or page.caught_up_to > self.position:
+            backoff.reset()
+            if page.events or page.poison or page.caught_up_to > self.position:
                 yield page
                 self.advance(page.caught_up_to)
-            if not self._full_page:  # drops and splits change len(page.events)
-                await self._wait()
+            if page.more:
+                continue
+            if marker is None or (before_wait is not None and await before_wait()):
+                return
+            await self._wait(marker)
 
-    async def _sleep(self, seconds: float) -> None:
-        with contextlib.suppress(TimeoutError):
-            await asyncio.wait_for(self._stopped.wait(), seconds)
-
-    async def _wait(self) -> None:
-        waiter = asyncio.ensure_future(self._wait_for_change())
+    async def _wait(self, marker: asyncio.Event) -> None:
+        """Until ``marker`` is set (a change), :meth:`stop`, or ``poll_interval`` passes."""
+        self.waits += 1
+        if marker.is_set() or self._stopped.is_set():
+            return
+        waiter = asyncio.ensure_future(marker.wait())
         stopper = asyncio.ensure_future(self._stopped.wait())
         try:
-            await asyncio.wait({waiter, stopper}, return_when=asyncio.FIRST_COMPLETED)
+            done, _ = await asyncio.wait(
+                {waiter, stopper}, timeout=self.poll_interval, return_when=asyncio.FIRST_COMPLETED
+            )
+            if not done:
+                self.poll_expiries += 1
         finally:
             for task in (waiter, stopper):
                 if not task.done():
                     task.cancel()
             await asyncio.gather(waiter, stopper, return_exceptions=True)
 
-    async def _wait_for_change(self) -> None:
-        try:
-            await self.store.wait_for_change(self.poll_interval)
-        except StoreUnavailable:
-            await asyncio.sleep(self.poll_interval)
-
     async def __aiter__(self) -> AsyncIterator[RecordedEvent]:
         async for page in self.pages():
+            for poison in page.poison:
+                await self._skip(poison)
             for event in page.events:
                 yield event
+
+    async def _skip(self, poison: Poison) -> None:
+        event = poison.event
+        logger.warning(
+            "subscription %s: skipped %s@%d (position %d): %s",
+            self.name, event.stream_id, event.version, event.position, poison.error,
+        )  # fmt: skip
+        if self.name:
+            async with self.store.transaction() as tx:
+                await tx.add_dead_letter(self.name, event, poison.error, 1)
+
+
+async def wait_for_checkpoint(
+    store: EventStore, name: str, position: int, *, timeout: float, poll_interval: float = 0.02
+) -> int:
+    """Wait until checkpoint ``name`` reaches ``position``; returns the checkpoint.
+
+    For a process that does not run the worker itself (a web process waiting for a
+    projection that runs elsewhere): it reads the stored checkpoint when the store signals
+    a change and at least every ``poll_interval`` seconds (a checkpoint commit is not a
+    change a store signals across processes), so it sees the checkpoint pass ``position``
+    within about ``poll_interval``.
+
+    Raises:
+        TimeoutError: not reached within ``timeout`` seconds.
+    """
+    loop = asyncio.get_running_loop()
+    deadline = loop.time() + timeout
+    while True:
+        marker = store.change_marker()
+        reached = await store.get_checkpoint(name) or 0
+        if reached >= position:
+            return reached
+        remaining = deadline - loop.time()
+        if remaining <= 0:
+            raise TimeoutError(f"checkpoint {name!r} is at {reached}, not {position}")
+        with contextlib.suppress(TimeoutError):
+            await asyncio.wait_for(marker.wait(), min(poll_interval, remaining))

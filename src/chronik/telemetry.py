@@ -161,7 +161,7 @@ def tracer() -> Any | None:
     cached = _cached
     if cached is not None and cached[0] is provider:
         return cached[1]
-    from chronik import __version__
+    from chronik._version import __version__
 
     made = provider.get_tracer(TRACER_NAME, __version__)
     _cached = (provider, made)

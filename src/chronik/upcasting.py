@@ -39,7 +39,6 @@ __all__ = [
     "Downcaster",
     "Step",
     "Upcast",
-    "UpcastFailure",
     "Upcasters",
     "UpcasterFn",
     "split_event_id",
@@ -95,7 +94,7 @@ class Downcaster:
 
 
 class UpcastFailure(Exception):
-    """Why a chain could not run (the registry turns it into an ``UpcastError``).
+    """Why a chain could not run: internal, the registry turns it into an ``UpcastError``.
 
     ``unknown`` is set when the stored type is not known at all; ``newer`` when the stored
     version is newer than the registered one (both are what tolerant readers forgive).

@@ -138,7 +138,6 @@ async def test_relay_publishes_in_order_with_ids_and_dedupes_republish(
             await tx.set_checkpoint(f"relay:{name}", 0)
         again = OutboxRelay(store, NATS_URL, name=name, stream=name, prefix=name,
                             categories=["account"])  # fmt: skip
-        again.subscription._after = None
         await _drain(again)
         assert again.duplicates == 30
         assert await _stream_msg_ids(js, name) == ids
@@ -249,7 +248,7 @@ async def test_nats_restart_during_relay(tmp_path: Path) -> None:
                 if await store.get_checkpoint("relay:restart") == await store.head_position():
                     break
                 await asyncio.sleep(0.05)
-            relay.stop()
+            await relay.stop()
             await asyncio.wait_for(task, 10)
         nc = await nats.connect(nats_url)
         got = await _stream_msg_ids(nc.jetstream(), "RESTART")

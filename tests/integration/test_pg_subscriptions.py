@@ -15,12 +15,7 @@ import asyncio
 import json
 import multiprocessing
 import os
-import shutil
-import socket
-import subprocess
-import tempfile
 import uuid
-from collections.abc import Iterator
 from pathlib import Path
 from urllib.parse import parse_qs, urlsplit
 
@@ -30,7 +25,7 @@ import pytest
 import chronik
 from chronik import NewEvent
 from chronik.subscriptions import Subscription
-from tests.conftest import IN_CI
+from tests.integration.conftest import PrivatePg
 from tests.integration.pg_held_writers import held_writer
 
 pytestmark = [pytest.mark.postgres, pytest.mark.slow]
@@ -162,76 +157,10 @@ async def _follow_ids(sub: Subscription, into: list[str]) -> None:
         into.extend(str(e.event_id) for e in page.events)
 
 
-def _free_port() -> int:
-    with socket.socket() as s:
-        s.bind(("127.0.0.1", 0))
-        return int(s.getsockname()[1])
-
-
-def _pg_bin() -> Path | None:
-    base = Path("/usr/lib/postgresql")
-    versions = sorted(base.glob("*/bin/pg_ctl")) if base.exists() else []
-    return versions[-1].parent if versions else None
-
-
-@pytest.fixture
-def private_pg() -> Iterator[tuple[str, Path, Path]]:
-    """A PostgreSQL cluster of this test's own: (url, bin folder, data folder)."""
-    bindir = _pg_bin()
-    runuser = shutil.which("runuser")
-    if bindir is None or runuser is None or os.geteuid() != 0:
-        reason = (
-            "needs the PostgreSQL server binaries and root (runuser) to start a private cluster"
-        )
-        if IN_CI:
-            pytest.fail(reason)
-        pytest.skip(reason)
-    folder = Path(tempfile.mkdtemp(prefix="chronik-pg-"))
-    shutil.chown(folder, "postgres", "postgres")
-    data = folder / "data"
-    port = _free_port()
-    as_pg = [runuser, "-u", "postgres", "--"]
-    subprocess.run(
-        [*as_pg, str(bindir / "initdb"), "-D", str(data), "-A", "trust", "-U", "postgres"],
-        check=True,
-        capture_output=True,
-    )
-    opts = f"-p {port} -k {folder} -c listen_addresses=127.0.0.1 -c fsync=on"
-    subprocess.run(
-        [
-            *as_pg,
-            str(bindir / "pg_ctl"),
-            "-D",
-            str(data),
-            "-o",
-            opts,
-            "-l",
-            str(folder / "log"),
-            "-w",
-            "start",
-        ],
-        check=True,
-        stdout=subprocess.DEVNULL,
-        stderr=subprocess.DEVNULL,
-        timeout=60,
-    )
-    try:
-        yield f"postgresql://postgres@127.0.0.1:{port}/postgres?schema=chronik", bindir, data
-    finally:
-        subprocess.run(
-            [*as_pg, str(bindir / "pg_ctl"), "-D", str(data), "-m", "immediate", "stop"],
-            stdout=subprocess.DEVNULL,
-            stderr=subprocess.DEVNULL,
-            timeout=60,
-        )
-        shutil.rmtree(folder, ignore_errors=True)
-
-
 async def test_subscription_and_writer_survive_a_postgres_restart(
-    private_pg: tuple[str, Path, Path],
+    private_pg: PrivatePg,
 ) -> None:
-    url, bindir, data = private_pg
-    as_pg = ["runuser", "-u", "postgres", "--"]
+    url = private_pg.url
     async with await chronik.connect(url) as writer, await chronik.connect(url) as reader:
         got: list[str] = []
         sub = Subscription(reader, after=0, batch_size=50, poll_interval=0.05)
@@ -253,26 +182,7 @@ async def test_subscription_and_writer_survive_a_postgres_restart(
         for mode in ("fast", "immediate", "fast"):
             writing = asyncio.create_task(write(150))
             await asyncio.sleep(0.2)
-            # the postmaster must not inherit our pipes, or waiting for pg_ctl never ends
-            await asyncio.to_thread(
-                subprocess.run,
-                [
-                    *as_pg,
-                    str(bindir / "pg_ctl"),
-                    "-D",
-                    str(data),
-                    "-m",
-                    mode,
-                    "-w",
-                    "-l",
-                    str(data.parent / "log"),
-                    "restart",
-                ],
-                check=True,
-                stdout=subprocess.DEVNULL,
-                stderr=subprocess.DEVNULL,
-                timeout=60,
-            )
+            await asyncio.to_thread(private_pg.restart, mode)
             await writing
         await _drain(writer, [sub], 120)
         await asyncio.wait_for(follower, 60)

@@ -89,7 +89,8 @@ async def test_redelivered_events_issue_nothing_new(url: str) -> None:
         # a second runner without the checkpoint re-reads everything: nothing new issued
         await store.query("SELECT 1")
         runner = SagaRunner(store, ft.transfer_saga)
-        runner.subscription._after = 0
+        async with store.transaction() as tx:
+            await tx.set_checkpoint(runner.checkpoint_name, 0)
         while await runner.run_once():
             pass
         assert await store.query("SELECT count(*) FROM saga_commands") == rows_before

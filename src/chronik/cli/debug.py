@@ -12,7 +12,7 @@ from rich.table import Table
 from rich.tree import Tree
 
 from chronik.app import load_app
-from chronik.cli.main import Output
+from chronik.cli._common import Output
 from chronik.debugging import Replay, Trace, TraceNode, format_delta, replay, to_plain, trace
 from chronik.integrity import CHECKS, Problem, check
 from chronik.store.protocol import EventStore

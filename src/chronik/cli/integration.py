@@ -3,55 +3,21 @@
 from __future__ import annotations
 
 import argparse
-import asyncio
-import importlib
-import os
-import signal
-import sys
 from typing import Any
 
-from chronik.cli.main import Output
-from chronik.errors import ChronikError
+from chronik.cli._common import Output, load_object, run_until_signal
+from chronik.errors import LoadError
 from chronik.store.protocol import EventStore
 
 __all__ = ["register"]
 
 
-def _load(spec: str) -> Any:
-    module_name, _, attr = spec.partition(":")
-    if not module_name or not attr:
-        raise ChronikError(f"expected MODULE:OBJECT, not {spec!r}")
-    if os.getcwd() not in sys.path:
-        sys.path.insert(0, os.getcwd())
-    try:
-        return getattr(importlib.import_module(module_name), attr)
-    except (ImportError, AttributeError) as exc:
-        raise ChronikError(f"cannot load {spec!r}: {exc}") from exc
-
-
-async def _run_until_signal(workers: list[Any], out: Output, what: str) -> int:
-    stop = asyncio.Event()
-    loop = asyncio.get_running_loop()
-    for sig in (signal.SIGTERM, signal.SIGINT):
-        loop.add_signal_handler(sig, stop.set)
-    out.err.print(f"running {what} (Ctrl-C or SIGTERM stops)")
-    tasks = [asyncio.ensure_future(w.run()) for w in workers]
-    stopper = asyncio.ensure_future(stop.wait())
-    await asyncio.wait({*tasks, stopper}, return_when=asyncio.FIRST_COMPLETED)
-    for w in workers:
-        w.stop()
-    stopper.cancel()
-    results = await asyncio.gather(*tasks, return_exceptions=True)
-    errors = [r for r in results if isinstance(r, BaseException)]
-    for err in errors:
-        out.err.print(f"[red]worker failed:[/red] {err!r}")
-    return 1 if errors else 0
-
-
 async def cmd_sagas_run(store: EventStore, args: argparse.Namespace, out: Output) -> int:
-    factory = _load(args.workers)
+    factory = load_object(args.workers, "sagas run")
+    if not callable(factory):
+        raise LoadError(args.workers, "sagas run", "not a function taking the store")
     workers = list(factory(store))
-    return await _run_until_signal(workers, out, f"{len(workers)} saga workers")
+    return await run_until_signal(workers, out, f"{len(workers)} saga workers")
 
 
 async def cmd_sagas_status(store: EventStore, args: argparse.Namespace, out: Output) -> int:
@@ -73,11 +39,7 @@ async def cmd_sagas_status(store: EventStore, args: argparse.Namespace, out: Out
         out.json(data)
         return 0
     for title, rows in data.items():
-        if rows:
-            columns = list(rows[0])
-            out.table(title, columns, [[r[c] for c in columns] for r in rows])
-        else:
-            out.console.print(f"[dim]no {title}[/dim]")
+        out.records(title, rows, empty=f"no {title}")
     return 0
 
 
@@ -99,7 +61,50 @@ async def cmd_relay_run(store: EventStore, args: argparse.Namespace, out: Output
         await ensure_stream(
             relay._js, args.stream, [f"{args.prefix}.>"], duplicate_window=args.duplicate_window
         )
-    return await _run_until_signal([relay], out, f"relay to {args.stream} at {args.nats}")
+    return await run_until_signal([relay], out, f"relay to {args.stream} at {args.nats}")
+
+
+async def cmd_relay_status(store: EventStore, args: argparse.Namespace, out: Output) -> int:
+    """One row per ``relay:NAME`` checkpoint. A relay's filters are not stored, so the lag
+    counts every event after the checkpoint unless ``--category``/``--type`` say otherwise."""
+    categories = args.category or None
+    types = args.type or None
+    lag_filter = (
+        None if categories is None and types is None else {"categories": categories, "types": types}
+    )
+    head = await store.head_position()
+    rows: list[dict[str, Any]] = []
+    for checkpoint, position in sorted((await store.checkpoints()).items()):
+        name = checkpoint.removeprefix("relay:")
+        if name == checkpoint or (args.name and name not in args.name):
+            continue
+        rows.append(
+            {
+                "name": name,
+                "checkpoint": position,
+                "head": head,
+                "lag_events": await store.count_events(
+                    after=position, categories=categories, types=types
+                ),
+                "lag_filter": lag_filter,
+                "dead_letters": len(await store.dead_letters(checkpoint)),
+            }
+        )
+    columns = ["name", "checkpoint", "head", "lag_events", "dead_letters"]
+    out.records("relays", rows, empty="no relay has a checkpoint yet", columns=columns)
+    if out.as_json or not rows:
+        return 0
+    if lag_filter is None:
+        out.console.print(
+            "[dim]lag: every event after the checkpoint (unfiltered); pass the relay's "
+            "--category/--type to count only what it publishes[/dim]"
+        )
+    else:
+        out.console.print(
+            f"[dim]lag: events of categories {', '.join(categories or ['any'])}, "
+            f"types {', '.join(types or ['any'])}[/dim]"
+        )
+    return 0
 
 
 def register(sub: Any, common: argparse.ArgumentParser) -> None:
@@ -128,3 +133,12 @@ def register(sub: Any, common: argparse.ArgumentParser) -> None:
     p.add_argument("--create-stream", action="store_true", help="create/update the stream")
     p.add_argument("--duplicate-window", type=float, default=120.0, help="seconds")
     p.set_defaults(handler=cmd_relay_run)
+    p = rsub.add_parser(
+        "status", parents=[common], help="checkpoint, head, lag and dead letters of each relay"
+    )
+    p.add_argument("name", nargs="*", help="only these relays (the NAME of relay:NAME)")
+    p.add_argument(
+        "--category", action="append", help="count lag in this category only (repeatable)"
+    )
+    p.add_argument("--type", action="append", help="count lag of this type only (repeatable)")
+    p.set_defaults(handler=cmd_relay_status)

@@ -11,21 +11,18 @@ import argparse
 import asyncio
 import importlib
 import sys
-from collections.abc import Awaitable, Callable, Sequence
+from collections.abc import Sequence
 from typing import Any
 
 import msgspec
-from rich.console import Console
-from rich.table import Table
 
+from chronik.cli._common import Handler, Output, Standalone
 from chronik.errors import ChronikError
 from chronik.events import RecordedEvent
 from chronik.store import connect, store_url
 from chronik.store.protocol import EventStore
 
-__all__ = ["main"]
-
-Handler = Callable[[EventStore, argparse.Namespace, "Output"], Awaitable[int]]
+__all__ = ["build_parser", "main"]
 
 COMMAND_MODULES = [
     "chronik.cli.projections",
@@ -36,30 +33,6 @@ COMMAND_MODULES = [
     "chronik.cli.integration",
 ]
 """Modules adding command groups: each has ``register(subparsers, common_parser)``."""
-
-
-class Output:
-    """Writes rich tables for people and JSON for programs."""
-
-    def __init__(self, as_json: bool) -> None:
-        self.as_json = as_json
-        probe = Console()
-        width = None if probe.is_terminal else 160
-        self.console = Console(highlight=False, soft_wrap=False, width=width)
-        self.err = Console(stderr=True, highlight=False)
-
-    def json(self, value: Any) -> None:
-        sys.stdout.write(msgspec.json.encode(value).decode() + "\n")
-        sys.stdout.flush()
-
-    def table(self, title: str, columns: Sequence[str], rows: Sequence[Sequence[Any]]) -> None:
-        table = Table(title=title, title_justify="left")
-        for index, col in enumerate(columns):
-            last = index == len(columns) - 1
-            table.add_column(col, overflow="fold", no_wrap=not last)
-        for row in rows:
-            table.add_row(*(str(v) for v in row))
-        self.console.print(table)
 
 
 def _short(data: bytes, width: int = 80) -> str:
@@ -245,10 +218,9 @@ def build_parser() -> argparse.ArgumentParser:
 
 
 async def _run(args: argparse.Namespace, out: Output) -> int:
-    standalone = getattr(args, "standalone", None)
+    standalone: Standalone | None = getattr(args, "standalone", None)
     if standalone is not None:  # a command that opens its own stores (or none)
-        code: int = await standalone(args, out)
-        return code
+        return await standalone(args, out)
     handler: Handler = args.handler
     async with await connect(args.store) as store:
         return await handler(store, args, out)

@@ -3,15 +3,12 @@
 from __future__ import annotations
 
 import argparse
-import importlib
-import os
-import sys
 from typing import Any
 
-from chronik.cli.main import Output
+from chronik.cli._common import Output, load_object
 from chronik.cli.schema import load_registry
 from chronik.codec import EventRegistry
-from chronik.errors import ChronikError
+from chronik.errors import ChronikError, LoadError
 from chronik.migrate import CopyProgress, Transform, copy_store, verify_copy
 from chronik.store import connect
 
@@ -20,17 +17,9 @@ __all__ = ["load_transform", "register"]
 
 def load_transform(spec: str) -> Transform:
     """Import ``MODULE:FUNCTION`` (the current folder is importable)."""
-    module_name, _, attr = spec.partition(":")
-    if not module_name or not attr:
-        raise ChronikError(f"--transform must be MODULE:FUNCTION, not {spec!r}")
-    if os.getcwd() not in sys.path:
-        sys.path.insert(0, os.getcwd())
-    try:
-        fn = getattr(importlib.import_module(module_name), attr)
-    except (ImportError, AttributeError) as exc:
-        raise ChronikError(f"cannot load {spec!r}: {exc}") from exc
+    fn = load_object(spec, "--transform")
     if not callable(fn):
-        raise ChronikError(f"--transform {spec!r} is not a function")
+        raise LoadError(spec, "--transform", f"{type(fn).__name__} is not a function")
     transform: Transform = fn
     return transform
 

@@ -3,11 +3,10 @@
 from __future__ import annotations
 
 import argparse
-import asyncio
 from typing import Any
 
 from chronik.app import load_app
-from chronik.cli.main import Output
+from chronik.cli._common import Output, run_until_signal
 from chronik.errors import ChronikError
 from chronik.store import store_url
 from chronik.store.protocol import EventStore
@@ -43,14 +42,7 @@ async def cmd_projections_status(store: EventStore, args: argparse.Namespace, ou
                     "dead_letters": len(letters),
                 }
             )
-    if out.as_json:
-        out.json(statuses)
-        return 0
-    if not statuses:
-        out.console.print("[dim]no projections have a checkpoint yet[/dim]")
-        return 0
-    columns = list(statuses[0])
-    out.table("projections", columns, [[s[c] for c in columns] for s in statuses])
+    out.records("projections", statuses, empty="no projections have a checkpoint yet")
     return 0
 
 
@@ -134,28 +126,20 @@ async def cmd_projections_dead_letters(
 
 
 async def cmd_projections_run(store: EventStore, args: argparse.Namespace, out: Output) -> int:
-    import signal
-
     from chronik.projections import ProjectionRunner
 
     projections = load_projections(args.app)
     runner = ProjectionRunner(
         store, projections, batch_size=args.batch_size, poll_interval=args.interval
     )
-    stop = asyncio.Event()
-    loop = asyncio.get_running_loop()
-    for sig in (signal.SIGTERM, signal.SIGINT):
-        loop.add_signal_handler(sig, stop.set)
     names = ", ".join(p.name for p in projections)
-    if not out.as_json:
-        out.err.print(f"running {names} on {store_url(args.store)} (Ctrl-C or SIGTERM stops)")
-    await runner.run_until_stopped(stop)
+    code = await run_until_signal([runner], out, f"{names} on {store_url(args.store)}")
     statuses = [s.to_dict() for s in await runner.status()]
     if out.as_json:
         out.json(statuses)
     else:
         out.err.print("stopped: " + ", ".join(f"{s['name']}@{s['checkpoint']}" for s in statuses))
-    return 0
+    return code
 
 
 def register(sub: Any, common: argparse.ArgumentParser) -> None:

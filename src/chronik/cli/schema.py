@@ -8,14 +8,11 @@ only; the exit status is 1 when anything fails.
 from __future__ import annotations
 
 import argparse
-import importlib
-import os
-import sys
 from dataclasses import dataclass, field
 from typing import Any
 
 from chronik.app import App, load_app
-from chronik.cli.main import Output
+from chronik.cli._common import Output, load_object
 from chronik.codec import EventRegistry
 from chronik.errors import ChronikError, SerializationError, UnknownEventType
 from chronik.store.protocol import EventStore
@@ -32,15 +29,7 @@ def load_registry(spec: str | None) -> EventRegistry:
     """The registry of ``--app MODULE:OBJECT``: an EventRegistry, or an App's registry."""
     if not spec:
         raise ChronikError("--app MODULE:OBJECT is needed: the App or EventRegistry to check")
-    module_name, _, attr = spec.partition(":")
-    if not module_name or not attr:
-        raise ChronikError(f"--app must be MODULE:OBJECT, not {spec!r}")
-    if os.getcwd() not in sys.path:
-        sys.path.insert(0, os.getcwd())
-    try:
-        obj = getattr(importlib.import_module(module_name), attr)
-    except (ImportError, AttributeError) as exc:
-        raise ChronikError(f"cannot load {spec!r}: {exc}") from exc
+    obj = load_object(spec, "--app")
     if isinstance(obj, EventRegistry):
         return obj
     if isinstance(obj, App):

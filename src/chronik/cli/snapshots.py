@@ -3,12 +3,11 @@
 from __future__ import annotations
 
 import argparse
-import asyncio
 from datetime import UTC, datetime
 from typing import Any
 
 from chronik.app import load_app
-from chronik.cli.main import Output
+from chronik.cli._common import Output, run_until_signal
 from chronik.errors import ChronikError
 from chronik.events import category_of
 from chronik.store import store_url
@@ -133,8 +132,6 @@ async def cmd_snapshots_prune(store: EventStore, args: argparse.Namespace, out: 
 
 
 async def cmd_snapshots_run(store: EventStore, args: argparse.Namespace, out: Output) -> int:
-    import signal
-
     from chronik.snapshots import Snapshotter
 
     snapshotter = Snapshotter.from_app(
@@ -144,16 +141,10 @@ async def cmd_snapshots_run(store: EventStore, args: argparse.Namespace, out: Ou
         batch_size=args.batch_size,
         poll_interval=args.interval,
     )
-    stop = asyncio.Event()
-    loop = asyncio.get_running_loop()
-    for sig in (signal.SIGTERM, signal.SIGINT):
-        loop.add_signal_handler(sig, stop.set)
-    if not out.as_json:
-        categories = ", ".join(sorted(snapshotter.targets))
-        out.err.print(
-            f"snapshotting {categories} on {store_url(args.store)} (Ctrl-C or SIGTERM stops)"
-        )
-    await snapshotter.run_until_stopped(stop)
+    categories = ", ".join(sorted(snapshotter.targets))
+    code = await run_until_signal(
+        [snapshotter], out, f"the snapshotter of {categories} on {store_url(args.store)}"
+    )
     result: dict[str, Any] = {
         "name": snapshotter.name,
         "checkpoint": snapshotter.checkpoint,
@@ -168,7 +159,7 @@ async def cmd_snapshots_run(store: EventStore, args: argparse.Namespace, out: Ou
             f"stopped at position {result['checkpoint']}: {result['taken']} snapshot(s) taken, "
             f"{result['failed']} failed"
         )
-    return 0
+    return code
 
 
 def register(sub: Any, common: argparse.ArgumentParser) -> None:

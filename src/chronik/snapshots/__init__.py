@@ -24,6 +24,11 @@ Example::
     await handler.take_snapshot("account-1")          # on demand
 """
 
+from __future__ import annotations
+
+import importlib
+from typing import TYPE_CHECKING
+
 from chronik.snapshots.config import SnapshotConfig, stale_versions, state_version_of
 from chronik.snapshots.load import (
     load_from_snapshot,
@@ -49,13 +54,23 @@ from chronik.snapshots.store import (
     SqlSnapshotStore,
     snapshot_store,
 )
-from chronik.snapshots.worker import (
-    SnapshotProblem,
-    Snapshotter,
-    Targets,
-    snapshot_targets,
-    verify_snapshots,
-)
+
+if TYPE_CHECKING:
+    from chronik.snapshots.worker import (
+        SnapshotProblem,
+        Snapshotter,
+        Targets,
+        snapshot_targets,
+        verify_snapshots,
+    )
+
+_WORKER_NAMES = {
+    "SnapshotProblem",
+    "Snapshotter",
+    "Targets",
+    "snapshot_targets",
+    "verify_snapshots",
+}
 
 __all__ = [
     "Adaptive",
@@ -85,3 +100,13 @@ __all__ = [
     "take_snapshot",
     "verify_snapshots",
 ]
+
+
+def __getattr__(name: str) -> object:
+    # The worker layer loads on first use, so ``import chronik`` (which needs the policies
+    # and the snapshot store) starts no worker module (tests/test_layers.py).
+    if name in _WORKER_NAMES:
+        value = getattr(importlib.import_module("chronik.snapshots.worker"), name)
+        globals()[name] = value
+        return value
+    raise AttributeError(f"module {__name__!r} has no attribute {name!r}")

@@ -1,7 +1,7 @@
 """The background snapshotter, and the checker that compares snapshots with a replay.
 
-:class:`Snapshotter` follows the store with a :class:`~chronik.subscriptions.Subscription`
-(committed events only, never past a transaction still running) and, for each stream whose
+:class:`Snapshotter` is a :class:`~chronik.workers.Follower` of the store (committed
+events only, never past a transaction still running) and, for each stream whose
 events it read, asks the category's policy whether a snapshot is due. It takes it at the
 highest version it read, by loading the state from the store up to that version: so a
 snapshot's version is always a committed version, and its state a replay to it. It keeps a
@@ -20,8 +20,7 @@ from __future__ import annotations
 
 import asyncio
 import logging
-import traceback
-from collections.abc import Mapping
+from collections.abc import Callable, Mapping
 from dataclasses import dataclass
 from typing import Any
 
@@ -34,8 +33,8 @@ from chronik.snapshots.config import SnapshotConfig
 from chronik.snapshots.load import stream_status, take_snapshot
 from chronik.snapshots.store import snapshot_store
 from chronik.store.protocol import EventStore
-from chronik.subscriptions import Page, Subscription
-from chronik.workers import Worker
+from chronik.subscriptions import Page, describe
+from chronik.workers import Follower
 
 __all__ = ["SnapshotProblem", "Snapshotter", "Targets", "snapshot_targets", "verify_snapshots"]
 
@@ -69,11 +68,7 @@ def snapshot_targets(app: App) -> dict[str, tuple[Decider[Any, Any, Any], Snapsh
     return targets
 
 
-def _describe(exc: BaseException) -> str:
-    return "".join(traceback.format_exception_only(type(exc), exc)).strip()
-
-
-class Snapshotter(Worker):
+class Snapshotter(Follower):
     """Takes snapshots per policy off the request path, from committed events only.
 
     Args:
@@ -81,8 +76,10 @@ class Snapshotter(Worker):
         targets: category → ``(decider, SnapshotConfig)``; other categories are not read.
         registry: decodes the events.
         name: names the checkpoint (``snapshotter:NAME``); run one snapshotter per name.
-        batch_size, poll_interval: as for a :class:`~chronik.subscriptions.Subscription`.
+        batch_size, poll_interval: as for a :class:`~chronik.workers.Follower`.
     """
+
+    kind = "snapshotter"
 
     def __init__(
         self,
@@ -96,103 +93,41 @@ class Snapshotter(Worker):
     ) -> None:
         if not targets:
             raise ValueError("a Snapshotter needs at least one category to snapshot")
-        self.store = store
+        super().__init__(
+            store,
+            checkpoint_name=f"snapshotter:{name}",
+            categories=sorted(targets),
+            batch_size=batch_size,
+            poll_interval=poll_interval,
+        )
         self.targets = dict(targets)
-        self.registry = registry
+        self.event_registry = registry
         self.name = name
-        self.checkpoint_name = f"snapshotter:{name}"
-        self.batch_size = batch_size
-        self.poll_interval = poll_interval
-        self.checkpoint = 0
-        self.taken = 0
-        """Snapshots written by this object."""
         self.failed = 0
         """Snapshots that failed (logged, the stream skipped until its next events)."""
-        self.last_error: str | None = None
-        self.state = "idle"
-        self._task: asyncio.Task[None] | None = None
-        self._subscription: Subscription | None = None
-        self._stopping = asyncio.Event()
+
+    @property
+    def taken(self) -> int:
+        """Snapshots written by this object."""
+        return self.handled
 
     @classmethod
     def from_app(cls, store: EventStore, app: App, **options: Any) -> Snapshotter:
         """A snapshotter for every category ``app.extras["snapshots"]`` configures."""
         return cls(store, snapshot_targets(app), registry=app.registry, **options)
 
-    def _subscribe(self) -> Subscription:
-        sub = Subscription(
-            self.store,
-            after=self.checkpoint,
-            categories=sorted(self.targets),
-            batch_size=self.batch_size,
-            poll_interval=self.poll_interval,
-        )
-        self._subscription = sub
-        return sub
-
-    # -- life cycle -------------------------------------------------------------------------
-
-    async def start(self) -> None:
-        """Load the checkpoint and start following the store (returns at once)."""
-        self.checkpoint = await self.store.get_checkpoint(self.checkpoint_name) or 0
-        self._stopping.clear()
-        self.state = "running"
-        self._task = asyncio.create_task(self._loop(), name=f"snapshotter-{self.name}")
-
-    async def stop(self, *, grace: float = 10.0) -> None:
-        """Stop after the current page (its snapshots and checkpoint are written or not at
-        all); after ``grace`` seconds the task is cancelled."""
-        self._stopping.set()
-        if self._subscription is not None:
-            self._subscription.stop()
-        if self._task is not None:
-            _, late = await asyncio.wait({self._task}, timeout=grace)
-            for task in late:
-                task.cancel()
-            await asyncio.gather(self._task, return_exceptions=True)
-            self._task = None
-        if self.state == "running":
-            self.state = "stopped"
-
-    # -- work -------------------------------------------------------------------------------
-
-    async def catch_up(self) -> int:
+    async def catch_up(self, progress: Callable[[int], None] | None = None) -> int:
         """Handle everything committed now (no waiting); returns the snapshots written."""
-        self.checkpoint = await self.store.get_checkpoint(self.checkpoint_name) or 0
-        sub = self._subscribe()
-        before = self.taken
-        while True:
-            page = await sub.read_page()
-            await self._handle(page)
-            sub.advance(self.checkpoint)
-            if len(page.events) < self.batch_size:
-                return self.taken - before
+        return await super().catch_up(progress)
 
-    async def _loop(self) -> None:
-        sub = self._subscribe()
-        backoff = 0.1
-        while not self._stopping.is_set():
-            try:
-                page = await sub.read_page()
-                await self._handle(page)
-                sub.advance(self.checkpoint)
-                backoff = 0.1
-                if len(page.events) < self.batch_size:
-                    await sub._wait()
-            except asyncio.CancelledError:
-                raise
-            except StoreUnavailable as exc:
-                self.last_error = _describe(exc)
-                logger.warning("snapshotter %s: store unavailable (%s); retrying", self.name, exc)
-                await asyncio.sleep(backoff)
-                backoff = min(backoff * 2, 5.0)
-
-    async def _handle(self, page: Page) -> None:
+    async def handle_page(self, page: Page) -> int:
+        """Take the snapshots due for the streams of this page; returns how many."""
         highest: dict[str, int] = {}
         for event in page.events:
             if event.version > highest.get(event.stream_id, -1):
                 highest[event.stream_id] = event.version
         snapshots = snapshot_store(self.store)
+        taken_now = 0
         for stream_id, version in highest.items():
             target = self.targets.get(category_of(stream_id))
             if target is None:
@@ -208,23 +143,19 @@ class Snapshotter(Worker):
                     evolve=decider.evolve,
                     initial_state=decider.initial_state,
                     config=config,
-                    registry=self.registry,
+                    registry=self.event_registry,
                     upto=version,
                 )
             except (StoreUnavailable, asyncio.CancelledError):
                 raise
             except Exception as exc:
                 self.failed += 1
-                self.last_error = f"{stream_id}@{version}: {_describe(exc)}"
+                self.last_error = f"{stream_id}@{version}: {describe(exc)}"
                 logger.warning("snapshotter %s: %s", self.name, self.last_error)
                 continue
             if taken is not None and taken.version == version:
-                self.taken += 1
-        new_checkpoint = max(page.caught_up_to, self.checkpoint)
-        if new_checkpoint > self.checkpoint:
-            async with self.store.transaction() as tx:
-                await tx.set_checkpoint(self.checkpoint_name, new_checkpoint)
-            self.checkpoint = new_checkpoint
+                taken_now += 1
+        return taken_now
 
     async def lag(self) -> int:
         """Events of the configured categories not looked at yet."""
@@ -299,7 +230,7 @@ def _compare(config: SnapshotConfig, snap: Any, state: Any) -> str | None:
     try:
         stored = config.decode_record(snap.state)
     except Exception as exc:
-        return f"cannot be decoded: {_describe(exc)}"
+        return f"cannot be decoded: {describe(exc)}"
     if stored != config.record(state):
         return "differs from a replay of the stream to its version"
     return None

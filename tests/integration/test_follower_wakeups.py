@@ -1,0 +1,214 @@
+"""No lost wake-ups, read-your-writes across processes, poison in the follower, and saga
+deadlines on the database's clock."""
+
+from __future__ import annotations
+
+import asyncio
+import sys
+import time
+from collections.abc import AsyncIterator
+from dataclasses import dataclass
+from pathlib import Path
+from typing import Any
+
+import pytest
+
+import chronik
+from chronik import EventStore, NewEvent, RecordedEvent
+from chronik.projections import Pending, fresh_or_pending, wait_for_projection
+from chronik.sagas import Deadline, DeadlineWorker, Reaction, Saga, SagaRunner
+from chronik.subscriptions import Page
+from chronik.workers import Follower
+
+HOPS = 100
+
+
+@pytest.fixture(params=["memory", "sqlite", pytest.param("postgres", marks=pytest.mark.postgres)])
+def url(request: pytest.FixtureRequest, tmp_path: Path) -> str:
+    if request.param == "memory":
+        return "memory://"
+    if request.param == "sqlite":
+        return f"sqlite:///{tmp_path}/wake.db"
+    return str(request.getfixturevalue("pg_url"))
+
+
+@pytest.fixture
+async def store(url: str) -> AsyncIterator[EventStore]:
+    async with await chronik.connect(url) as s:
+        yield s
+
+
+class Relay(Follower):
+    """Handles hop n by appending hop n+1, which it must handle next: the append lands while
+    this follower is busy with its page, the case a wake-up armed too late misses."""
+
+    def __init__(self, store: EventStore, done: asyncio.Event) -> None:
+        super().__init__(store, checkpoint_name="hops", categories=["hop"], poll_interval=30.0)
+        self.done = done
+        self.seen: list[int] = []
+
+    async def handle_page(self, page: Page) -> int:
+        for event in page.events:
+            n = int(event.data["n"])
+            self.seen.append(n)
+            if n + 1 < HOPS:
+                await self.store.append(f"hop-{n + 1}", [NewEvent("Hop", {"n": n + 1})])
+            else:
+                self.done.set()
+        return len(page.events)
+
+
+async def test_an_append_during_a_page_wakes_the_follower(store: EventStore) -> None:
+    done = asyncio.Event()
+    relay = Relay(store, done)
+    await relay.start()
+    try:
+        await store.append("hop-0", [NewEvent("Hop", {"n": 0})])
+        # with the 30 s poll interval, one lost wake-up would take longer than this bound
+        await asyncio.wait_for(done.wait(), 25)
+    finally:
+        await relay.stop()
+    assert relay.seen == list(range(HOPS))
+    assert relay.subscription is not None
+    assert relay.subscription.poll_expiries == 0
+
+
+class Upcasting(Follower):
+    def __init__(self, store: EventStore, registry: chronik.EventRegistry) -> None:
+        super().__init__(store, checkpoint_name="upcasting", categories=["acct"], registry=registry)
+        self.got: list[int] = []
+
+    async def handle_page(self, page: Page) -> int:
+        self.got.extend(int(e.data["cents"]) for e in page.events)
+        return len(page.events)
+
+
+async def test_an_event_that_cannot_be_upcast_is_dead_lettered_not_a_stop(
+    url: str, tmp_path: Path
+) -> None:
+    if url == "memory://":
+        url = f"sqlite:///{tmp_path}/poison.db"  # dead letters need SQL
+    registry = chronik.EventRegistry()
+
+    @registry.event("Deposited", version=2)
+    @dataclass(frozen=True)
+    class Deposited:
+        cents: int
+
+    @registry.upcaster("Deposited", from_version=1)
+    def up(data: dict[str, Any]) -> dict[str, Any]:
+        if data["cents"] == 13:
+            raise ValueError("cursed amount")
+        return data
+
+    async with await chronik.connect(url) as store:
+        for cents in (1, 13, 2):
+            await store.append("acct-1", [NewEvent("Deposited", {"cents": cents})])
+        follower = Upcasting(store, registry)
+        assert await follower.catch_up() == 2  # the dead letter is not counted as handled
+        assert follower.got == [1, 2]
+        assert follower.dead_lettered == 1
+        (letter,) = await store.dead_letters("upcasting")
+        assert letter.version == 1 and "cursed amount" in letter.error
+        assert await follower.catch_up() == 0  # not stuck on that page, nothing twice
+        assert await store.get_checkpoint("upcasting") == await store.head_position()
+
+
+_WORKER = """
+import asyncio, sys
+import chronik
+from tests.integration.crash_app import Totals
+from chronik.projections import ProjectionRunner
+
+async def main(url):
+    async with await chronik.connect(url) as store:
+        runner = ProjectionRunner(store, [Totals()], poll_interval=0.05)
+        async with runner:
+            print("running", flush=True)
+            await asyncio.get_running_loop().run_in_executor(None, sys.stdin.read)
+
+asyncio.run(main(sys.argv[1]))
+"""
+
+
+@pytest.fixture(params=["sqlite", pytest.param("postgres", marks=pytest.mark.postgres)])
+def shared_url(request: pytest.FixtureRequest, tmp_path: Path) -> str:
+    """A store that two processes can open."""
+    if request.param == "sqlite":
+        return f"sqlite:///{tmp_path}/shared.db"
+    return str(request.getfixturevalue("pg_url"))
+
+
+async def test_a_web_process_waits_for_a_projection_run_elsewhere(shared_url: str) -> None:
+    url = shared_url
+    async with await chronik.connect(url) as store:
+        worker = await asyncio.create_subprocess_exec(
+            sys.executable,
+            "-c",
+            _WORKER,
+            url,
+            stdin=asyncio.subprocess.PIPE,
+            stdout=asyncio.subprocess.PIPE,
+            cwd=Path(__file__).parents[2],
+        )
+        assert worker.stdin is not None and worker.stdout is not None
+
+        async def read() -> int:
+            return int((await store.query("SELECT count(*) FROM applied_v1"))[0][0])
+
+        try:
+            assert (await worker.stdout.readline()).strip() == b"running"
+            for n in range(20):
+                result = await store.append(f"acct-{n % 3}", [NewEvent("Added", {"n": n})])
+                await wait_for_projection(store, "totals", result.position, timeout=20)
+                assert await read() == n + 1  # fresh as soon as the checkpoint passed it
+            fresh = await fresh_or_pending(store, result.position, read, projection="totals")
+            assert fresh == 20
+        finally:
+            worker.stdin.close()
+            assert await asyncio.wait_for(worker.wait(), 20) == 0
+        # stopped: a new event stays pending, named by position
+        later = await store.append("acct-9", [NewEvent("Added", {"n": 99})])
+        pending = await fresh_or_pending(
+            store, later.position, read, projection="totals", timeout=0.05
+        )
+        assert pending == Pending(later.position, "totals")
+
+
+def _deadline_saga() -> Saga[None]:
+    def react(state: None, event: RecordedEvent) -> Reaction:
+        if event.type == "Started":
+            return Reaction(schedule=[Deadline("soon", 1.0)])
+        return Reaction(complete=event.type == "SagaDeadlineExpired")
+
+    return Saga(
+        name="timer",
+        categories=["job"],
+        correlate=lambda e: e.stream_id.partition("-")[2],
+        react=react,
+        initial_state=lambda: None,
+    )
+
+
+@pytest.mark.parametrize("skew", [3600.0, -3600.0])
+async def test_saga_deadlines_use_the_database_clock(
+    url: str, tmp_path: Path, skew: float, monkeypatch: pytest.MonkeyPatch
+) -> None:
+    if url == "memory://":
+        url = f"sqlite:///{tmp_path}/timer.db"
+    saga = _deadline_saga()
+    async with await chronik.connect(url) as store:
+        await store.append("job-1", [NewEvent("Started", {})])
+        assert await SagaRunner(store, saga).catch_up() == 1  # schedules "soon" (1 s)
+        real = time.time
+        monkeypatch.setattr(time, "time", lambda: real() + skew)  # this worker's clock is off
+        deadlines = DeadlineWorker(store, [saga])
+        # ahead by an hour: not fired early (it was fired at once before)
+        assert skew < 0 or await deadlines.run_once() == 0
+        fired = 0
+        for _ in range(200):  # behind by an hour: still fired about a second later
+            fired = await deadlines.run_once()
+            if fired:
+                break
+            await asyncio.sleep(0.05)
+        assert fired == 1
