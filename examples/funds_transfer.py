@@ -143,7 +143,7 @@ def react(state: Transfer, event: RecordedEvent) -> Reaction:
         started = next(e for e in state.steps if e.startswith("start:"))
         _, target, amount = started.split(":")
         return Reaction(
-            events=[SagaEvent("Debited", {})],
+            events=[SagaEvent("TransferDebited", {})],
             commands=[
                 SagaCommand(
                     f"account-{target}",
@@ -160,7 +160,9 @@ def react(state: Transfer, event: RecordedEvent) -> Reaction:
             ],
         )
     if event.type == "SagaCommandSucceeded" and d["step"] == "credit":
-        return Reaction(events=[SagaEvent("Credited", {})], complete=True, cancel=["timeout"])
+        return Reaction(
+            events=[SagaEvent("TransferCredited", {})], complete=True, cancel=["timeout"]
+        )
     if event.type == "SagaDeadlineExpired":
         return Reaction(compensate="timed out")
     return Reaction()

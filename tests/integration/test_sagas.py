@@ -303,3 +303,86 @@ def test_cli_sagas_status_and_run(tmp_path: Path, capsys: pytest.CaptureFixture[
     proc.send_signal(signal.SIGTERM)
     assert proc.wait(timeout=30) == 0
     proc.stderr.close()
+
+
+async def test_saga_state_is_events_in_the_instance_stream(url: str) -> None:
+    from chronik.integrity import check
+
+    async with await chronik.connect(url) as store:
+        await _accounts(store)
+        await ft.request_transfer(store, "t2", "alice", "carol", 20)  # carol is closed
+        await ft.settle(store)
+        own = [e async for e in store.read_stream("saga_transfer-t2")]
+        types = [e.type for e in own if not e.type.startswith("SagaCommand")]
+        assert types == ["TransferStarted", "TransferDebited", "SagaCompensating",
+                         "SagaCompensated"]  # fmt: skip
+        instance = await saga_instance(store, ft.transfer_saga, "t2")
+        assert instance is not None and [e.type for e in instance.events] == types
+        # caused by its trigger, in the request's correlation: chronik trace shows them
+        request = await anext(aiter(store.read_stream("transfer-t2")))
+        started = own[0]
+        assert started.causation_id == str(request.event_id)
+        flow = {e.event_id for e in await store.read_correlation(str(request.correlation_id))}
+        assert {e.event_id for e in own} <= flow
+        report = await check(store)
+        assert report.ok, report
+        assert await store.query("SELECT count(*) FROM saga_events") == [(0,)]
+
+
+async def test_a_store_with_saga_events_rows_is_upgraded_and_keeps_running(url: str) -> None:
+    # a transfer that was running when the store was written by chronik 0.1: its own events
+    # live in saga_events rows; the runner moves them to the stream when it starts
+    async with await chronik.connect(url) as store:
+        await _accounts(store)
+        await ft.request_transfer(store, "t1", "alice", "bob", 30)
+        runner = SagaRunner(store, ft.transfer_saga)
+        await runner.run_once()  # the request: TransferStarted, the debit issued
+        started = [e async for e in store.read_stream("saga_transfer-t1")]
+        assert [e.type for e in started] == ["TransferStarted"]
+        # rewrite it the 0.1 way: no stream, a saga_events row
+        async with store.transaction() as tx:
+            await tx.execute(
+                "INSERT INTO saga_events (saga, saga_key, seq, type, data, position) "
+                "VALUES ('transfer', 't1', 1, 'TransferStarted', :data, :position)",
+                {"data": started[0].raw_data.decode(), "position": started[0].position},
+            )
+            await tx.execute(  # test-only surgery: chronik never deletes an event
+                "DELETE FROM events WHERE stream_id = 'saga_transfer-t1'"
+            )
+        await ft.settle(store)  # a new runner: upgrades, then goes on
+        t1 = await saga_instance(store, ft.transfer_saga, "t1")
+        assert t1 is not None and t1.status == COMPLETED
+        assert [e.type for e in t1.events] == ["TransferStarted", "TransferDebited",
+                                               "TransferCredited", "SagaCompleted"]  # fmt: skip
+        assert await store.query("SELECT count(*) FROM saga_events") == [(0,)]
+
+
+def test_saga_specification_without_a_database() -> None:
+    from chronik.sagas import Deadline, SagaEvent
+    from chronik.testing import SagaSpecification, recorded
+
+    spec = SagaSpecification(ft.transfer_saga)
+    request = recorded(
+        "transfer-t9", "TransferRequested", {"source": "a", "target": "b", "amount": 5}
+    )
+    reaction = (
+        spec.given()
+        .when(request)
+        .then_events([SagaEvent("TransferStarted", {"source": "a", "target": "b", "amount": 5})])
+    )
+    assert reaction.schedule == [Deadline("timeout", 30.0)]
+    debit_done = recorded("saga_transfer-t9", "SagaCommandSucceeded", {"step": "debit"})
+    spec.given(request).when(debit_done).then_commands(
+        [
+            SagaCommand("account-b", "Credit", {"amount": 5, "transfer_id": "t9"},
+                        step="credit",
+                        compensation=SagaCommand("account-b", "Debit",
+                                                 {"amount": 5, "transfer_id": "t9"},
+                                                 step="reverse-credit"))
+        ]
+    )  # fmt: skip
+    spec.given(request).when(recorded("saga_transfer-t9", "SagaDeadlineExpired")).then_compensates(
+        "timed out"
+    )
+    with pytest.raises(AssertionError, match="expected commands"):
+        spec.given().when(request).then_commands([])  # the specification can fail

@@ -1,0 +1,191 @@
+"""The command dispatcher: executes the saga outbox's pending commands, each at most once.
+
+It runs each command through a function you give (usually a :class:`~chronik.CommandHandler`),
+inside ``chronik.context`` with the saga's correlation id, the trigger as causation and
+``command_id`` in every event's metadata; then appends the outcome
+(``SagaCommandSucceeded``/``SagaCommandRejected``) to the instance's stream with an event id
+derived from the command id, and marks the command done. After a crash, a command with
+attempts is first looked up in its target stream by ``command_id``: found means executed.
+"""
+
+from __future__ import annotations
+
+import logging
+import uuid
+from collections.abc import Awaitable, Callable, Sequence
+from typing import Any
+
+import chronik.sagas.sql as sql
+from chronik.context import context
+from chronik.errors import CommandRejected, StoreUnavailable, StreamNotFound
+from chronik.events import NewEvent
+from chronik.sagas.model import (
+    REJECTED_TYPE,
+    SUCCEEDED_TYPE,
+    IssuedCommand,
+    Saga,
+    dec,
+)
+from chronik.store.protocol import EventStore
+from chronik.workers import Poller
+
+__all__ = ["CommandDispatcher", "CommandExecutor", "record_outcome"]
+
+logger = logging.getLogger("chronik.sagas")
+
+
+CommandExecutor = Callable[[IssuedCommand], Awaitable[None]]
+
+
+class CommandDispatcher(Poller):
+    """Executes the saga outbox's pending commands, in order, each at most once."""
+
+    def __init__(
+        self,
+        store: EventStore,
+        sagas: Sequence[Saga[Any]],
+        execute: CommandExecutor,
+        *,
+        rejected_by: tuple[type[BaseException], ...] = (CommandRejected,),
+        max_attempts: int = 5,
+        lookback: int = 1000,
+        poll_interval: float = 0.2,
+        remote: bool = False,
+    ) -> None:
+        if not sagas:
+            raise ValueError("a CommandDispatcher needs at least one saga")
+        super().__init__(name="dispatcher:" + ",".join(s.name for s in sagas),
+                         poll_interval=poll_interval)  # fmt: skip
+        self.store = store
+        self.sagas = {s.name: s for s in sagas}
+        self.execute = execute
+        self.remote = remote
+        """``execute`` only sends each command to another service (idempotently: e.g. an
+        append with an event id derived from the command id, relayed through JetStream);
+        the outcome is recorded later by :func:`record_outcome`."""
+        self.rejected_by = rejected_by
+        self.max_attempts = max_attempts
+        self.lookback = lookback
+
+    async def run_once(self, limit: int = 100) -> int:
+        """Dispatch the pending commands there are now; returns how many were finished."""
+        names = ", ".join(f":s{i}" for i in range(len(self.sagas)))
+        rows = await self.store.query(
+            sql.PENDING_COMMANDS.format(sagas=names, limit=int(limit)),
+            {f"s{i}": name for i, name in enumerate(self.sagas)},
+        )
+        finished = 0
+        for row in rows:
+            command = _issued(row)
+            if await self._dispatch(command, has_compensation=row[11] is not None):
+                finished += 1
+        return finished
+
+    async def _executed_already(self, command: IssuedCommand) -> bool:
+        wanted = str(command.command_id)
+        try:
+            async for ev in self.store.read_stream(
+                command.stream_id, backwards=True, limit=self.lookback
+            ):
+                if ev.metadata.get("command_id") == wanted:
+                    return True
+        except StreamNotFound:
+            return False
+        return False
+
+    async def _dispatch(self, command: IssuedCommand, *, has_compensation: bool) -> bool:
+        cid = str(command.command_id)
+        async with self.store.transaction() as tx:
+            await tx.execute(sql.COUNT_ATTEMPT, {"cid": cid})
+        reason: str | None = None
+        if self.remote:
+            with context(
+                correlation_id=command.correlation_id,
+                causation_id=command.causation_id,
+                command_id=cid,
+            ):
+                await self.execute(command)  # sends it (idempotently); the reply comes later
+            async with self.store.transaction() as tx:
+                await tx.execute(sql.MARK_SENT, {"cid": cid})
+            return True
+        if command.attempts > 0 and await self._executed_already(command):
+            pass  # executed before a crash: do not run it again
+        else:
+            try:
+                with context(
+                    correlation_id=command.correlation_id,
+                    causation_id=command.causation_id,
+                    command_id=cid,
+                ):
+                    await self.execute(command)
+            except self.rejected_by as exc:
+                reason = str(exc) or type(exc).__name__
+            except StoreUnavailable:
+                raise  # an outage is no failed attempt: the poller retries the round
+            except Exception as exc:
+                if command.attempts + 1 < self.max_attempts:
+                    logger.warning("command %s failed (retrying): %r", cid, exc)
+                    async with self.store.transaction() as tx:
+                        await tx.execute(sql.NOTE_ERROR, {"cid": cid, "err": repr(exc)})
+                    return False
+                reason = f"failed {command.attempts + 1} times: {exc!r}"
+        await _record(self.store, self.sagas[command.saga], command, has_compensation, reason)
+        return True
+
+
+async def _record(
+    store: EventStore,
+    saga: Saga[Any],
+    command: IssuedCommand,
+    has_compensation: bool,
+    reason: str | None,
+) -> None:
+    cid = str(command.command_id)
+    outcome: dict[str, Any] = {
+        "command_id": cid,
+        "step": command.step,
+        "type": command.type,
+        "stream_id": command.stream_id,
+        "compensation": command.is_compensation,
+        "has_compensation": has_compensation,
+    }
+    if reason is not None:
+        outcome["reason"] = reason
+    event = NewEvent(
+        type=SUCCEEDED_TYPE if reason is None else REJECTED_TYPE,
+        data=outcome,
+        event_id=uuid.uuid5(command.command_id, "outcome"),
+    )
+    with context(correlation_id=command.correlation_id, causation_id=cid):
+        await store.append(saga.stream_id(command.saga_key), [event])
+    async with store.transaction() as tx:
+        await tx.execute(
+            sql.FINISH_COMMAND,
+            {"cid": cid, "status": "done" if reason is None else "rejected", "err": reason},
+        )
+
+
+async def record_outcome(
+    store: EventStore, sagas: Sequence[Saga[Any]], command_id: uuid.UUID | str, reason: str | None
+) -> bool:
+    """Record the outcome of a command another service executed (``reason``: rejected).
+
+    For commands sent by a ``CommandDispatcher(remote=True)``: call it from the inbox
+    handler that receives the other service's reply. Idempotent (the outcome event id comes
+    from the command id). Returns ``False`` for a command id this store never issued.
+    """
+    rows = await store.query(sql.COMMAND, {"cid": str(command_id)})
+    if not rows:
+        return False
+    row = rows[0]
+    by_name = {s.name: s for s in sagas}
+    command = _issued(row)
+    await _record(store, by_name[command.saga], command, row[11] is not None, reason)
+    return True
+
+
+def _issued(row: Sequence[Any]) -> IssuedCommand:
+    return IssuedCommand(
+        uuid.UUID(str(row[0])), row[1], row[2], row[3], row[4], row[5], dec(row[6]),
+        bool(row[7]), row[8], row[9], int(row[10]),
+    )  # fmt: skip
