@@ -3,8 +3,9 @@
 W5S loads through a ``CommandHandler`` given a ``SnapshotConfig(Account, policy=OnDemand())``
 after ``handler.take_snapshot``; W6P and W7 run the :class:`Balances` projection (one upsert
 per event, typed events through the registry) with a ``ProjectionRunner``: catch-up for W6P,
-following live in the writer's process for W7. Every function returns plain numbers;
-:mod:`benchmarks.run` turns them into the table.
+following live in the writer's process for W7. W8 runs 64 ``append`` coroutines on one store
+(``asyncio.gather``) and, in the same job, one sequential writer over as many events. Every
+function returns plain numbers; :mod:`benchmarks.run` turns them into the table.
 """
 
 from __future__ import annotations
@@ -32,6 +33,7 @@ from benchmarks.model import (
 from benchmarks.projection_rates import BareNotify, percentile
 from chronik.projections import Projection, ProjectionRunner
 from chronik.snapshots import OnDemand, SnapshotConfig
+from chronik.store import SqlStore, require
 from chronik.store.protocol import Tx
 
 __all__ = [
@@ -45,6 +47,7 @@ __all__ = [
     "read_log",
     "rebuild",
     "w7",
+    "w8",
     "write_accounts",
 ]
 
@@ -55,6 +58,10 @@ NEWER_EVENTS = 100
 LIVE_STREAM = "account-live"
 WARM_UP = 10
 """W7: appends before the measured samples."""
+W8_SEQUENTIAL = 800_000
+"""W8: the sequential writer's first account index (its streams differ from the tasks')."""
+W8_WARM_UP = 900_000
+"""W8: the warm-up streams' first account index (one untimed event each)."""
 
 
 class Balances(Projection):
@@ -78,7 +85,7 @@ class Balances(Projection):
 
 
 async def read_balances(store: chronik.EventStore) -> dict[str, tuple[int, int]]:
-    rows = await store.query(
+    rows = await require(store, SqlStore).query(
         f"SELECT account, balance_cents, deposits FROM {Balances().table('balances')}"
     )
     return {str(r[0]): (int(r[1]), int(r[2])) for r in rows}
@@ -356,6 +363,66 @@ async def live_lag(target: Target, samples: int) -> dict[str, Metrics]:
     return {"chronik": chronik_metrics, "raw": _stats(bare)}
 
 
+async def _append_stream(store: chronik.EventStore, index: int, events: int) -> int:
+    """Append the first ``events`` events of account ``index`` one by one (each its own
+    append, with its expected version); returns the stream's last version."""
+    to_new = registry.to_new_event
+    stream = stream_name(index)
+    last = -1
+    for version, ev in enumerate(account_events(index, events)):
+        result = await store.append(stream, [to_new(ev)], expected_version=version - 1)
+        last = result.version
+    return last
+
+
+async def concurrent_appenders(store: chronik.EventStore, sizes: Sizes) -> Metrics:
+    """W8: a server's pattern. ``w8_tasks`` coroutines (``asyncio.gather``) each appending
+    ``w8_events`` single events to its own stream through this one store; and, in the same
+    job and store, one coroutine appending the same number of events to as many other
+    streams one after the other (chronik's own sequential single-writer rate).
+
+    Untimed first: one event on each of ``w8_tasks`` warm-up streams, appended concurrently,
+    so the pool (PostgreSQL) and the statements are as warm as in a running server. Then the
+    sequential writer, then the concurrent tasks (the latter on the larger table).
+    """
+    tasks, per = sizes.w8_tasks, sizes.w8_events
+    to_new = registry.to_new_event
+    await asyncio.gather(
+        *(
+            store.append(
+                stream_name(W8_WARM_UP + i),
+                [to_new(opened(W8_WARM_UP + i))],
+                expected_version=chronik.NO_STREAM,
+            )
+            for i in range(tasks)
+        )
+    )
+    with timer() as sequential:
+        for i in range(tasks):
+            await _append_stream(store, W8_SEQUENTIAL + i, per)
+    with timer() as t:
+        lasts = await asyncio.gather(*(_append_stream(store, i, per) for i in range(tasks)))
+    if lasts != [per - 1] * tasks:
+        raise AssertionError(f"W8: the streams ended at versions {sorted(set(lasts))}")
+    events = tasks * per
+    rate = events / t.seconds
+    sequential_rate = events / sequential.seconds
+    return {
+        "events": events,
+        "tasks": tasks,
+        "seconds": t.seconds,
+        "events_per_s": rate,
+        "sequential_seconds": sequential.seconds,
+        "sequential_events_per_s": sequential_rate,
+        "vs_sequential": rate / sequential_rate,
+    }
+
+
+async def _w8(target: Target, sizes: Sizes) -> dict[str, Metrics]:
+    async with await chronik.connect(target.chronik_url()) as store:
+        return {"W8": await concurrent_appenders(store, sizes)}
+
+
 async def _w2(target: Target, sizes: Sizes) -> dict[str, Metrics]:
     async with await chronik.connect(target.chronik_url()) as store:
         return {"W2": await append_one_by_one(store, sizes)}
@@ -376,6 +443,11 @@ def w7(target: Target, sizes: Sizes) -> dict[str, Metrics]:
 
 def w2(target: Target, sizes: Sizes) -> dict[str, Metrics]:
     return asyncio.run(_w2(target, sizes))
+
+
+def w8(target: Target, sizes: Sizes) -> dict[str, Metrics]:
+    """W8: concurrent appenders through one store, and the sequential writer (same job)."""
+    return asyncio.run(_w8(target, sizes))
 
 
 def info() -> dict[str, Any]:

@@ -30,7 +30,9 @@ __all__ = [
 ]
 
 Backend = Literal["sqlite", "postgres"]
-System = Literal["chronik", "eventsourcing", "raw"]
+System = Literal["chronik", "eventsourcing", "raw", "raw-chronik-sql"]
+"""``raw`` is the plain-table baseline, ``raw-chronik-sql`` the driver running chronik's own
+SQL on chronik's tables (the baseline of runs before issue 13)."""
 
 PG_URL = os.environ.get("CHRONIK_BENCH_PG", "postgresql://postgres@127.0.0.1:5432/test")
 
@@ -48,6 +50,9 @@ class Sizes:
     w5_events: int = 10_000
     w5_loads: int = 3
     w7_samples: int = 500
+    w8_tasks: int = 64
+    w8_events: int = 200
+    """W8: events per concurrent appender (each on its own stream, the first one ``Opened``)."""
     m1_small: int = 100_000
     m1_large: int = 1_000_000
     repetitions: int = 5

@@ -2,9 +2,12 @@
 
 All writers connect and create their stream first, wait at a barrier, then append for the
 same number of seconds. The rate is the sum of each writer's events over its own elapsed
-time. The raw baseline is an *unprotected* plain ``INSERT`` (a bigserial-style identity for
-the position, ``UNIQUE (stream_id, version)`` for the stream check, no global-order
-protection at all): the cheapest way to write the same rows, and unsafe for readers.
+time. Both raw baselines are *unprotected* plain ``INSERT`` statements (an identity column
+for the position, the stream's unique key for the version check, no global-order protection
+at all): unsafe for readers, the ceiling of the write. ``raw`` inserts into the plain
+baseline's table (:func:`benchmarks.raw.create_plain_schema`: primary key and position
+index only); ``raw-chronik-sql`` (the W3 baseline before issue 13) into a copy of chronik's
+table with its event id, category and indexes (:func:`create_plain_table`).
 """
 
 from __future__ import annotations
@@ -19,6 +22,7 @@ from queue import Empty
 import chronik
 from benchmarks.common import System, Target
 from benchmarks.model import Opened, account_events, deposited, registry
+from benchmarks.raw import create_plain_schema, plain_insert
 
 __all__ = ["PLAIN_TABLE", "create_plain_table", "run"]
 
@@ -27,7 +31,8 @@ PLAIN_TABLE = "events_plain"
 
 
 def create_plain_table(target: Target) -> None:
-    """The unprotected baseline's table: chronik's columns, an identity for the position."""
+    """The ``raw-chronik-sql`` W3 baseline's table: chronik's columns and indexes, an
+    identity for the position."""
     import psycopg
 
     s = f'"{target.schema}"'
@@ -103,21 +108,33 @@ def _peer_writer(target: Target, writer: int, seconds: float, barrier: Barrier) 
     return {"events": count, "seconds": elapsed}
 
 
-def _raw_writer(target: Target, writer: int, seconds: float, barrier: Barrier) -> Metrics:
+def _raw_writer(
+    target: Target, writer: int, seconds: float, barrier: Barrier, chronik_shape: bool
+) -> Metrics:
     import msgspec
     import psycopg
 
     encode = msgspec.json.encode
     stream = _stream(writer)
-    sql = (
-        f'INSERT INTO "{target.schema}".{PLAIN_TABLE} '
-        "(stream_id, version, event_id, type, schema_version, data, metadata) "
-        "VALUES (%s, %s, %s, %s, %s, %s, %s)"
-    )
+    if chronik_shape:
+        sql = (
+            f'INSERT INTO "{target.schema}".{PLAIN_TABLE} '
+            "(stream_id, version, event_id, type, schema_version, data, metadata) "
+            "VALUES (%s, %s, %s, %s, %s, %s, %s)"
+        )
+    else:
+        sql = plain_insert(target)
+
+    def row(version: int, type_name: str, event: object) -> tuple[object, ...]:
+        meta = encode({"correlation_id": str(uuid.uuid4())}).decode()
+        data = encode(event).decode()
+        if chronik_shape:
+            return (stream, version, uuid.uuid4(), type_name, 1, data, meta)
+        return (stream, version, type_name, data, meta)
+
     with psycopg.connect(target.pg_url, autocommit=True) as conn:
         (first,) = account_events(writer, 1)
-        meta = encode({"correlation_id": str(uuid.uuid4())}).decode()
-        conn.execute(sql, (stream, 0, uuid.uuid4(), "Opened", 1, encode(first).decode(), meta))
+        conn.execute(sql, row(0, "Opened", first))
         version = 0
         barrier.wait()
         start = time.perf_counter()
@@ -125,11 +142,7 @@ def _raw_writer(target: Target, writer: int, seconds: float, barrier: Barrier) -
         count = 0
         while time.perf_counter() < deadline:
             version += 1
-            ev = deposited(writer, version)
-            meta = encode({"correlation_id": str(uuid.uuid4())}).decode()
-            conn.execute(
-                sql, (stream, version, uuid.uuid4(), "Deposited", 1, encode(ev).decode(), meta)
-            )
+            conn.execute(sql, row(version, "Deposited", deposited(writer, version)))
             count += 1
         elapsed = time.perf_counter() - start
     return {"events": count, "seconds": elapsed}
@@ -149,7 +162,7 @@ def _writer_main(
         elif system == "eventsourcing":
             out = _peer_writer(target, writer, seconds, barrier)
         else:
-            out = _raw_writer(target, writer, seconds, barrier)
+            out = _raw_writer(target, writer, seconds, barrier, system == "raw-chronik-sql")
         results.put((writer, out))
     except BaseException as exc:
         barrier.abort()
@@ -164,7 +177,8 @@ def _count_rows(target: Target, system: System) -> int:
     sql = {
         "chronik": f"SELECT count(*) FROM {s}.events",
         "eventsourcing": f"SELECT count(*) FROM {s}.bank_events",  # {app name}_events
-        "raw": f"SELECT count(*) FROM {s}.{PLAIN_TABLE}",
+        "raw": f"SELECT count(*) FROM {s}.events",
+        "raw-chronik-sql": f"SELECT count(*) FROM {s}.{PLAIN_TABLE}",
     }[system]
     with psycopg.connect(target.pg_url, autocommit=True) as conn:
         row = conn.execute(sql).fetchone()
@@ -176,6 +190,8 @@ def run(system: System, target: Target, writers: int, seconds: float) -> Metrics
     if system == "chronik":
         asyncio.run(_create_chronik_schema(target))
     elif system == "raw":
+        create_plain_schema(target)
+    elif system == "raw-chronik-sql":
         create_plain_table(target)
     else:  # its tables, once: writers creating them at the same time would collide
         from benchmarks.peer import make_app

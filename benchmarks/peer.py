@@ -20,10 +20,14 @@ notifications at a time, LISTEN/NOTIFY); 9.5's SQLite recorder has no subscripti
 (``subscribe`` raises ``NotImplementedError``), so on SQLite the same projection and view are
 driven by the loop the runner's subscription runs: ``select_notifications`` in pages of 500,
 ``mapper.to_domain_event``, ``process_event(event, Tracking(app.name, id))``.
+
+W8: one application shared by 64 threads, each saving its own account after every event
+(the library's default connection pool: 5 connections plus 10 overflow).
 """
 
 from __future__ import annotations
 
+import contextlib
 import os
 import statistics
 import threading
@@ -53,11 +57,14 @@ __all__ = [
     "chain",
     "make_app",
     "w2",
+    "w8",
 ]
 
 Metrics = dict[str, float]
 NEWER_EVENTS = 100
 """W5S: events saved after the snapshot."""
+W8_WARM_UP = 900_000
+"""W8: the warm-up accounts' first index (one untimed event each)."""
 
 
 class BankAccount(Aggregate):
@@ -407,6 +414,63 @@ def w2(target: Target, sizes: Sizes) -> dict[str, Metrics]:
     app = make_app(target)
     try:
         return {"W2": append_one_by_one(app, sizes)}
+    finally:
+        app.close()
+
+
+def concurrent_appenders(app: Bank, sizes: Sizes) -> Metrics:
+    """W8: ``w8_tasks`` threads sharing the one application, each creating its own account
+    and saving it after every event (``w8_events`` events, one ``save`` each). Untimed
+    before the barrier: one warm-up account saved per thread (the connection pool warms up
+    as in a running server)."""
+    tasks, per = sizes.w8_tasks, sizes.w8_events
+    barrier = threading.Barrier(tasks + 1)
+    errors: list[BaseException] = []
+    ids: list[UUID | None] = [None] * tasks
+
+    def account_for(index: int) -> BankAccount:
+        o = opened(index)
+        return BankAccount(o.owner, o.currency, o.branch, o.overdraft_limit)
+
+    def writer(index: int) -> None:
+        try:
+            app.save(account_for(W8_WARM_UP + index))
+            barrier.wait()
+            account = account_for(index)
+            app.save(account)
+            for seq in range(1, per):
+                d = deposited(index, seq)
+                account.deposit(d.amount, d.reference, d.teller, d.seq)
+                app.save(account)
+            ids[index] = account.id
+        except BaseException as exc:
+            errors.append(exc)
+            barrier.abort()
+
+    threads = [threading.Thread(target=writer, args=(i,), daemon=True) for i in range(tasks)]
+    for thread in threads:
+        thread.start()
+    with contextlib.suppress(threading.BrokenBarrierError):  # a writer failed: raised below
+        barrier.wait(timeout=120)
+    start = time.perf_counter()
+    for thread in threads:
+        thread.join()
+    seconds = time.perf_counter() - start
+    if errors:
+        raise errors[0]
+    for account_id in ids:
+        assert account_id is not None
+        loaded: BankAccount = app.repository.get(account_id)
+        if loaded.version != per:
+            raise AssertionError(f"W8: an account is at version {loaded.version}, not {per}")
+    events = tasks * per
+    return {"events": events, "tasks": tasks, "seconds": seconds, "events_per_s": events / seconds}
+
+
+def w8(target: Target, sizes: Sizes) -> dict[str, Metrics]:
+    app = make_app(target)
+    try:
+        return {"W8": concurrent_appenders(app, sizes)}
     finally:
         app.close()
 

@@ -42,8 +42,8 @@ import msgspec
 import psycopg
 
 from chronik.events import NewEvent
-from chronik.store.pg_support import _Statements
 from chronik.store.postgres import PostgresEventStore, split_schema
+from chronik.store.postgres_statements import PostgresStatements
 
 DSN = os.environ.get("CHRONIK_TEST_PG", "postgresql://postgres@127.0.0.1:5432/test")
 VARIANTS = ("chronik", "chronik-sql", "chronik-notify", "sequence-sql", "plain")
@@ -104,7 +104,7 @@ async def _write_chronik(schema: str, writer: int, start_at: float, stop_at: flo
 async def _write_sql(
     schema: str, writer: int, start_at: float, stop_at: float, variant: str
 ) -> int:
-    sql = _Statements(schema).append_one
+    sql = PostgresStatements(schema).append_one
     notify = variant == "chronik-notify"
     if variant == "sequence-sql":
         sql = sql.replace("SELECT base.p,", f"SELECT nextval('\"{schema}\".events_position_seq'),")

@@ -1,24 +1,42 @@
-"""The raw-driver baseline: sqlite3 / psycopg doing the same SQL as chronik, nothing else.
+"""The raw-driver baselines: sqlite3 / psycopg doing the same work, nothing else.
 
-Same tables (chronik's own migrations create them, untimed), the same statements (taken from
-the backends, so they cannot drift apart), one transaction per append, the same durability,
-the same payload bytes (msgspec JSON of the same dataclasses, a correlation id in the
-metadata) and, on reads, msgspec decoding straight into the same typed classes and the same
-``evolve``. What it leaves out is everything chronik adds around the SQL: validation, the
-event loop and its worker threads or pool, ``RecordedEvent`` objects, the registry.
+Two baselines, both one transaction per append, the same durability, the same payload bytes
+(msgspec JSON of the same dataclasses, a correlation id in the metadata) and, on reads,
+msgspec decoding straight into the same typed classes and the same ``evolve``:
 
-W5S reads the newest row of chronik's ``snapshots`` table (written here, untimed, with the
-msgspec JSON of the state) and the events after it. W6P pages the log with chronik's
-``read_all`` SELECT (pages of 500) and applies each page in one transaction: one
-``executemany`` of the read model's upsert (one row per event) and the update of its own
-checkpoint row, guarded by the position it expects.
+``raw`` (the plain baseline, :class:`_PlainSqlite` / :class:`_PlainPostgres`): the simplest
+driver code for the same work. A plain table ``events (stream_id, version, type, data,
+metadata, recorded_at, PRIMARY KEY (stream_id, version))`` with no other index (SQLite: a
+rowid table, the rowid is the position; PostgreSQL: an identity column as the position with
+the one index the log read needs), a plain ``INSERT`` whose version check is the primary key
+(a taken version fails the insert), a plain ``SELECT ... WHERE stream_id = ? ORDER BY
+version`` to load a stream and ``SELECT ... WHERE position > ? ORDER BY position LIMIT 500``
+pages to read the log. No event ids, no categories, no global-order protection: what
+chronik's schema and guarantees cost is the distance to this column.
+
+``raw-chronik-sql`` (:class:`_ChronikSqlite` / :class:`_ChronikPostgres`, the baseline of the
+runs before issue 13): chronik's own tables (its migrations create them, untimed) and
+statements (taken from the backends, so they cannot drift apart). What it leaves out is
+everything chronik adds around the SQL: validation, the event loop and its worker threads or
+pool, ``RecordedEvent`` objects, the registry.
+
+W5S reads the newest snapshot row (written here, untimed, with the msgspec JSON of the state;
+the plain baseline has its own ``snapshots (stream_id, version, state)`` table, the other
+chronik's) and the events after it. W6P pages the log (pages of 500) and applies each page in
+one transaction: one ``executemany`` of the read model's upsert (one row per event) and the
+update of its own checkpoint row, guarded by the position it expects. W8 (plain baseline
+only): 64 threads, each with its own sqlite3 connection (``timeout`` = busy_timeout) or
+sharing a psycopg ``ConnectionPool`` of 10 (chronik's default pool size), each appending
+single events to its own stream with the plain ``INSERT``.
 """
 
 from __future__ import annotations
 
 import asyncio
+import contextlib
 import sqlite3
 import statistics
+import threading
 import time
 import uuid
 from collections.abc import Callable, Iterable, Iterator
@@ -44,7 +62,7 @@ from benchmarks.model import (
 )
 from chronik.snapshots import state_version_of
 
-__all__ = ["chain", "w2"]
+__all__ = ["W8_POOL", "chain", "create_plain_schema", "plain_insert", "w2", "w8"]
 
 Metrics = dict[str, float]
 Row = tuple[Any, ...]
@@ -53,13 +71,94 @@ PAGE = 500
 NEWER_EVENTS = 100
 CHECKPOINT = "raw_balances"
 STATE_VERSION = state_version_of(Account)
+W8_POOL = 10
+"""W8 on PostgreSQL: the plain baseline's pool size (chronik's default ``pool_max``)."""
+W8_BUSY_TIMEOUT = 60.0
+"""W8 on SQLite: each thread's busy timeout in seconds (sqlite3's ``timeout``)."""
+W8_WARM_UP = 900_000
+"""W8: the warm-up streams' first account index (one untimed event each)."""
 decode_account = msgspec.json.Decoder(Account).decode
 
 TYPE_NAMES: dict[type[Any], str] = {Opened: "Opened", Deposited: "Deposited"}
-DECODERS: dict[str, Callable[[bytes], Any]] = {
+DECODERS: dict[str, Callable[[bytes | str], Any]] = {
     name: msgspec.json.Decoder(cls).decode for cls, name in TYPE_NAMES.items()
 }
 _encode = msgspec.json.encode
+
+PLAIN_SQLITE_DDL = (
+    """CREATE TABLE IF NOT EXISTS events (
+    stream_id   TEXT    NOT NULL,
+    version     INTEGER NOT NULL,
+    type        TEXT    NOT NULL,
+    data        TEXT    NOT NULL,
+    metadata    TEXT    NOT NULL,
+    recorded_at INTEGER NOT NULL,
+    PRIMARY KEY (stream_id, version)
+)""",
+    """CREATE TABLE IF NOT EXISTS snapshots (
+    stream_id TEXT    NOT NULL,
+    version   INTEGER NOT NULL,
+    state     BLOB    NOT NULL,
+    PRIMARY KEY (stream_id, version)
+)""",
+)
+"""The plain baseline's SQLite tables: a rowid table (the rowid is the log position) and the
+primary key's index; nothing else."""
+
+
+def plain_postgres_ddl(schema: str) -> tuple[str, ...]:
+    """The plain baseline's PostgreSQL tables in ``schema``: the heap, the primary key's index
+    and the position's (the log read pages by position)."""
+    s = f'"{schema}"'
+    return (
+        f"""CREATE TABLE IF NOT EXISTS {s}.events (
+    position    bigint      GENERATED ALWAYS AS IDENTITY UNIQUE,
+    stream_id   text        NOT NULL,
+    version     integer     NOT NULL,
+    type        text        NOT NULL,
+    data        json        NOT NULL,
+    metadata    json        NOT NULL,
+    recorded_at timestamptz NOT NULL DEFAULT now(),
+    PRIMARY KEY (stream_id, version)
+)""",
+        f"""CREATE TABLE IF NOT EXISTS {s}.snapshots (
+    stream_id text    NOT NULL,
+    version   integer NOT NULL,
+    state     bytea   NOT NULL,
+    PRIMARY KEY (stream_id, version)
+)""",
+    )
+
+
+def plain_insert(target: Target) -> str:
+    """The plain baseline's one-event ``INSERT`` (its version check is the primary key)."""
+    if target.backend == "sqlite":
+        return (
+            "INSERT INTO events (stream_id, version, type, data, metadata, recorded_at) "
+            "VALUES (?, ?, ?, ?, ?, ?)"
+        )
+    return (
+        f'INSERT INTO "{target.schema}".events (stream_id, version, type, data, metadata) '
+        "VALUES (%s, %s, %s, %s, %s)"
+    )
+
+
+def create_plain_schema(target: Target) -> None:
+    """Create the plain baseline's tables (untimed)."""
+    if target.backend == "sqlite":
+        conn = sqlite3.connect(target.sqlite_path, isolation_level=None)
+        try:
+            conn.execute("PRAGMA journal_mode = WAL")
+            for ddl in PLAIN_SQLITE_DDL:
+                conn.execute(ddl)
+        finally:
+            conn.close()
+        return
+    import psycopg
+
+    with psycopg.connect(target.pg_url, autocommit=True) as pg:
+        for ddl in plain_postgres_ddl(target.schema):
+            pg.execute(ddl)
 
 
 def _column_index(columns: str) -> dict[str, int]:
@@ -82,25 +181,135 @@ async def _create_schema(target: Target) -> None:
     await store.close()
 
 
-class _Sqlite:
-    """chronik's SQLite statements on one plain sqlite3 connection."""
+class _SqliteBase:
+    """One plain sqlite3 connection in autocommit mode, WAL, ``synchronous=FULL``; the read
+    model of W6P."""
+
+    at: dict[str, int]
 
     def __init__(self, path: str) -> None:
-        from chronik.store import sqlite as backend
-
-        self.insert = backend._INSERT
-        columns = backend._COLUMNS
-        self.at = _column_index(columns)
-        self.read_stream = (
-            f"SELECT {columns} FROM events WHERE stream_id = ? AND version >= ? "
-            "ORDER BY version LIMIT ?"
-        )
-        self.read_all = f"SELECT {columns} FROM events WHERE position > ? ORDER BY position LIMIT ?"
         self.balances = "balances"
         self.checkpoints = "raw_checkpoints"
         self.conn = sqlite3.connect(path, isolation_level=None)
         self.conn.execute("PRAGMA journal_mode = WAL")
         self.conn.execute("PRAGMA synchronous = FULL")
+
+    def projection_setup(self) -> int:
+        """Create the read model and the checkpoint row; the checkpoint position."""
+        conn = self.conn
+        conn.execute(balances_ddl(self.balances))
+        conn.execute(
+            f"CREATE TABLE IF NOT EXISTS {self.checkpoints} "
+            "(name TEXT PRIMARY KEY, position INTEGER NOT NULL)"
+        )
+        conn.execute(
+            f"INSERT INTO {self.checkpoints} VALUES (?, 0) ON CONFLICT (name) DO NOTHING",
+            (CHECKPOINT,),
+        )
+        row = conn.execute(
+            f"SELECT position FROM {self.checkpoints} WHERE name = ?", (CHECKPOINT,)
+        ).fetchone()
+        return int(row[0])
+
+    def apply_page(self, upserts: list[dict[str, Any]], expected: int, position: int) -> None:
+        conn = self.conn
+        conn.execute("BEGIN IMMEDIATE")
+        try:
+            conn.executemany(balances_upsert(self.balances), upserts)
+            moved = conn.execute(
+                f"UPDATE {self.checkpoints} SET position = ? WHERE name = ? AND position = ?",
+                (position, CHECKPOINT, expected),
+            ).rowcount
+            if moved != 1:
+                raise AssertionError("the checkpoint moved under the projection")
+            conn.execute("COMMIT")
+        except BaseException:
+            if conn.in_transaction:
+                conn.execute("ROLLBACK")
+            raise
+
+    def read_balances(self) -> dict[str, tuple[int, int]]:
+        rows = self.conn.execute(
+            f"SELECT account, balance_cents, deposits FROM {self.balances}"
+        ).fetchall()
+        return {r[0]: (int(r[1]), int(r[2])) for r in rows}
+
+    def close(self) -> None:
+        self.conn.close()
+
+
+class _PlainSqlite(_SqliteBase):
+    """The plain baseline on SQLite: :data:`PLAIN_SQLITE_DDL`, the simplest statements."""
+
+    def __init__(self, path: str) -> None:
+        super().__init__(path)
+        columns = "rowid, stream_id, version, type, data, metadata, recorded_at"
+        self.at = _column_index(columns.replace("rowid", "position"))
+        self.insert = plain_insert(Target("sqlite", sqlite_path=path))
+        self.read_stream = (
+            f"SELECT {columns} FROM events WHERE stream_id = ? AND version >= ? ORDER BY version"
+        )
+        self.read_all = f"SELECT {columns} FROM events WHERE rowid > ? ORDER BY rowid LIMIT ?"
+
+    def append(self, stream_id: str, expected: int, events: Iterable[object]) -> None:
+        meta = _metadata().decode()
+        now = time.time_ns() // 1000
+        rows = [
+            (stream_id, expected + offset, TYPE_NAMES[type(ev)], _encode(ev).decode(), meta, now)
+            for offset, ev in enumerate(events, start=1)
+        ]
+        conn = self.conn
+        if len(rows) == 1:  # autocommit: the INSERT is its own transaction
+            conn.execute(self.insert, rows[0])
+            return
+        conn.execute("BEGIN")
+        try:
+            conn.executemany(self.insert, rows)
+            conn.execute("COMMIT")
+        except BaseException:
+            if conn.in_transaction:
+                conn.execute("ROLLBACK")
+            raise
+
+    def stream_pages(self, stream_id: str, version: int = 0) -> Iterator[list[Row]]:
+        yield self.conn.execute(self.read_stream, (stream_id, version)).fetchall()
+
+    def log_pages(self, after: int = 0) -> Iterator[list[Row]]:
+        while True:
+            rows = self.conn.execute(self.read_all, (after, PAGE)).fetchall()
+            yield rows
+            if len(rows) < PAGE:
+                return
+            after = rows[-1][0]
+
+    def save_snapshot(self, stream_id: str, version: int, state: bytes) -> None:
+        self.conn.execute(
+            "INSERT INTO snapshots (stream_id, version, state) VALUES (?, ?, ?)",
+            (stream_id, version, state),
+        )
+
+    def newest_snapshot(self, stream_id: str) -> tuple[int, bytes] | None:
+        row = self.conn.execute(
+            "SELECT version, state FROM snapshots WHERE stream_id = ? "
+            "ORDER BY version DESC LIMIT 1",
+            (stream_id,),
+        ).fetchone()
+        return None if row is None else (row[0], row[1])
+
+
+class _ChronikSqlite(_SqliteBase):
+    """chronik's SQLite statements on chronik's tables (the ``raw-chronik-sql`` baseline)."""
+
+    def __init__(self, path: str) -> None:
+        from chronik.store.sqlite_statements import SqliteStatements
+
+        super().__init__(path)
+        statements = SqliteStatements()
+        self.insert = statements.append
+        self.stream_version = statements.stream_version
+        self.at = _column_index(statements.columns)
+        self.read_stream = statements.read_forward
+        self.read_all = statements.read_all(categories=None, types=None)
 
     def append(self, stream_id: str, expected: int, events: Iterable[object]) -> None:
         category = stream_id.partition("-")[0]
@@ -108,10 +317,7 @@ class _Sqlite:
         conn = self.conn
         conn.execute("BEGIN IMMEDIATE")
         try:
-            row = conn.execute(
-                "SELECT max(version), max(position) FROM events WHERE stream_id = ?",
-                (stream_id,),
-            ).fetchone()
+            row = conn.execute(self.stream_version, (stream_id,)).fetchone()
             current = -1 if row[0] is None else row[0]
             if current != expected:
                 raise AssertionError(f"{stream_id} is at {current}, not {expected}")
@@ -178,39 +384,65 @@ class _Sqlite:
         ).fetchone()
         return None if row is None else (row[0], row[1])
 
+
+def _raw_json_connection(target: Target) -> Any:
+    """A psycopg connection (autocommit) that hands ``json`` columns over as bytes, so they
+    are decoded by msgspec like every other system's payloads."""
+    import psycopg
+    from psycopg.adapt import Buffer, Loader
+    from psycopg.pq import Format
+
+    class RawJson(Loader):
+        def load(self, data: Buffer) -> bytes:
+            return bytes(data)
+
+    class RawJsonBinary(RawJson):
+        format = Format.BINARY
+
+    conn = psycopg.connect(target.pg_url, autocommit=True)
+    conn.adapters.register_loader("json", RawJson)
+    conn.adapters.register_loader("json", RawJsonBinary)
+    return conn
+
+
+class _PostgresBase:
+    """One plain psycopg connection (autocommit); the read model of W6P."""
+
+    at: dict[str, int]
+
+    def __init__(self, target: Target) -> None:
+        self.schema = f'"{target.schema}"'
+        self.balances = f"{self.schema}.balances"
+        self.checkpoints = f"{self.schema}.raw_checkpoints"
+        self.conn = _raw_json_connection(target)
+
     def projection_setup(self) -> int:
         """Create the read model and the checkpoint row; the checkpoint position."""
         conn = self.conn
         conn.execute(balances_ddl(self.balances))
         conn.execute(
             f"CREATE TABLE IF NOT EXISTS {self.checkpoints} "
-            "(name TEXT PRIMARY KEY, position INTEGER NOT NULL)"
+            "(name text PRIMARY KEY, position bigint NOT NULL)"
         )
         conn.execute(
-            f"INSERT INTO {self.checkpoints} VALUES (?, 0) ON CONFLICT (name) DO NOTHING",
+            f"INSERT INTO {self.checkpoints} VALUES (%s, 0) ON CONFLICT (name) DO NOTHING",
             (CHECKPOINT,),
         )
         row = conn.execute(
-            f"SELECT position FROM {self.checkpoints} WHERE name = ?", (CHECKPOINT,)
+            f"SELECT position FROM {self.checkpoints} WHERE name = %s", (CHECKPOINT,)
         ).fetchone()
+        assert row is not None
         return int(row[0])
 
     def apply_page(self, upserts: list[dict[str, Any]], expected: int, position: int) -> None:
-        conn = self.conn
-        conn.execute("BEGIN IMMEDIATE")
-        try:
-            conn.executemany(balances_upsert(self.balances), upserts)
-            moved = conn.execute(
-                f"UPDATE {self.checkpoints} SET position = ? WHERE name = ? AND position = ?",
+        with self.conn.transaction(), self.conn.cursor() as cur:
+            cur.executemany(balances_upsert(self.balances, "pyformat"), upserts)
+            cur.execute(
+                f"UPDATE {self.checkpoints} SET position = %s WHERE name = %s AND position = %s",
                 (position, CHECKPOINT, expected),
-            ).rowcount
-            if moved != 1:
+            )
+            if cur.rowcount != 1:
                 raise AssertionError("the checkpoint moved under the projection")
-            conn.execute("COMMIT")
-        except BaseException:
-            if conn.in_transaction:
-                conn.execute("ROLLBACK")
-            raise
 
     def read_balances(self) -> dict[str, tuple[int, int]]:
         rows = self.conn.execute(
@@ -222,36 +454,21 @@ class _Sqlite:
         self.conn.close()
 
 
-class _Postgres:
-    """chronik's PostgreSQL statements on one plain psycopg connection (autocommit)."""
+class _ChronikPostgres(_PostgresBase):
+    """chronik's PostgreSQL statements on chronik's tables (the ``raw-chronik-sql``
+    baseline)."""
 
     def __init__(self, target: Target) -> None:
-        import psycopg
-        from psycopg.adapt import Buffer, Loader
-        from psycopg.pq import Format
+        from chronik.store.postgres_statements import PostgresStatements
 
-        from chronik.store import pg_support as backend
-
-        class RawJson(Loader):
-            def load(self, data: Buffer) -> bytes:
-                return bytes(data)
-
-        class RawJsonBinary(RawJson):
-            format = Format.BINARY
-
-        statements = backend._Statements(target.schema)
+        super().__init__(target)
+        statements = PostgresStatements(target.schema)
         self.at = _column_index(statements.columns)
         self.append_sql = statements.append
-        # chronik sends a single event with scalar parameters when its backend has that form
-        self.append_one_sql: str | None = getattr(statements, "append_one", None)
+        # chronik sends a single event with scalar parameters
+        self.append_one_sql: str | None = statements.append_one
         self.read_stream = statements.read_forward
-        self.read_all = statements.read_all(categories=False, types=False)
-        self.schema = f'"{target.schema}"'
-        self.balances = f"{self.schema}.balances"
-        self.checkpoints = f"{self.schema}.raw_checkpoints"
-        self.conn = psycopg.connect(target.pg_url, autocommit=True)
-        self.conn.adapters.register_loader("json", RawJson)
-        self.conn.adapters.register_loader("json", RawJsonBinary)
+        self.read_all = statements.read_all(categories=None, types=None)
         self.conn.execute("SET TIME ZONE 'UTC'; SET plan_cache_mode = force_generic_plan")
 
     def append(self, stream_id: str, expected: int, events: Iterable[object]) -> None:
@@ -321,51 +538,83 @@ class _Postgres:
         ).fetchone()
         return None if row is None else (row[0], row[1])
 
-    def projection_setup(self) -> int:
-        """Create the read model and the checkpoint row; the checkpoint position."""
-        conn = self.conn
-        conn.execute(balances_ddl(self.balances))
-        conn.execute(
-            f"CREATE TABLE IF NOT EXISTS {self.checkpoints} "
-            "(name text PRIMARY KEY, position bigint NOT NULL)"
-        )
-        conn.execute(
-            f"INSERT INTO {self.checkpoints} VALUES (%s, 0) ON CONFLICT (name) DO NOTHING",
-            (CHECKPOINT,),
-        )
-        row = conn.execute(
-            f"SELECT position FROM {self.checkpoints} WHERE name = %s", (CHECKPOINT,)
-        ).fetchone()
-        assert row is not None
-        return int(row[0])
 
-    def apply_page(self, upserts: list[dict[str, Any]], expected: int, position: int) -> None:
+class _PlainPostgres(_PostgresBase):
+    """The plain baseline on PostgreSQL: :func:`plain_postgres_ddl`, the simplest
+    statements, psycopg's defaults."""
+
+    def __init__(self, target: Target) -> None:
+        super().__init__(target)
+        columns = "position, stream_id, version, type, data, metadata, recorded_at"
+        self.at = _column_index(columns)
+        self.insert = plain_insert(target)
+        self.read_stream = (
+            f"SELECT {columns} FROM {self.schema}.events "
+            "WHERE stream_id = %s AND version >= %s ORDER BY version"
+        )
+        self.read_all = (
+            f"SELECT {columns} FROM {self.schema}.events "
+            "WHERE position > %s ORDER BY position LIMIT %s"
+        )
+
+    def append(self, stream_id: str, expected: int, events: Iterable[object]) -> None:
+        meta = _metadata().decode()
+        rows = [
+            (stream_id, expected + offset, TYPE_NAMES[type(ev)], _encode(ev).decode(), meta)
+            for offset, ev in enumerate(events, start=1)
+        ]
+        if len(rows) == 1:  # autocommit: the INSERT is its own transaction
+            self.conn.execute(self.insert, rows[0])
+            return
         with self.conn.transaction(), self.conn.cursor() as cur:
-            cur.executemany(balances_upsert(self.balances, "pyformat"), upserts)
-            cur.execute(
-                f"UPDATE {self.checkpoints} SET position = %s WHERE name = %s AND position = %s",
-                (position, CHECKPOINT, expected),
-            )
-            if cur.rowcount != 1:
-                raise AssertionError("the checkpoint moved under the projection")
+            cur.executemany(self.insert, rows)
 
-    def read_balances(self) -> dict[str, tuple[int, int]]:
-        rows = self.conn.execute(
-            f"SELECT account, balance_cents, deposits FROM {self.balances}"
-        ).fetchall()
-        return {r[0]: (int(r[1]), int(r[2])) for r in rows}
+    def stream_pages(self, stream_id: str, version: int = 0) -> Iterator[list[Row]]:
+        yield self.conn.execute(self.read_stream, (stream_id, version)).fetchall()
 
-    def close(self) -> None:
-        self.conn.close()
+    def log_pages(self, after: int = 0) -> Iterator[list[Row]]:
+        while True:
+            rows = self.conn.execute(self.read_all, (after, PAGE)).fetchall()
+            yield rows
+            if len(rows) < PAGE:
+                return
+            after = rows[-1][0]
+
+    def save_snapshot(self, stream_id: str, version: int, state: bytes) -> None:
+        self.conn.execute(
+            f"INSERT INTO {self.schema}.snapshots (stream_id, version, state) VALUES (%s, %s, %s)",
+            (stream_id, version, state),
+        )
+
+    def newest_snapshot(self, stream_id: str) -> tuple[int, bytes] | None:
+        row = self.conn.execute(
+            f"SELECT version, state FROM {self.schema}.snapshots WHERE stream_id = %s "
+            "ORDER BY version DESC LIMIT 1",
+            (stream_id,),
+        ).fetchone()
+        return None if row is None else (row[0], row[1])
 
 
-_Db = _Sqlite | _Postgres
+_Db = _PlainSqlite | _ChronikSqlite | _PlainPostgres | _ChronikPostgres
 
 
-def _open(target: Target) -> tuple[_Db, int, int]:
-    """The connection, and the column indexes of ``type`` and ``data`` in a read row."""
-    asyncio.run(_create_schema(target))
-    db: _Db = _Sqlite(target.sqlite_path) if target.backend == "sqlite" else _Postgres(target)
+def _open(target: Target, chronik_sql: bool) -> tuple[_Db, int, int]:
+    """The tables (created untimed), the connection, and the column indexes of ``type`` and
+    ``data`` in a read row. ``chronik_sql``: the ``raw-chronik-sql`` baseline."""
+    db: _Db
+    if chronik_sql:
+        asyncio.run(_create_schema(target))
+        if target.backend == "sqlite":
+            db = _ChronikSqlite(target.sqlite_path)
+        else:
+            db = _ChronikPostgres(target)
+    else:
+        create_plain_schema(target)
+        db = (
+            _PlainSqlite(target.sqlite_path)
+            if target.backend == "sqlite"
+            else _PlainPostgres(target)
+        )
     return db, db.at["type"], db.at["data"]
 
 
@@ -385,8 +634,9 @@ def _load(
     return state, count
 
 
-def chain(target: Target, sizes: Sizes) -> dict[str, Metrics]:
-    db, type_at, data_at = _open(target)
+def chain(target: Target, sizes: Sizes, *, chronik_sql: bool = False) -> dict[str, Metrics]:
+    """W1, then W4, W6 and W6P over what W1 wrote, then W5 and W5S (one database)."""
+    db, type_at, data_at = _open(target, chronik_sql)
     try:
         out: dict[str, Metrics] = {}
         per_stream = sizes.w1_events
@@ -506,8 +756,8 @@ def _load_from_snapshot(db: _Db, sizes: Sizes, type_at: int, data_at: int) -> Me
     return {"events": NEWER_EVENTS, "events_in_snapshot": at + 1, "ms": statistics.median(times)}
 
 
-def w2(target: Target, sizes: Sizes) -> dict[str, Metrics]:
-    db, _type_at, _data_at = _open(target)
+def w2(target: Target, sizes: Sizes, *, chronik_sql: bool = False) -> dict[str, Metrics]:
+    db, _type_at, _data_at = _open(target, chronik_sql)
     try:
         with timer() as t:
             for index in range(sizes.w2_streams):
@@ -518,6 +768,114 @@ def w2(target: Target, sizes: Sizes) -> dict[str, Metrics]:
         return {"W2": {"events": events, "seconds": t.seconds, "events_per_s": events / t.seconds}}
     finally:
         db.close()
+
+
+# -- W8: 64 threads, one event an INSERT ---------------------------------------------------
+
+
+def _plain_row(target: Target, stream: str, version: int, event: object) -> tuple[Any, ...]:
+    row = (stream, version, TYPE_NAMES[type(event)], _encode(event).decode(), _metadata().decode())
+    return (*row, time.time_ns() // 1000) if target.backend == "sqlite" else row
+
+
+def _run_threads(writers: int, work: Callable[[int, threading.Barrier], None]) -> float:
+    """Start ``writers`` threads running ``work(index, barrier)``; each waits at the barrier
+    after its untimed set-up. Returns the seconds from the barrier's release to the last
+    thread's end; the first failure is raised."""
+    barrier = threading.Barrier(writers + 1)
+    errors: list[BaseException] = []
+
+    def run(index: int) -> None:
+        try:
+            work(index, barrier)
+        except BaseException as exc:
+            errors.append(exc)
+            barrier.abort()
+
+    threads = [threading.Thread(target=run, args=(i,), daemon=True) for i in range(writers)]
+    for thread in threads:
+        thread.start()
+    with contextlib.suppress(threading.BrokenBarrierError):  # a writer failed: raised below
+        barrier.wait(timeout=120)
+    start = time.perf_counter()
+    for thread in threads:
+        thread.join()
+    seconds = time.perf_counter() - start
+    if errors:
+        raise errors[0]
+    return seconds
+
+
+def w8(target: Target, sizes: Sizes) -> dict[str, Metrics]:
+    """W8 with the plain baseline: ``w8_tasks`` threads, each appending ``w8_events`` single
+    events to its own stream with the plain ``INSERT`` (autocommit: one transaction each).
+    SQLite: one connection per thread, busy timeout :data:`W8_BUSY_TIMEOUT`; PostgreSQL: one
+    ``psycopg_pool.ConnectionPool`` of :data:`W8_POOL` shared by the threads. Untimed before
+    the barrier: connecting and one warm-up event per thread on a stream of its own."""
+    create_plain_schema(target)
+    insert = plain_insert(target)
+    per = sizes.w8_events
+
+    def events(index: int) -> Iterator[tuple[Any, ...]]:
+        stream = stream_name(index)
+        for version, ev in enumerate(account_events(index, per)):
+            yield _plain_row(target, stream, version, ev)
+
+    def warm_up(index: int) -> tuple[Any, ...]:
+        return _plain_row(target, stream_name(W8_WARM_UP + index), 0, next(account_events(0, 1)))
+
+    if target.backend == "sqlite":
+
+        def work(index: int, barrier: threading.Barrier) -> None:
+            conn = sqlite3.connect(
+                target.sqlite_path, isolation_level=None, timeout=W8_BUSY_TIMEOUT
+            )
+            try:
+                conn.execute("PRAGMA synchronous = FULL")
+                conn.execute(insert, warm_up(index))
+                barrier.wait()
+                for row in events(index):
+                    conn.execute(insert, row)
+            finally:
+                conn.close()
+
+        seconds = _run_threads(sizes.w8_tasks, work)
+        check = sqlite3.connect(target.sqlite_path)
+        try:
+            stored = check.execute("SELECT count(*) FROM events").fetchone()[0]
+        finally:
+            check.close()
+    else:
+        from psycopg_pool import ConnectionPool
+
+        with ConnectionPool(
+            target.pg_url, min_size=W8_POOL, max_size=W8_POOL, kwargs={"autocommit": True}
+        ) as pool:
+            pool.wait()
+
+            def work(index: int, barrier: threading.Barrier) -> None:
+                with pool.connection() as conn:
+                    conn.execute(insert, warm_up(index))
+                barrier.wait()
+                for row in events(index):
+                    with pool.connection() as conn:
+                        conn.execute(insert, row)
+
+            seconds = _run_threads(sizes.w8_tasks, work)
+            with pool.connection() as pg:
+                found = pg.execute(f'SELECT count(*) FROM "{target.schema}".events').fetchone()
+                stored = found[0] if found else 0
+    total = sizes.w8_tasks * per
+    if stored != total + sizes.w8_tasks:
+        raise AssertionError(f"W8: {stored} rows stored, {total + sizes.w8_tasks} appended")
+    return {
+        "W8": {
+            "events": total,
+            "tasks": sizes.w8_tasks,
+            "seconds": seconds,
+            "events_per_s": total / seconds,
+        }
+    }
 
 
 def info() -> dict[str, Any]:

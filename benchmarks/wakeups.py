@@ -73,7 +73,17 @@ from chronik.store.protocol import EventStore
 from chronik.subscriptions import Page, Subscription
 from chronik.workers import Follower
 
-__all__ = ["CASES", "CONFIGS", "FULL", "QUICK", "SMOKE", "Sizes", "main", "measure_case"]
+__all__ = [
+    "ALL_CASES",
+    "CASES",
+    "CONFIGS",
+    "FULL",
+    "QUICK",
+    "SMOKE",
+    "Sizes",
+    "main",
+    "measure_case",
+]
 
 Backend = Literal["memory", "sqlite", "postgres"]
 Case = Literal["idle", "idle-xproc", "pingpong", "pingpong-xproc", "busy"]
@@ -116,7 +126,7 @@ CONFIGS = (
     Config("sqlite poll=0.05", "sqlite", 0.05, ("idle-xproc", "pingpong-xproc")),
     Config("postgres", "postgres", 0.5, ALL_CASES),
 )
-CASES: dict[Case, str] = {
+CASES: dict[str, str] = {
     "idle": "idle follower, appender in the same process",
     "idle-xproc": "idle follower, appender in another process",
     "pingpong": "ping-pong, 2 followers in 1 process",
@@ -266,19 +276,17 @@ def _stats(record: Record, measured: Sequence[int]) -> dict[str, Any]:
         role, seen = record.seen[n]
         sent = record.appended[n]
         latencies.append((seen - sent) * 1000)
+        # the receiver's last wait before it saw the hop: did it end by the poll interval?
         before = [w for w in record.waits.get(role, []) if w[1] <= seen]
-        if before:
-            last = max(before, key=lambda w: w[1])
-            if last[1] >= sent and last[2]:
-                by_expiry += 1
+        if before and max(before, key=lambda w: w[1])[2]:
+            by_expiry += 1
     start = record.appended[measured[0]]
     end = max(record.seen[n][1] for n in measured)
-    expiries = sum(
-        1 for log in record.waits.values() for w in log if w[2] and start <= w[1] <= end
-    )
+    expiries = sum(1 for log in record.waits.values() for w in log if w[2] and start <= w[1] <= end)
     return {
         "samples": len(latencies),
         "median_ms": statistics.median(latencies),
+        "mean_ms": statistics.fmean(latencies),
         "p90_ms": percentile(latencies, 0.90),
         "max_ms": max(latencies),
         "min_ms": min(latencies),
@@ -340,9 +348,10 @@ async def _idle_samples(
     return list(range(WARM_UP, total))
 
 
-def _child(url: str, roles: list[str], last: int, poll_interval: float, ctl: Any) -> None:
-    """A process running followers until ``ctl['stop']`` is set; notes go to ``ctl['out']``."""
-    out = ctl["out"]
+def _child(
+    url: str, roles: list[str], last: int, poll_interval: float, ready: Any, stop: Any, out: Any
+) -> None:
+    """A process running followers until ``stop`` is set; their notes go to ``out``."""
 
     def note(kind: str, role: str, n: int, at: float) -> None:
         out.put((kind, role, n, at))
@@ -353,8 +362,8 @@ def _child(url: str, roles: list[str], last: int, poll_interval: float, ctl: Any
             for f in followers:
                 await f.start()
             await asyncio.sleep(0.2)  # the subscriptions are waiting (PostgreSQL: listening)
-            ctl["ready"].set()
-            await asyncio.to_thread(ctl["stop"].wait)
+            ready.set()
+            await asyncio.to_thread(stop.wait)
             for f in followers:
                 await f.stop()
             for f in followers:
@@ -368,7 +377,7 @@ async def _cross_process(
     url: str, case: Case, poll_interval: float, sizes: Sizes
 ) -> dict[str, Any]:
     ctx = multiprocessing.get_context("spawn")
-    ctl = {"ready": None, "stop": ctx.Event(), "out": ctx.Queue()}
+    stop, out = ctx.Event(), ctx.Queue()
     record = Record({}, {}, {}, {})
     last = WARM_UP + sizes.hops
     groups = [["idle"]] if case == "idle-xproc" else [["ping"], ["pong"]]
@@ -380,12 +389,11 @@ async def _cross_process(
         procs.append(
             ctx.Process(
                 target=_child,
-                args=(url, roles, last, poll_interval, {**ctl, "ready": ready}),
+                args=(url, roles, last, poll_interval, ready, stop, out),
                 daemon=True,
             )
         )
     ended: set[str] = set()
-    out = ctl["out"]
 
     def pump() -> None:
         while True:
@@ -416,7 +424,7 @@ async def _cross_process(
                 await _wait_seen(record, last, 60 + sizes.hops * poll_interval * 2, pump)
                 measured = list(range(WARM_UP + 1, last + 1))
         finally:
-            ctl["stop"].set()
+            stop.set()
             roles_all = {r for g in groups for r in g}
             deadline = time.monotonic() + 60
             while ended != roles_all and time.monotonic() < deadline:
@@ -471,48 +479,72 @@ class Database:
                 conn.execute(f'DROP SCHEMA IF EXISTS "{self.schema}" CASCADE')
 
 
+def other_pg_sessions(pg_url: str) -> int:
+    """Client sessions of the PostgreSQL cluster, other than this one, that are not idle
+    (running a statement or inside a transaction): other work on the server. A transaction
+    anywhere in the cluster that began before an append hides it from readers until it ends
+    (docs/ordering.md), and that end wakes no follower."""
+    import psycopg
+
+    with psycopg.connect(pg_url, autocommit=True) as conn:
+        row = conn.execute(
+            "SELECT count(*) FROM pg_stat_activity WHERE backend_type = 'client backend' "
+            "AND pid <> pg_backend_pid() AND state <> 'idle'"
+        ).fetchone()
+    return int(row[0]) if row else 0
+
+
 def measure_case(config: Config, case: Case, sizes: Sizes, pg_url: str = PG_URL) -> dict[str, Any]:
     """One case on a fresh database: the latency statistics and poll expiries."""
     with Database(config.backend, pg_url) as url:
+        others = other_pg_sessions(pg_url) if config.backend == "postgres" else None
         if case.endswith("-xproc"):
-            return asyncio.run(_cross_process(url, case, config.poll_interval, sizes))
-        return asyncio.run(_in_process(url, case, config.poll_interval, sizes))
+            run = asyncio.run(_cross_process(url, case, config.poll_interval, sizes))
+        else:
+            run = asyncio.run(_in_process(url, case, config.poll_interval, sizes))
+    if others is not None:
+        run["pg_other_busy_sessions_before"] = others
+    return run
 
 
 # -- the run -----------------------------------------------------------------------------
 
 
 def summarise(runs: list[dict[str, Any]]) -> dict[str, Any]:
-    """The median over repetitions of each figure, with the range of the medians."""
+    """The median over repetitions of each latency figure (the range of the medians beside
+    it, the largest max); the expiry counts of every repetition."""
     medians = [r["median_ms"] for r in runs]
     return {
         "runs": len(runs),
         "median_ms": statistics.median(medians),
         "median_ms_min": min(medians),
         "median_ms_max": max(medians),
+        "mean_ms": statistics.median(r["mean_ms"] for r in runs),
         "p90_ms": statistics.median(r["p90_ms"] for r in runs),
         "max_ms": max(r["max_ms"] for r in runs),
-        "poll_expiries": statistics.median(r["poll_expiries"] for r in runs),
-        "woken_by_expiry": statistics.median(r["woken_by_expiry"] for r in runs),
+        "poll_expiries": [r["poll_expiries"] for r in runs],
+        "woken_by_expiry": [r["woken_by_expiry"] for r in runs],
         "samples": runs[0]["samples"],
     }
 
 
 def table(summary: dict[str, dict[str, dict[str, Any]]]) -> str:
     lines = [
-        "| backend | case | hops | median ms (min–max of runs) | p90 ms | max ms "
-        "| poll expiries | hops woken by expiry |",
-        "|---|---|---:|---:|---:|---:|---:|---:|",
+        "| backend | case | hops | median ms (min-max of runs) | mean ms | p90 ms | max ms "
+        "| poll expiries (each run) | hops woken by expiry (each run) |",
+        "|---|---|---:|---:|---:|---:|---:|---:|---:|",
     ]
     for label, cases in summary.items():
         for case, s in cases.items():
             spread = (
-                f" ({s['median_ms_min']:.2f}–{s['median_ms_max']:.2f})" if s["runs"] > 1 else ""
+                f" ({s['median_ms_min']:.2f}-{s['median_ms_max']:.2f})" if s["runs"] > 1 else ""
             )
             lines.append(
                 f"| {label} | {case}: {CASES[case]} | {s['samples']} "
-                f"| {s['median_ms']:.2f}{spread} | {s['p90_ms']:.2f} | {s['max_ms']:.1f} "
-                f"| {s['poll_expiries']:g} | {s['woken_by_expiry']:g} |"
+                f"| {s['median_ms']:.2f}{spread} | {s['mean_ms']:.2f} | {s['p90_ms']:.2f} "
+                f"| {s['max_ms']:.1f} "
+                f"| {'/'.join(map(str, s['poll_expiries']))} "
+                f"| {'/'.join(map(str, s['woken_by_expiry']))} |"
             )
     return "\n".join(lines)
 
@@ -558,11 +590,14 @@ def main(argv: Sequence[str] | None = None) -> int:
                 run = measure_case(config, case, sizes, args.pg)
                 run["load_before"] = load
                 results.setdefault(config.label, {}).setdefault(case, []).append(run)
+                others = run.get("pg_other_busy_sessions_before")
+                pg = "" if others is None else f", {others} other busy PostgreSQL sessions"
                 say(
                     f"  [{rep + 1}/{sizes.repetitions}] {config.label:17} {case:15} "
-                    f"median {run['median_ms']:8.2f} ms  p90 {run['p90_ms']:8.2f} ms  "
-                    f"expiries {run['poll_expiries']:3}  ({time.perf_counter() - t0:.1f} s, "
-                    f"load {load:.2f})"
+                    f"median {run['median_ms']:8.2f} ms  mean {run['mean_ms']:8.2f} ms  "
+                    f"p90 {run['p90_ms']:8.2f} ms  expiries {run['poll_expiries']:3}  "
+                    f"woken by expiry {run['woken_by_expiry']:3}  "
+                    f"({time.perf_counter() - t0:.1f} s, load {load:.2f}{pg})"
                 )
     summary = {
         label: {case: summarise(runs) for case, runs in cases.items()}

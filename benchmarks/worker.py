@@ -21,7 +21,8 @@ RESULT_PREFIX = "RESULT "
 class Job(msgspec.Struct, frozen=True):
     kind: str
     """``chain`` (W1, W4, W6, W6P, W5, W5S), ``w2``, ``w3``, ``w7`` (chronik and the bare
-    LISTEN/NOTIFY baseline in one job), ``m1_fill`` or ``m1_read``."""
+    LISTEN/NOTIFY baseline in one job), ``w8`` (chronik's also measures its sequential
+    writer), ``m1_fill`` or ``m1_read``."""
     system: System
     target: Target
     sizes: Sizes
@@ -50,12 +51,18 @@ def run_job(job: Job) -> dict[str, Any]:
         from benchmarks import chronik_side as side
     elif job.system == "eventsourcing":
         from benchmarks import peer as side  # type: ignore[no-redef]
-    else:
+    elif job.system == "raw":
         from benchmarks import raw as side  # type: ignore[no-redef]
+    else:
+        from benchmarks import raw_chronik_sql as side  # type: ignore[no-redef]
     if job.kind == "chain":
         return side.chain(job.target, job.sizes)
     if job.kind == "w2":
         return side.w2(job.target, job.sizes)
+    if job.kind == "w8":
+        if job.system == "raw-chronik-sql":
+            raise ValueError("W8 has no raw-chronik-sql baseline")
+        return side.w8(job.target, job.sizes)
     raise ValueError(f"unknown job kind {job.kind!r}")
 
 

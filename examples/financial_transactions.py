@@ -25,6 +25,7 @@ from typing import Any
 import chronik
 from chronik import RecordedEvent
 from chronik.projections import Projection, ProjectionRunner
+from chronik.store import SqlStore, require
 from chronik.store.protocol import Tx
 
 # -- the events as the code knows them today ----------------------------------------------
@@ -192,8 +193,14 @@ async def run(url: str, say: Any = print) -> dict[str, Any]:
 
         runner = ProjectionRunner(store, list(app.projections))
         await runner.catch_up()
-        (balance,) = await store.query("SELECT cents FROM balances_v1 WHERE account_id = '7'")
-        totals = dict(await store.query("SELECT currency, cents FROM totals_v1 ORDER BY currency"))
+        (balance,) = await require(store, SqlStore).query(
+            "SELECT cents FROM balances_v1 WHERE account_id = '7'"
+        )
+        totals = dict(
+            await require(store, SqlStore).query(
+                "SELECT currency, cents FROM totals_v1 ORDER BY currency"
+            )
+        )
         say(f"unchanged v1 projection: account 7 holds {balance[0]} cents over all currencies")
         say(f"new projection by currency (old events upcast): {totals}")
 

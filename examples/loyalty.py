@@ -21,6 +21,7 @@ from typing import Any
 import chronik
 from chronik import NewEvent, RecordedEvent
 from chronik.projections import Pending, Projection, ProjectionRunner, fresh_or_pending
+from chronik.store import SqlStore, require
 from chronik.store.protocol import Tx
 
 POINTS_PER_EURO = 10
@@ -57,7 +58,7 @@ def projections() -> list[Projection]:
 
 async def points_of(store: chronik.EventStore, customer: str) -> int:
     version = await store.get_active_version("loyalty_points") or 1
-    rows = await store.query(
+    rows = await require(store, SqlStore).query(
         f"SELECT points FROM points_v{version} WHERE customer = :c", {"c": customer}
     )
     return int(rows[0][0]) if rows else 0

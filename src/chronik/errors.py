@@ -18,6 +18,9 @@
     ├── RegistryError (ValueError)  an event type declared twice or malformed; broken chains
     ├── StoreUnavailable (ConnectionError)
     ├── UnsupportedStoreUrl (ValueError)
+    ├── MissingCapability (TypeError)
+    │                               a store lacks a capability asked of it (SQL on memory://);
+    │                               says which backends have it
     ├── MigrationError              an offline copy stopped (failing transform, failed check)
     ├── SchemaError                 the database schema is newer than this code
     ├── LoadError                   ``MODULE:OBJECT`` names no module, no attribute, or the
@@ -47,6 +50,7 @@ __all__ = [
     "InvalidSubject",
     "LoadError",
     "MigrationError",
+    "MissingCapability",
     "PayloadTooLarge",
     "RegistryError",
     "SchemaError",
@@ -227,6 +231,26 @@ class StoreUnavailable(ChronikError, ConnectionError):
 
 class UnsupportedStoreUrl(ChronikError, ValueError):
     """``chronik.connect`` got a URL whose scheme it does not know."""
+
+
+class MissingCapability(ChronikError, TypeError):
+    """A store was asked for a capability its backend does not have (see
+    ``chronik.store.require``): an SQL projection, a saga or the inbox on ``memory://``, say.
+
+    ``capability`` names it (``"SqlStore"``), ``store`` the store's class, ``backends`` the
+    URL schemes of the backends that have it.
+    """
+
+    def __init__(self, capability: str, store: str, backends: list[str], what: str = "") -> None:
+        self.capability = capability
+        self.store = store
+        self.backends = backends
+        have = ", ".join(f"{b}://" for b in backends) or "no backend of this install"
+        detail = f" ({what})" if what else ""
+        super().__init__(
+            f"{store} does not have the {capability} capability{detail}; stores that have "
+            f"it: {have}"
+        )
 
 
 class SchemaError(ChronikError):

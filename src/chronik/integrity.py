@@ -15,8 +15,9 @@ Each check names what it looks for; :func:`check` runs them all and returns a
 ``checkpoint_ahead``       a subscription checkpoint above the store's head position
 =========================  ==================================================================
 
-On SQLite and PostgreSQL the structural checks are SQL aggregates (one pass over an index
-each); decoding reads every event of a registered type once. Nothing is written.
+On a store with the SQL capability (SQLite, PostgreSQL) the structural checks are SQL
+aggregates (one pass over an index each); other stores are checked in one pass over
+``read_all``. Decoding reads every event of a registered type once. Nothing is written.
 """
 
 from __future__ import annotations
@@ -30,8 +31,8 @@ from typing import Any
 from chronik.codec import EventRegistry
 from chronik.errors import ChronikError, RegistryError, UnknownEventType
 from chronik.events import RecordedEvent
-from chronik.store.memory import MemoryEventStore
-from chronik.store.protocol import EventStore
+from chronik.store.capabilities import require, supports
+from chronik.store.port import EventStore, SqlStore
 
 __all__ = ["CHECKS", "CheckReport", "Problem", "check"]
 
@@ -163,21 +164,6 @@ def _type_name(type_: str, schema_version: int) -> str:
     return f"{type_} v{schema_version}"
 
 
-def _dialect(store: EventStore) -> str | None:
-    """``"sqlite"``, ``"postgresql"``, or ``None`` for stores checked by scanning."""
-    if isinstance(store, MemoryEventStore):
-        return None
-    from chronik.store.sqlite import SqliteEventStore
-
-    if isinstance(store, SqliteEventStore):
-        return "sqlite"
-    try:
-        from chronik.store.postgres import PostgresEventStore
-    except ImportError:  # pragma: no cover - psycopg not installed
-        return None
-    return "postgresql" if isinstance(store, PostgresEventStore) else None
-
-
 async def check(
     store: EventStore,
     *,
@@ -194,11 +180,11 @@ async def check(
         max_details: problems kept per check (all are counted).
     """
     report = CheckReport(max_details=max_details)
-    dialect = _dialect(store)
-    if dialect is None:
+    sql = require(store, SqlStore) if supports(store, SqlStore) else None
+    if sql is None:
         await _scan(store, report, registry)
     else:
-        await _sql_checks(store, dialect, report, registry)
+        await _sql_checks(sql, report, registry)
     if registry is None:
         reason = "no registry (give --app MODULE:OBJECT)"
         report.skipped["unknown_type"] = reason
@@ -209,7 +195,7 @@ async def check(
             await _decode_all(store, report, registry)
         else:
             report.skipped["decode_error"] = "decoding turned off"
-    await _snapshot_checks(store, dialect, report)
+    await _snapshot_checks(store, sql, report)
     head = await store.head_position()
     for name, position in sorted((await store.checkpoints()).items()):
         if position > head:
@@ -346,10 +332,8 @@ _CORRELATION = {
 }
 
 
-async def _sql_checks(
-    store: EventStore, dialect: str, report: CheckReport, registry: EventRegistry | None
-) -> None:
-    query = store.query
+async def _sql_checks(sql: SqlStore, report: CheckReport, registry: EventRegistry | None) -> None:
+    query = sql.query
     ((events, streams),) = await query("SELECT count(*), count(DISTINCT stream_id) FROM events")
     report.events, report.streams = int(events), int(streams)
     for stream_id, *_ in await query(_STREAMS):
@@ -359,7 +343,7 @@ async def _sql_checks(
         report.add(Problem("duplicate_event_id", f"event id {event_id} stored {n} times"))
     for stream_id, version, position, higher in await query(_ORDER):
         report.add(_order_problem(stream_id, int(version), int(position), int(higher)))
-    expr = _CORRELATION[dialect]
+    expr = _CORRELATION[sql.dialect]  # SQL text only
     ((missing,),) = await query(f"SELECT count(*) FROM events WHERE {expr} IS NULL")
     if missing:
         rows = await query(
@@ -438,9 +422,9 @@ _SNAPSHOTS = (
 )
 
 
-async def _snapshot_checks(store: EventStore, dialect: str | None, report: CheckReport) -> None:
+async def _snapshot_checks(store: EventStore, sql: SqlStore | None, report: CheckReport) -> None:
     rows: list[tuple[str, str, int, int | None]] = []
-    if dialect is None:
+    if sql is None:
         try:
             from chronik.snapshots import snapshot_store
         except ImportError:  # pragma: no cover - snapshots not part of this build
@@ -456,7 +440,7 @@ async def _snapshot_checks(store: EventStore, dialect: str | None, report: Check
             )
     else:
         try:
-            found = await store.query(_SNAPSHOTS)
+            found = await sql.query(_SNAPSHOTS)
         except Exception as exc:  # an old schema without the table
             report.skipped["snapshot_ahead"] = f"cannot read snapshots: {exc}"
             return

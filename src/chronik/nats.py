@@ -35,6 +35,8 @@ import msgspec
 from chronik.context import context
 from chronik.errors import InvalidSubject, StoreUnavailable
 from chronik.events import RecordedEvent
+from chronik.store.capabilities import require
+from chronik.store.port import SqlStore
 from chronik.store.protocol import EventStore, Tx
 from chronik.subscriptions import Backoff, Page, describe
 from chronik.workers import Follower, Poller
@@ -343,6 +345,7 @@ class Inbox(Poller):
         batch_size: int = 100,
         fetch_timeout: float = 0.5,
     ) -> None:
+        self.sql = require(store, SqlStore)  # MissingCapability without SQL (memory://)
         if (handler is None) == (append_handler is None):
             raise ValueError("give either handler (effects in the Tx) or append_handler")
         validate_subject_token(name)
@@ -491,7 +494,7 @@ class Inbox(Poller):
         ids from :meth:`InboxMessage.event_id`, or a look-up): a crash in between runs it
         again, and it then changes nothing."""
         params = {"c": self.name, "m": message.message_id}
-        seen = await self.store.query(
+        seen = await self.sql.query(
             "SELECT 1 FROM processed_messages WHERE consumer = :c AND message_id = :m", params
         )
         if seen:

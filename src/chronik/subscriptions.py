@@ -180,30 +180,9 @@ class Subscription:
     async def read_page(self) -> Page:
         """Read the next page without waiting (empty when caught up)."""
         after = await self.start_position()
-        read_page = getattr(self.store, "read_page", None)
-        if read_page is not None:  # the head and the page in one round trip (PostgreSQL)
-            events, caught_up_to, more = await read_page(
-                after=after,
-                limit=self.batch_size,
-                categories=self.categories,
-                types=self._read_types,
-            )
-        else:
-            head = await self.store.head_position()
-            events = [
-                e
-                async for e in self.store.read_all(
-                    after=after,
-                    categories=self.categories,
-                    types=self._read_types,
-                    limit=self.batch_size,
-                )
-            ]
-            caught_up_to = events[-1].position if events else after
-            more = len(events) >= self.batch_size
-            if not more:
-                # every matching event up to `head` was visible before this read: all here
-                caught_up_to = max(caught_up_to, head)
+        events, caught_up_to, more = await self.store.read_page(
+            after=after, limit=self.batch_size, categories=self.categories, types=self._read_types
+        )
         if self.registry is None:
             return Page(events, caught_up_to, more)
         return self._upcast(events, caught_up_to, more)

@@ -9,10 +9,10 @@ import chronik
 from chronik.events import NO_STREAM, NewEvent
 from chronik.store.protocol import EventStore
 from chronik.store.sqlite import SqliteEventStore
-from chronik.testing.contract import EventStoreContract, collect
+from chronik.testing.contract import EventStoreContract, SqlStoreContract, collect
 
 
-class TestSqliteStore(EventStoreContract):
+class TestSqliteStore(EventStoreContract, SqlStoreContract):
     @pytest.fixture
     async def store(self, tmp_path: Path) -> AsyncIterator[EventStore]:
         async with await SqliteEventStore.open(
@@ -61,7 +61,7 @@ async def test_migrations_are_idempotent_and_newer_schema_is_refused(tmp_path: P
     async with await SqliteEventStore.open(path) as store:
         assert await store.migrate() == 0
     raw = sqlite3.connect(path)
-    raw.execute("INSERT INTO schema_migrations VALUES (9999, 'future', 'now')")
+    raw.execute("INSERT INTO schema_migrations (version, applied_at, name) VALUES (9999, 0, 'x')")
     raw.commit()
     raw.close()
     with pytest.raises(chronik.SchemaError):

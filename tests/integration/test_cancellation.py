@@ -53,6 +53,7 @@ import pytest
 
 from chronik.errors import StreamNotFound
 from chronik.events import NO_STREAM, AppendResult, NewEvent, RecordedEvent
+from chronik.store import SqlStore, require
 from chronik.store.memory import MemoryEventStore
 from chronik.store.protocol import READ_PAGE_SIZE, EventStore, Tx
 from chronik.store.sqlite import SqliteEventStore
@@ -346,7 +347,9 @@ class ModelProjection:
 async def _model_rows(env: Env, keys: Sequence[str]) -> Counter[str]:
     if not env.sql:
         return Counter()
-    rows = await env.store.query("SELECT key FROM cx_model WHERE note IN ('inline', 'tx')")
+    rows = await require(env.store, SqlStore).query(
+        "SELECT key FROM cx_model WHERE note IN ('inline', 'tx')"
+    )
     wanted = set(keys)
     return Counter(str(r[0]) for r in rows if r[0] in wanted)
 

@@ -442,7 +442,7 @@ def test_sqlite_trace_uses_the_correlation_index(tmp_path: Path) -> None:
         ("corr-1", -1),
     ).fetchall()
     conn.close()
-    assert "USING INDEX events_correlation_id" in str(plan), plan
+    assert "USING INDEX events_correlation_id_idx" in str(plan), plan
     assert "TEMP B-TREE" not in str(plan), "rows come in position order from the index"
 
 
@@ -614,7 +614,7 @@ def test_check_reports_each_seeded_corruption_on_sqlite(
             metadata TEXT NOT NULL, recorded_at INTEGER NOT NULL);
         INSERT INTO events SELECT * FROM events_old;
         DROP TABLE events_old;
-        CREATE INDEX events_correlation_id
+        CREATE INDEX events_correlation_id_idx
             ON events (json_extract(metadata, '$.correlation_id'), position);
         """
     )
@@ -629,7 +629,7 @@ def test_check_reports_each_seeded_corruption_on_sqlite(
         "('ghost-1', 'sv1', 0, 'ghost', X'7B7D', 0)"
     )
     conn.execute(
-        "INSERT INTO checkpoints (name, position, updated_at) VALUES ('ahead:v1', ?, 'now')",
+        "INSERT INTO checkpoints (name, position, updated_at) VALUES ('ahead:v1', ?, 0)",
         (10**12,),
     )
     conn.commit()

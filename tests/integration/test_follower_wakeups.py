@@ -17,6 +17,7 @@ import chronik
 from chronik import EventStore, NewEvent, RecordedEvent
 from chronik.projections import Pending, fresh_or_pending, wait_for_projection
 from chronik.sagas import Deadline, DeadlineWorker, Reaction, Saga, SagaRunner
+from chronik.store import SqlStore, require
 from chronik.subscriptions import Page
 from chronik.workers import Follower
 
@@ -154,7 +155,9 @@ async def test_a_web_process_waits_for_a_projection_run_elsewhere(shared_url: st
         assert worker.stdin is not None and worker.stdout is not None
 
         async def read() -> int:
-            return int((await store.query("SELECT count(*) FROM applied_v1"))[0][0])
+            return int(
+                (await require(store, SqlStore).query("SELECT count(*) FROM applied_v1"))[0][0]
+            )
 
         try:
             assert (await worker.stdout.readline()).strip() == b"running"

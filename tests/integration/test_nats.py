@@ -31,6 +31,7 @@ from chronik.nats import (
     subject_for,
     validate_subject_token,
 )
+from chronik.store import SqlStore, require
 from chronik.store.protocol import EventStore, Tx
 from tests.conftest import NATS_URL, require_service
 
@@ -323,12 +324,16 @@ async def test_inbox_effects_exactly_once_redelivery_and_poison(
                       ack_wait=1.0, max_deliver=3)  # fmt: skip
         for _ in range(200):
             await inbox.run_once()
-            dead = await consumer.query("SELECT message_id, deliveries FROM inbox_dead_letters")
-            rows = await consumer.query("SELECT count(*) FROM effects")
+            dead = await require(consumer, SqlStore).query(
+                "SELECT message_id, deliveries FROM inbox_dead_letters"
+            )
+            rows = await require(consumer, SqlStore).query("SELECT count(*) FROM effects")
             if dead and rows[0][0] == 19 and inbox.duplicates > 0:
                 break
         await inbox.close()
-        rows = await consumer.query("SELECT message_id, count(*) FROM effects GROUP BY message_id")
+        rows = await require(consumer, SqlStore).query(
+            "SELECT message_id, count(*) FROM effects GROUP BY message_id"
+        )
         assert len(rows) == 19 and {r[1] for r in rows} == {1}  # exactly once each
         assert {r[0] for r in rows} == set(ids) - {ids[13]}
         assert inbox.duplicates > 0  # redelivered after the commit, deduplicated
@@ -354,17 +359,19 @@ async def test_inbox_dedupe_and_dead_letter_on_postgres(pg_url: str) -> None:
                            {"Chronik-Correlation-Id": "c-9"})  # fmt: skip
         assert await inbox.process(msg) is True
         assert await inbox.process(msg) is False
-        assert await store.query("SELECT message_id, amount FROM effects") == [("m-1", 5)]
+        assert await require(store, SqlStore).query("SELECT message_id, amount FROM effects") == [
+            ("m-1", 5)
+        ]
         assert effects.correlations == ["c-9"]
         poison = InboxMessage("m-2", "s.account.Credited", "Credited", b'{"amount": 13}')
         with pytest.raises(RuntimeError):
             await inbox.process(poison)
         await inbox._dead_letter(poison, RuntimeError("poison"))
         await inbox._dead_letter(poison, RuntimeError("poison"))  # recorded once
-        rows = await store.query("SELECT message_id FROM inbox_dead_letters")
+        rows = await require(store, SqlStore).query("SELECT message_id FROM inbox_dead_letters")
         assert rows == [("m-2",)]
         # the failed attempt rolled back its processed id: a fixed handler can still run it
-        assert await store.query(
+        assert await require(store, SqlStore).query(
             "SELECT count(*) FROM processed_messages WHERE message_id = 'm-2'"
         ) == [(0,)]
 

@@ -21,6 +21,7 @@ import pytest
 import chronik
 from chronik import NewEvent
 from chronik.projections import ProjectionRunner
+from chronik.store import SqlStore, require
 from chronik.store.protocol import EventStore
 from tests.integration.crash_app import Totals
 
@@ -113,10 +114,23 @@ async def _crash_many_times(url: str, rounds: int) -> None:
         fresh = Totals(version=99)
         fresh.name = "totals_rebuild"
         await ProjectionRunner(store, [fresh]).catch_up()
-        expected = sorted(await store.query(f"SELECT stream, total FROM {fresh.table('totals')}"))
-        actual = sorted(await store.query(f"SELECT stream, total FROM {live.table('totals')}"))
+        expected = sorted(
+            await require(store, SqlStore).query(
+                f"SELECT stream, total FROM {fresh.table('totals')}"
+            )
+        )
+        actual = sorted(
+            await require(store, SqlStore).query(
+                f"SELECT stream, total FROM {live.table('totals')}"
+            )
+        )
         assert actual == expected
-        counts = [row[0] for row in await store.query(f"SELECT n FROM {live.table('applied')}")]
+        counts = [
+            row[0]
+            for row in await require(store, SqlStore).query(
+                f"SELECT n FROM {live.table('applied')}"
+            )
+        ]
         handled = await store.count_events(types=["Added"])
         assert len(counts) == handled
         assert set(counts) == {1}

@@ -22,6 +22,7 @@ from chronik.projections import (
     rebuild_blue_green,
     register_inline,
 )
+from chronik.store import SqlStore, require
 from chronik.store.protocol import EventStore, Tx
 from chronik.subscriptions import Subscription
 
@@ -79,12 +80,12 @@ class Balances(Projection):
 
 
 async def read_model(store: EventStore, p: Balances) -> dict[str, int]:
-    rows = await store.query(f"SELECT account, amount FROM {p.table('balance')}")
+    rows = await require(store, SqlStore).query(f"SELECT account, amount FROM {p.table('balance')}")
     return {str(a): int(n) for a, n in rows}
 
 
 async def applied_counts(store: EventStore, p: Balances) -> list[int]:
-    rows = await store.query(f"SELECT n FROM {p.table('applied')}")
+    rows = await require(store, SqlStore).query(f"SELECT n FROM {p.table('applied')}")
     return [int(r[0]) for r in rows]
 
 
@@ -374,7 +375,7 @@ async def test_runners_of_one_projection_racing_apply_each_event_once(
             await runner.wait_for(head, timeout=30)
         for runner in runners:
             await runner.stop()
-        applied = await store.query(f"SELECT n FROM {Totals().table('applied')}")
+        applied = await require(store, SqlStore).query(f"SELECT n FROM {Totals().table('applied')}")
     finally:
         for s in stores:
             await s.close()

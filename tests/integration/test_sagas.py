@@ -31,6 +31,7 @@ from chronik.sagas import (
     command_id_for,
     saga_instance,
 )
+from chronik.store import SqlStore, require
 from chronik.store.protocol import EventStore
 
 ROOT = Path(__file__).parent.parent.parent
@@ -85,15 +86,18 @@ async def test_redelivered_events_issue_nothing_new(url: str) -> None:
         await _accounts(store)
         await ft.request_transfer(store, "t1", "alice", "bob", 30)
         await ft.settle(store)
-        rows_before = await store.query("SELECT count(*) FROM saga_commands")
+        rows_before = await require(store, SqlStore).query("SELECT count(*) FROM saga_commands")
         # a second runner without the checkpoint re-reads everything: nothing new issued
-        await store.query("SELECT 1")
+        await require(store, SqlStore).query("SELECT 1")
         runner = SagaRunner(store, ft.transfer_saga)
         async with store.transaction() as tx:
             await tx.set_checkpoint(runner.checkpoint_name, 0)
         while await runner.run_once():
             pass
-        assert await store.query("SELECT count(*) FROM saga_commands") == rows_before
+        assert (
+            await require(store, SqlStore).query("SELECT count(*) FROM saga_commands")
+            == rows_before
+        )
         inst = await saga_instance(store, ft.transfer_saga, "t1")
         assert inst is not None and inst.status == COMPLETED
 
@@ -153,7 +157,7 @@ async def test_deadline_is_durable_fires_and_is_cancelled(url: str) -> None:
         )  # fmt: skip
         runner = SagaRunner(store, ft.transfer_saga, clock=lambda: now[0])
         await runner.run_once()
-        assert len(await store.query("SELECT name FROM saga_deadlines")) == 2
+        assert len(await require(store, SqlStore).query("SELECT name FROM saga_deadlines")) == 2
     # a restart: the deadlines are in the database
     async with await chronik.connect(url) as store:
         runner = SagaRunner(store, ft.transfer_saga, clock=lambda: now[0])
@@ -168,18 +172,21 @@ async def test_deadline_is_durable_fires_and_is_cancelled(url: str) -> None:
         await dispatcher.run_once(limit=1)  # debit of fast
         await runner.run_once()
         # only fast's credit is executed before the deadline
-        rows = await store.query(
+        rows = await require(store, SqlStore).query(
             "SELECT command_id FROM saga_commands WHERE status = 'pending' AND saga_key = 'fast'"
         )
         assert len(rows) == 1
-        await store.query("SELECT 1")
+        await require(store, SqlStore).query("SELECT 1")
         async with store.transaction() as tx:  # hold slow's credit back (as if stuck)
             await tx.execute("UPDATE saga_commands SET status = 'held' WHERE saga_key = 'slow'")
         await dispatcher.run_once()
         await runner.run_once()
         fast = await saga_instance(store, ft.transfer_saga, "fast")
         assert fast is not None and fast.status == COMPLETED
-        assert [r[0] for r in await store.query("SELECT saga_key FROM saga_deadlines")] == ["slow"]
+        assert [
+            r[0]
+            for r in await require(store, SqlStore).query("SELECT saga_key FROM saga_deadlines")
+        ] == ["slow"]
         now[0] += 61
         assert await deadlines.run_once() == 1
         await runner.run_once()
@@ -243,7 +250,7 @@ async def test_kill_9_saga_workers(url: str) -> None:
         proc = _worker(url)
         try:
             for _ in range(600):
-                rows = await store.query(
+                rows = await require(store, SqlStore).query(
                     "SELECT count(*) FROM saga_instances WHERE status IN "
                     "('completed', 'compensated', 'failed')"
                 )
@@ -266,7 +273,7 @@ async def test_kill_9_saga_workers(url: str) -> None:
                 if "command_id" in ev.metadata:
                     per_command[ev.metadata["command_id"]] += 1
         assert per_command and set(per_command.values()) == {1}
-        done = await store.query(
+        done = await require(store, SqlStore).query(
             "SELECT count(*) FROM saga_commands WHERE status = 'done' AND type IN "
             "('Debit', 'Credit')"
         )
@@ -326,7 +333,7 @@ async def test_saga_state_is_events_in_the_instance_stream(url: str) -> None:
         assert {e.event_id for e in own} <= flow
         report = await check(store)
         assert report.ok, report
-        assert await store.query("SELECT count(*) FROM saga_events") == [(0,)]
+        assert await require(store, SqlStore).query("SELECT count(*) FROM saga_events") == [(0,)]
 
 
 async def test_a_store_with_saga_events_rows_is_upgraded_and_keeps_running(url: str) -> None:
@@ -354,7 +361,7 @@ async def test_a_store_with_saga_events_rows_is_upgraded_and_keeps_running(url: 
         assert t1 is not None and t1.status == COMPLETED
         assert [e.type for e in t1.events] == ["TransferStarted", "TransferDebited",
                                                "TransferCredited", "SagaCompleted"]  # fmt: skip
-        assert await store.query("SELECT count(*) FROM saga_events") == [(0,)]
+        assert await require(store, SqlStore).query("SELECT count(*) FROM saga_events") == [(0,)]
 
 
 def test_saga_specification_without_a_database() -> None:

@@ -38,6 +38,7 @@ import chronik
 from chronik import NewEvent
 from chronik.sagas import COMPENSATED, COMPLETED, TERMINAL, saga_instance
 from chronik.snapshots import snapshot_store, verify_snapshots
+from chronik.store import SqlStore, require
 from chronik.store.protocol import EventStore
 from tests.conftest import NATS_URL, require_service
 from tests.integration import restart_worker as rw
@@ -275,11 +276,11 @@ async def test_store_workers_survive_postgres_restarts(
         appender = Appender(store, random.Random())
 
         async def sagas_done(store: EventStore, head: int) -> bool:
-            ended = await store.query(
+            ended = await require(store, SqlStore).query(
                 "SELECT count(*) FROM saga_instances WHERE status IN "
                 "('completed', 'compensated', 'failed')"
             )
-            pending = await store.query(
+            pending = await require(store, SqlStore).query(
                 "SELECT count(*) FROM saga_commands WHERE status = 'pending'"
             )
             at_head = await _checkpoint_at_head("saga:transfer")(store, head)
@@ -302,10 +303,16 @@ async def test_store_workers_survive_postgres_restarts(
 
         # projection: every Added event applied exactly once, totals as appended
         live = Totals(version=1)
-        applied = dict(await store.query(f"SELECT event_id, n FROM {live.table('applied')}"))
+        applied = dict(
+            await require(store, SqlStore).query(f"SELECT event_id, n FROM {live.table('applied')}")
+        )
         assert set(applied) == set(appender.added), "the projection lost or invented an event"
         assert set(applied.values()) == {1}, "an event was applied twice"
-        totals = dict(await store.query(f"SELECT stream, total FROM {live.table('totals')}"))
+        totals = dict(
+            await require(store, SqlStore).query(
+                f"SELECT stream, total FROM {live.table('totals')}"
+            )
+        )
         assert totals == dict(appender.totals)
 
         # snapshotter: a snapshot at every stream's last version, each equal to a replay
@@ -345,8 +352,8 @@ async def test_store_workers_survive_postgres_restarts(
             "bob": sum(moved.values()),
             "carol": 0,
         }
-        assert await store.query("SELECT count(*) FROM saga_deadlines") == [(0,)]
-        assert await store.query(
+        assert await require(store, SqlStore).query("SELECT count(*) FROM saga_deadlines") == [(0,)]
+        assert await require(store, SqlStore).query(
             "SELECT count(*) FROM saga_commands WHERE status <> 'done' AND status <> 'rejected'"
         ) == [(0,)]
         assert len(appender.transfers) >= 10
@@ -377,7 +384,7 @@ async def test_nats_workers_survive_postgres_restarts(
 
             async def inbox_done(store: EventStore, head: int) -> bool:
                 """Every message processed or dead-lettered (which the test then fails)."""
-                rows = await store.query(
+                rows = await require(store, SqlStore).query(
                     "SELECT (SELECT count(*) FROM processed_messages WHERE consumer = :c) "
                     "+ (SELECT count(*) FROM inbox_dead_letters WHERE consumer = :c)",
                     {"c": rw.INBOX},
@@ -403,9 +410,13 @@ async def test_nats_workers_survive_postgres_restarts(
             assert published == ids, "JetStream lost, reordered or invented a message"
 
             # inbox: every message's effect exactly once, nothing dead-lettered
-            dead = await store.query("SELECT message_id, error FROM inbox_dead_letters")
+            dead = await require(store, SqlStore).query(
+                "SELECT message_id, error FROM inbox_dead_letters"
+            )
             assert dead == [], "a lost store was taken for a failing message"
-            effects = dict(await store.query("SELECT message_id, n FROM inbox_effects"))
+            effects = dict(
+                await require(store, SqlStore).query("SELECT message_id, n FROM inbox_effects")
+            )
             assert set(effects) == set(ids)
             assert set(effects.values()) == {1}, "a message took effect twice"
             _report(run, appender)

@@ -21,6 +21,7 @@ from examples import crm_contacts, financial_transactions
 import chronik
 from chronik import EventRegistry, RecordedEvent
 from chronik.projections import ProjectionRunner
+from chronik.store import SqlStore, require
 from chronik.store.protocol import ImportedEvent
 
 FIXTURES = Path(__file__).parent.parent / "fixtures"
@@ -95,9 +96,11 @@ async def test_golden_events_replay_from_a_store(tmp_path: Path) -> None:
 
         runner = ProjectionRunner(store, list(financial_transactions.app.projections))
         await runner.catch_up()
-        balances = dict(await store.query("SELECT account_id, cents FROM balances_v1"))
+        balances = dict(
+            await require(store, SqlStore).query("SELECT account_id, cents FROM balances_v1")
+        )
         assert balances == {"7": 127_000, "8": 9_545}
-        totals = dict(await store.query("SELECT currency, cents FROM totals_v1"))
+        totals = dict(await require(store, SqlStore).query("SELECT currency, cents FROM totals_v1"))
         assert totals == {"EUR": 139_545, "USD": -3_000}
 
         contacts = [

@@ -7,7 +7,7 @@ from typing import Any
 
 from chronik.cli._common import Output, load_object, run_until_signal
 from chronik.errors import LoadError
-from chronik.store.protocol import EventStore
+from chronik.store import EventStore, SqlStore, require
 
 __all__ = ["register"]
 
@@ -21,15 +21,16 @@ async def cmd_sagas_run(store: EventStore, args: argparse.Namespace, out: Output
 
 
 async def cmd_sagas_status(store: EventStore, args: argparse.Namespace, out: Output) -> int:
-    instances = await store.query(
+    sql = require(store, SqlStore)
+    instances = await sql.query(
         "SELECT saga, status, count(*) FROM saga_instances GROUP BY saga, status "
         "ORDER BY saga, status"
     )
-    commands = await store.query(
+    commands = await sql.query(
         "SELECT saga, status, count(*) FROM saga_commands GROUP BY saga, status "
         "ORDER BY saga, status"
     )
-    deadlines = await store.query("SELECT saga, count(*) FROM saga_deadlines GROUP BY saga")
+    deadlines = await sql.query("SELECT saga, count(*) FROM saga_deadlines GROUP BY saga")
     data = {
         "instances": [{"saga": s, "status": st, "count": int(n)} for s, st, n in instances],
         "commands": [{"saga": s, "status": st, "count": int(n)} for s, st, n in commands],

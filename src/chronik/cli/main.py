@@ -138,11 +138,7 @@ async def cmd_tail(store: EventStore, args: argparse.Namespace, out: Output) -> 
                 out.console.print("[dim]no events[/dim]")
             return 0
         if not batch:
-            wait = getattr(store, "wait_for_change", None)
-            if wait is not None:
-                await wait(args.interval)
-            else:
-                await asyncio.sleep(args.interval)
+            await store.wait_for_change(args.interval)
 
 
 async def cmd_stats(store: EventStore, args: argparse.Namespace, out: Output) -> int:

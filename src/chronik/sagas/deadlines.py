@@ -11,6 +11,7 @@ import chronik.sagas.sql as sql
 from chronik.context import context
 from chronik.events import NewEvent
 from chronik.sagas.model import DEADLINE_TYPE, Saga, dec
+from chronik.store import SqlStore, require
 from chronik.store.protocol import EventStore
 from chronik.workers import Poller
 
@@ -33,6 +34,7 @@ class DeadlineWorker(Poller):
         poll_interval: float = 0.5,
         clock: Callable[[], float] | None = None,
     ) -> None:
+        require(store, SqlStore)  # MissingCapability without SQL (memory://)
         super().__init__(name="deadlines:" + ",".join(s.name for s in sagas),
                          poll_interval=poll_interval)  # fmt: skip
         self.store = store

@@ -26,6 +26,7 @@ from chronik.sagas.model import (
     Saga,
     dec,
 )
+from chronik.store import SqlStore, require
 from chronik.store.protocol import EventStore
 from chronik.workers import Poller
 
@@ -52,6 +53,7 @@ class CommandDispatcher(Poller):
         poll_interval: float = 0.2,
         remote: bool = False,
     ) -> None:
+        self.sql = require(store, SqlStore)  # MissingCapability without SQL (memory://)
         if not sagas:
             raise ValueError("a CommandDispatcher needs at least one saga")
         super().__init__(name="dispatcher:" + ",".join(s.name for s in sagas),
@@ -70,7 +72,7 @@ class CommandDispatcher(Poller):
     async def run_once(self, limit: int = 100) -> int:
         """Dispatch the pending commands there are now; returns how many were finished."""
         names = ", ".join(f":s{i}" for i in range(len(self.sagas)))
-        rows = await self.store.query(
+        rows = await self.sql.query(
             sql.PENDING_COMMANDS.format(sagas=names, limit=int(limit)),
             {f"s{i}": name for i, name in enumerate(self.sagas)},
         )
@@ -174,7 +176,7 @@ async def record_outcome(
     handler that receives the other service's reply. Idempotent (the outcome event id comes
     from the command id). Returns ``False`` for a command id this store never issued.
     """
-    rows = await store.query(sql.COMMAND, {"cid": str(command_id)})
+    rows = await require(store, SqlStore).query(sql.COMMAND, {"cid": str(command_id)})
     if not rows:
         return False
     row = rows[0]

@@ -41,6 +41,7 @@ from chronik.sagas.model import (
     dec,
     enc,
 )
+from chronik.store import SqlStore, require
 from chronik.store.protocol import EventStore, ImportedEvent, Tx
 from chronik.subscriptions import Page
 from chronik.workers import Follower
@@ -134,6 +135,7 @@ class SagaRunner(Follower):
         poll_interval: float = 0.2,
         clock: Callable[[], float] | None = None,
     ) -> None:
+        self.sql = require(store, SqlStore)  # MissingCapability without SQL (memory://)
         types = None
         if saga.types is not None:
             types = [*saga.types, *sorted(OUTCOME_TYPES)]
@@ -151,7 +153,7 @@ class SagaRunner(Follower):
     async def prepare(self) -> None:
         """Move the own events of a store written before 0.2 (``saga_events`` rows) into
         the instances' streams, one instance per transaction: running sagas keep running."""
-        rows = await self.store.query(sql.LEGACY_EVENTS, {"saga": self.saga.name})
+        rows = await self.sql.query(sql.LEGACY_EVENTS, {"saga": self.saga.name})
         by_key: dict[str, list[tuple[Any, ...]]] = {}
         for row in rows:
             by_key.setdefault(str(row[0]), []).append(row)

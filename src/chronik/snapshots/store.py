@@ -1,9 +1,10 @@
-"""Where snapshots live: a table beside the events (SQLite, PostgreSQL) or a dict (memory).
+"""Where snapshots live: a table beside the events (a store with SQL) or a dict (memory).
 
-:func:`snapshot_store` gives the one :class:`SnapshotStore` of an event store. The SQL
-implementation writes through ``store.transaction()`` and reads through ``store.query()``
-with ``:name`` parameters, so one class serves SQLite and PostgreSQL; the table comes from
-migration ``0003_snapshots.sql`` of each backend.
+:func:`snapshot_store` gives the one :class:`SnapshotStore` of an event store: the SQL one
+when the store has the :class:`~chronik.store.SqlStore` capability, else one in this
+process. The SQL implementation writes through ``transaction()`` and reads through
+``query()`` with ``:name`` parameters, so one class serves SQLite and PostgreSQL; the table
+comes from migration ``0003_snapshots.sql`` of each backend.
 """
 
 from __future__ import annotations
@@ -18,8 +19,8 @@ from typing import Any
 
 from chronik.errors import ChronikError
 from chronik.events import category_of
-from chronik.store.memory import MemoryEventStore
-from chronik.store.protocol import EventStore
+from chronik.store.capabilities import require, supports
+from chronik.store.port import EventStore, SqlStore
 
 __all__ = [
     "MemorySnapshotStore",
@@ -186,7 +187,7 @@ class SnapshotStore(abc.ABC):
 
 
 class MemorySnapshotStore(SnapshotStore):
-    """Snapshots of a ``memory://`` store, in this process."""
+    """Snapshots of a store without SQL (``memory://``), in this process."""
 
     def __init__(self, events: EventStore) -> None:
         super().__init__(events)
@@ -300,15 +301,19 @@ _PRUNE = (
 class SqlSnapshotStore(SnapshotStore):
     """Snapshots in the ``snapshots`` table beside the events (SQLite and PostgreSQL).
 
-    Writes go through ``store.transaction()``, reads through ``store.query()``; the SQL uses
-    ``:name`` parameters, which both backends take.
+    Writes go through ``transaction()``, reads through ``query()``; the SQL uses ``:name``
+    parameters, which both backends take.
+
+    Raises:
+        MissingCapability: the event store has no SQL.
     """
 
+    def __init__(self, events: EventStore) -> None:
+        self.sql = require(events, SqlStore)
+        super().__init__(events)
+
     async def _write(self, snapshot: Snapshot, keep: int | None) -> None:
-        async with self.events.transaction() as tx:
-            created: Any = snapshot.created_at
-            if tx.dialect == "sqlite":
-                created = (snapshot.created_at - _EPOCH) // timedelta(microseconds=1)
+        async with self.sql.transaction() as tx:
             await tx.execute(
                 _UPSERT,
                 {
@@ -317,7 +322,7 @@ class SqlSnapshotStore(SnapshotStore):
                     "version": snapshot.version,
                     "category": snapshot.category,
                     "state": snapshot.state,
-                    "created_at": created,
+                    "created_at": tx.timestamp(snapshot.created_at),
                 },
             )
             if keep is not None:
@@ -335,7 +340,7 @@ class SqlSnapshotStore(SnapshotStore):
         if max_version is not None:
             where += " AND version <= :max_version"
             params["max_version"] = max_version
-        rows = await self.events.query(
+        rows = await self.sql.query(
             f"SELECT {_COLUMNS} FROM snapshots WHERE {where} "
             "ORDER BY CASE WHEN state_version = :sv THEN 0 ELSE 1 END, version DESC LIMIT 1",
             params,
@@ -344,7 +349,7 @@ class SqlSnapshotStore(SnapshotStore):
 
     async def find(self, stream_id: str | None = None) -> list[Snapshot]:
         where, params = ("WHERE stream_id = :s", {"s": stream_id}) if stream_id else ("", {})
-        rows = await self.events.query(
+        rows = await self.sql.query(
             f"SELECT {_COLUMNS} FROM snapshots {where} ORDER BY stream_id, version DESC, "
             "created_at DESC",
             params,
@@ -352,7 +357,7 @@ class SqlSnapshotStore(SnapshotStore):
         return [_snapshot(r) for r in rows]
 
     async def stats(self) -> list[SnapshotStats]:
-        rows = await self.events.query(
+        rows = await self.sql.query(
             "SELECT category, COUNT(*), COUNT(DISTINCT stream_id), SUM(LENGTH(state)), "
             "MIN(created_at), MAX(created_at) FROM snapshots GROUP BY category ORDER BY category"
         )
@@ -387,7 +392,7 @@ class SqlSnapshotStore(SnapshotStore):
             where.append("category = :category")
             params["category"] = category
         filters = " AND ".join(where)
-        async with self.events.transaction() as tx:
+        async with self.sql.transaction() as tx:
             before = await tx.fetchone(f"SELECT COUNT(*) FROM snapshots WHERE {filters}", params)
             for index, (cat, current) in enumerate(sorted((stale or {}).items())):
                 if category is None or cat == category:
@@ -401,7 +406,7 @@ class SqlSnapshotStore(SnapshotStore):
         return int(before[0] if before else 0) - int(after[0] if after else 0)
 
     async def delete(self, stream_id: str) -> int:
-        async with self.events.transaction() as tx:
+        async with self.sql.transaction() as tx:
             row = await tx.fetchone(
                 "SELECT COUNT(*) FROM snapshots WHERE stream_id = :s", {"s": stream_id}
             )
@@ -421,9 +426,7 @@ def snapshot_store(store: EventStore) -> SnapshotStore:
     if existing is not None:
         return existing
     created: SnapshotStore = (
-        MemorySnapshotStore(store)
-        if isinstance(store, MemoryEventStore)
-        else SqlSnapshotStore(store)
+        SqlSnapshotStore(store) if supports(store, SqlStore) else MemorySnapshotStore(store)
     )
     with contextlib.suppress(TypeError):
         _stores[store] = created

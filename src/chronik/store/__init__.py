@@ -8,6 +8,11 @@
 Query options understood by every backend: ``max_event_bytes``. SQLite also takes
 ``synchronous`` (FULL by default) and ``busy_timeout_ms``; PostgreSQL takes ``schema``,
 ``pool_min`` and ``pool_max``. Everything else in a PostgreSQL URL goes to libpq.
+
+What a store can do is named by the capabilities of :mod:`chronik.store.port`
+(:class:`EventLog`, :class:`Inspectable`, :class:`WorkerState`, :class:`SqlStore`);
+:func:`require` gives a store as one of them or raises
+:class:`~chronik.errors.MissingCapability`, :func:`supports` says whether it has it.
 """
 
 from __future__ import annotations
@@ -17,10 +22,32 @@ from typing import Any
 from urllib.parse import parse_qsl, quote, urlencode, urlsplit, urlunsplit
 
 from chronik.errors import UnsupportedStoreUrl
+from chronik.store.capabilities import require, supports
 from chronik.store.memory import MemoryEventStore
-from chronik.store.protocol import EventStore, StoreStats, StreamInfo
+from chronik.store.port import (
+    EventLog,
+    EventStore,
+    Inspectable,
+    SqlStore,
+    StoreStats,
+    StreamInfo,
+    WorkerState,
+)
 
-__all__ = ["DEFAULT_STORE_URL", "EventStore", "StoreStats", "StreamInfo", "connect", "store_url"]
+__all__ = [
+    "DEFAULT_STORE_URL",
+    "EventLog",
+    "EventStore",
+    "Inspectable",
+    "SqlStore",
+    "StoreStats",
+    "StreamInfo",
+    "WorkerState",
+    "connect",
+    "require",
+    "store_url",
+    "supports",
+]
 
 DEFAULT_STORE_URL = "sqlite:///chronik.db"
 

@@ -12,40 +12,37 @@ import contextlib
 import uuid
 from collections.abc import AsyncIterator, Mapping, Sequence
 from datetime import UTC, datetime
-from types import TracebackType
-from typing import Any, Self
+from typing import Any
 
 from chronik.errors import (
     CheckpointMoved,
-    ChronikError,
     DuplicateEventId,
     StoreUnavailable,
     StreamNotFound,
 )
 from chronik.events import (
-    ANY,
     AppendResult,
-    NewEvent,
     RecordedEvent,
     category_of,
     validate_stream_id,
 )
+from chronik.store.capabilities import missing
+from chronik.store.port import EventLog, Inspectable, SqlStore, WorkerState
 from chronik.store.protocol import (
     DEFAULT_MAX_EVENT_BYTES,
     READ_PAGE_SIZE,
     DeadLetter,
     EncodedEvent,
+    EventStoreBase,
     ImportedEvent,
     InlineProjection,
     StoredCopy,
     StoreStats,
     StreamInfo,
     check_expected,
-    encode_batch,
     plan_import,
     resolve_duplicate,
 )
-from chronik.telemetry import traced_append
 
 __all__ = ["MemoryEventStore", "MemoryTx"]
 
@@ -65,18 +62,24 @@ class MemoryTx:
         self._imports: list[ImportedEvent] = []
         self._expected: dict[str, int] = {}
 
+    def timestamp(self, at: datetime) -> Any:
+        return at
+
+    # the memory store runs no SQL (it has no SqlStore capability): these raise
+    # MissingCapability, which names the backends that have it
+
     async def execute(self, sql: str, params: Sequence[Any] | Mapping[str, Any] = ()) -> None:
-        raise ChronikError("the memory store runs no SQL; use an SQLite or PostgreSQL store")
+        raise missing(self._store, SqlStore)
 
     async def fetchall(
         self, sql: str, params: Sequence[Any] | Mapping[str, Any] = ()
     ) -> list[tuple[Any, ...]]:
-        raise ChronikError("the memory store runs no SQL; use an SQLite or PostgreSQL store")
+        raise missing(self._store, SqlStore)
 
     async def fetchone(
         self, sql: str, params: Sequence[Any] | Mapping[str, Any] = ()
     ) -> tuple[Any, ...] | None:
-        raise ChronikError("the memory store runs no SQL; use an SQLite or PostgreSQL store")
+        raise missing(self._store, SqlStore)
 
     async def get_checkpoint(self, name: str) -> int | None:
         return self._checkpoints.get(name, self._store._checkpoints.get(name))
@@ -187,8 +190,10 @@ class MemoryTx:
         store._dead_letters = letters
 
 
-class MemoryEventStore:
-    """Events in a list; streams as lists of indexes into it."""
+class MemoryEventStore(EventStoreBase):
+    """Events in a list; streams as lists of indexes into it. No SQL."""
+
+    capabilities = frozenset({EventLog, Inspectable, WorkerState})
 
     def __init__(self, *, max_event_bytes: int = DEFAULT_MAX_EVENT_BYTES) -> None:
         self.max_event_bytes = max_event_bytes
@@ -208,14 +213,9 @@ class MemoryEventStore:
         if self._closed:
             raise StoreUnavailable("the memory store is closed")
 
-    @traced_append
-    async def append(
-        self, stream_id: str, events: Sequence[NewEvent], *, expected_version: int = ANY
+    async def _write(
+        self, stream_id: str, expected: int, batch: list[EncodedEvent]
     ) -> AppendResult:
-        self._check_open()
-        stream_id, expected, batch = encode_batch(
-            stream_id, events, expected_version, self.max_event_bytes
-        )
         async with self._write_lock:
             return await self._append_locked(stream_id, expected, batch)
 
@@ -406,11 +406,6 @@ class MemoryEventStore:
         self._check_open()
         return [d for d in self._dead_letters if subscription in (None, d.subscription)]
 
-    async def query(
-        self, sql: str, params: Sequence[Any] | Mapping[str, Any] = ()
-    ) -> list[tuple[Any, ...]]:
-        raise ChronikError("the memory store runs no SQL; use an SQLite or PostgreSQL store")
-
     async def get_active_version(self, projection: str) -> int | None:
         self._check_open()
         return self._active_versions.get(projection)
@@ -419,21 +414,5 @@ class MemoryEventStore:
         """An event set by the next append (take it before a read: no change is missed)."""
         return self._changed
 
-    async def wait_for_change(self, timeout: float) -> None:
-        """Return when an append happens or ``timeout`` seconds pass (for followers)."""
-        with contextlib.suppress(TimeoutError):
-            await asyncio.wait_for(self._changed.wait(), timeout)
-
     async def close(self) -> None:
         self._closed = True
-
-    async def __aenter__(self) -> Self:
-        return self
-
-    async def __aexit__(
-        self,
-        exc_type: type[BaseException] | None,
-        exc: BaseException | None,
-        tb: TracebackType | None,
-    ) -> None:
-        await self.close()

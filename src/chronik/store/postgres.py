@@ -32,8 +32,8 @@ import time
 import uuid
 import zlib
 from collections.abc import AsyncIterator, Awaitable, Callable, Mapping, Sequence
-from types import TracebackType
-from typing import Any, Self
+from datetime import datetime
+from typing import Any
 
 import psycopg
 import psycopg.errors
@@ -50,9 +50,7 @@ from chronik.errors import (
     StreamNotFound,
 )
 from chronik.events import (
-    ANY,
     AppendResult,
-    NewEvent,
     RecordedEvent,
     validate_stream_id,
 )
@@ -71,30 +69,30 @@ from chronik.store.pg_support import (
     _record,
     _retryable,
     _Row,
-    _Statements,
     _unavailable,
     _user_sql,
     split_schema,
     validate_schema_name,
 )
+from chronik.store.port import EventLog, Inspectable, SqlStore, WorkerState
+from chronik.store.postgres_statements import PostgresStatements
 from chronik.store.protocol import (
     DEFAULT_MAX_EVENT_BYTES,
     READ_PAGE_SIZE,
     DeadLetter,
     EncodedEvent,
+    EventStoreBase,
     ImportedEvent,
     InlineProjection,
     StoredCopy,
     StoreStats,
     StreamInfo,
     check_expected,
-    encode_batch,
     pages_reading_ahead,
     plan_import,
     resolve_duplicate,
     wait_uninterrupted,
 )
-from chronik.telemetry import traced_append
 
 __all__ = [
     "DEFAULT_SCHEMA",
@@ -130,6 +128,9 @@ class PostgresTx:
         self._conn = conn
         self._imported = 0
         self._store = store
+
+    def timestamp(self, at: datetime) -> datetime:
+        return at
 
     async def _cursor(
         self, sql: str, params: Sequence[Any] | Mapping[str, Any]
@@ -277,7 +278,7 @@ class _HandlerFailed(Exception):
         self.error = error
 
 
-class PostgresEventStore:
+class PostgresEventStore(EventStoreBase):
     """Events in one PostgreSQL schema; see the module docstring for how positions work.
 
     Create it with :meth:`open`, which connects, creates the schema and applies migrations.
@@ -286,6 +287,9 @@ class PostgresEventStore:
     transaction and awaits it after the INSERT and before COMMIT, so a test can hold the
     transaction open (sleep, wait on an event) or roll it back (raise).
     """
+
+    capabilities = frozenset({EventLog, Inspectable, WorkerState, SqlStore})
+    dialect = "postgresql"
 
     def __init__(
         self,
@@ -298,7 +302,7 @@ class PostgresEventStore:
         self.max_event_bytes = max_event_bytes
         self.schema = validate_schema_name(schema)
         self._pool = pool
-        self._sql = _Statements(schema)
+        self._sql = PostgresStatements(schema)
         self._closed = False
         self._poll_interval = poll_interval
         self._before_commit: Callable[[], Awaitable[None]] | None = None
@@ -306,7 +310,6 @@ class PostgresEventStore:
         # change signalling: LISTEN on one connection; NOTIFY after commits, coalesced
         self.notify_interval = 0.005
         """At most one NOTIFY per this many seconds per process (appends coalesce)."""
-        self._channel = f"chronik_{self.schema}"
         self._changed = asyncio.Event()
         self._listener: asyncio.Task[None] | None = None
         self._notifier: asyncio.Task[None] | None = None
@@ -434,15 +437,11 @@ class PostgresEventStore:
 
     # -- writing --------------------------------------------------------------------------
 
-    @traced_append
-    async def append(
-        self, stream_id: str, events: Sequence[NewEvent], *, expected_version: int = ANY
+    async def _write(
+        self, stream_id: str, expected: int, batch: list[EncodedEvent]
     ) -> AppendResult:
-        """Append ``events`` atomically at the end of ``stream_id`` (see ``EventStore``)."""
-        self._check_open()
-        stream_id, expected, batch = encode_batch(
-            stream_id, events, expected_version, self.max_event_bytes
-        )
+        """One append: one INSERT ... SELECT (retried while others take the version an
+        ``ANY``/``STREAM_EXISTS`` append computed)."""
         if len(batch) > MAX_EVENTS_PER_APPEND:
             raise BatchTooLarge(
                 f"stream {stream_id!r}: {len(batch)} events in one append, "
@@ -671,7 +670,7 @@ class PostgresEventStore:
                 for row in rows:
                     yield _record(row)
             return
-        sql = self._sql.read_all(categories=False, types=False)
+        sql = self._sql.read_all(categories=None, types=None)
         params: dict[str, Any] = {"after": int(after)}
 
         def fetch(cursor: int, size: int) -> Awaitable[list[_Row]]:
@@ -727,7 +726,7 @@ class PostgresEventStore:
         categories: Sequence[str] | None,
         types: Sequence[str] | None,
     ) -> tuple[list[_Row], int, bool]:
-        """One window of a filtered read (see ``_Statements.read_window``): the matching
+        """One window of a filtered read (see ``PostgresStatements.read_window``): the matching
         rows, the position the read is complete up to, and whether to read on."""
         window = max(2 * page, FILTER_WINDOW)
         params: dict[str, Any] = {"after": int(after), "page": page, "window": window}
@@ -735,7 +734,7 @@ class PostgresEventStore:
             params["categories"] = list(categories)
         if types is not None:
             params["types"] = list(types)
-        sql = self._sql.read_window(categories=categories is not None, types=types is not None)
+        sql = self._sql.read_window(categories=categories, types=types)
         rows = await self._fetchall(sql, params)
         head, scanned, scanned_to = int(rows[0][0]), int(rows[0][1]), int(rows[0][2])
         found = [row[3:] for row in rows if row[3] is not None]
@@ -798,7 +797,7 @@ class PostgresEventStore:
     async def stats(self) -> StoreStats:
         """Counts of events and streams, per category, and the table's size on disk."""
         self._check_open()
-        events, streams = await self._fetchone(self._sql.count_events)
+        events, streams = await self._fetchone(self._sql.stats_counts)
         categories = await self._fetchall(self._sql.count_categories, None)
         (size,) = await self._fetchone(self._sql.size)
         return StoreStats(
@@ -818,7 +817,7 @@ class PostgresEventStore:
     ) -> int:
         """How many events ``read_all`` with these arguments would yield now."""
         self._check_open()
-        sql = self._sql.count(categories=categories is not None, types=types is not None)
+        sql = self._sql.count_events(categories=categories, types=types)
         params: dict[str, Any] = {"after": int(after)}
         if categories is not None:
             params["categories"] = list(categories)
@@ -919,22 +918,16 @@ class PostgresEventStore:
         rows = await self._fetchall(self._sql.get_active_version, (projection,))
         return int(rows[0][0]) if rows else None
 
-    async def wait_for_change(self, timeout: float) -> None:
-        """Return soon after an append commits (any process), or after ``timeout`` seconds.
-
-        Appends of this process wake waiters at once. Other processes' appends arrive by
-        LISTEN/NOTIFY: each process sends at most one ``NOTIFY`` per ``notify_interval``
-        (5 ms), after its commits and outside their transactions, so notifications never
-        serialise appends. If the listening connection is down, this simply times out and
-        the caller polls; the listener reconnects by itself.
-        """
-        event = self.change_marker()
-        with contextlib.suppress(TimeoutError):
-            await asyncio.wait_for(event.wait(), max(timeout, 0.0))
-
     def change_marker(self) -> asyncio.Event:
         """An event set by the next change: an append of this process, or a NOTIFY from
-        another (take it before a read: no change is missed). Starts the listener."""
+        another (take it before a read: no change is missed). Starts the listener.
+
+        Appends of this process set it at once. Other processes' appends arrive by
+        LISTEN/NOTIFY: each process sends at most one ``NOTIFY`` per ``notify_interval``
+        (5 ms), after its commits and outside their transactions, so notifications never
+        serialise appends. If the listening connection is down, a waiter simply times out
+        and polls; the listener reconnects by itself.
+        """
         self._check_open()
         if self._listener is None or self._listener.done():
             self._listener = asyncio.get_running_loop().create_task(self._listen())
@@ -965,9 +958,9 @@ class PostgresEventStore:
                     # after: the check is a round trip a listener need not wait for
                     listening = self._others_listening
                     if listening:
-                        await conn.execute(f"NOTIFY {self._channel}")
+                        await conn.execute(self._sql.notify)
                     if await self._someone_else_listens(conn) and not listening:
-                        await conn.execute(f"NOTIFY {self._channel}")
+                        await conn.execute(self._sql.notify)
             except (psycopg.Error, PoolClosed, PoolTimeout) as exc:
                 logger.debug("NOTIFY failed (%s); listeners fall back to polling", exc)
 
@@ -984,11 +977,7 @@ class PostgresEventStore:
         now = time.monotonic()
         if now - self._listeners_checked >= (1.0 if self._others_listening else 0.1):
             cur = await conn.execute(
-                "SELECT EXISTS (SELECT 1 FROM pg_locks WHERE locktype = 'advisory' "
-                "AND classid::bigint = %s::bigint & 4294967295 "
-                "AND objid::bigint = %s::bigint & 4294967295 "
-                "AND objsubid = 2 AND granted AND pid <> %s)",
-                (*self._listen_keys, self._listener_pid),
+                self._sql.others_listening, (*self._listen_keys, self._listener_pid)
             )
             row = await cur.fetchone()
             self._others_listening = bool(row and row[0])
@@ -1004,8 +993,8 @@ class PostgresEventStore:
                     return  # a dynamic conninfo: no listener, callers poll
                 conn = await psycopg.AsyncConnection.connect(conninfo, autocommit=True)
                 async with conn:
-                    await conn.execute(f"LISTEN {self._channel}")
-                    await conn.execute("SELECT pg_advisory_lock_shared(%s, %s)", self._listen_keys)
+                    await conn.execute(self._sql.listen)
+                    await conn.execute(self._sql.listen_lock, self._listen_keys)
                     self._listener_pid = conn.info.backend_pid
                     self._wake()  # anything committed while (re)connecting
                     backoff = 0.1
@@ -1029,17 +1018,6 @@ class PostgresEventStore:
                 with contextlib.suppress(asyncio.CancelledError, Exception):
                     await task
         await self._pool.close()
-
-    async def __aenter__(self) -> Self:
-        return self
-
-    async def __aexit__(
-        self,
-        exc_type: type[BaseException] | None,
-        exc: BaseException | None,
-        tb: TracebackType | None,
-    ) -> None:
-        await self.close()
 
 
 # -- migrations -------------------------------------------------------------------------------

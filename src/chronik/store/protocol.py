@@ -1,19 +1,24 @@
-"""The event store port every backend implements, and the work they all share.
+"""What every backend shares, written once: the port's types, the append path, the checks.
 
-A backend is done when it passes :mod:`chronik.testing.contract` unchanged. The memory
-backend is the reference; sqlite and postgres follow it name for name.
+The port itself (the capabilities a backend may have) is :mod:`chronik.store.port`; its
+types are re-exported here. A backend derives from :class:`EventStoreBase`, which brings
+``append`` (validated, encoded, traced: the backend writes the encoded batch in ``_write``),
+``read_page``, ``wait_for_change`` and ``async with``; and it uses :func:`check_expected`,
+:func:`resolve_duplicate`, :func:`plan_import` and :func:`pages_reading_ahead` instead of
+writing them again. A backend is done when it passes :mod:`chronik.testing.contract` for
+each capability it declares. The memory backend is the reference; sqlite and postgres follow
+it name for name.
 """
 
 from __future__ import annotations
 
+import abc
 import asyncio
+import contextlib
 import uuid
 from collections.abc import AsyncGenerator, AsyncIterator, Awaitable, Callable, Mapping, Sequence
-from contextlib import AbstractAsyncContextManager
-from dataclasses import dataclass, field
-from datetime import datetime
 from types import TracebackType
-from typing import Any, NamedTuple, Protocol, Self, TypeVar, runtime_checkable
+from typing import Any, ClassVar, NamedTuple, Self, TypeVar
 
 import msgspec
 
@@ -34,23 +39,36 @@ from chronik.events import (
     validate_expected_version,
     validate_stream_id,
 )
+from chronik.store.port import (
+    DeadLetter,
+    EventStore,
+    ImportedEvent,
+    InlineProjection,
+    PageRead,
+    StoreStats,
+    StreamInfo,
+    Tx,
+)
+from chronik.telemetry import traced_append
 
 __all__ = [
     "DEFAULT_MAX_EVENT_BYTES",
+    "READ_PAGE_SIZE",
     "DeadLetter",
-    "InlineProjection",
-    "Tx",
     "EncodedEvent",
     "EventStore",
+    "EventStoreBase",
     "ImportedEvent",
-    "READ_PAGE_SIZE",
+    "InlineProjection",
     "StoreStats",
     "StoredCopy",
     "StreamInfo",
+    "Tx",
     "check_expected",
     "encode_batch",
     "pages_reading_ahead",
     "plan_import",
+    "read_page_from_head",
     "resolve_duplicate",
     "wait_uninterrupted",
 ]
@@ -61,153 +79,49 @@ READ_PAGE_SIZE = 500
 _Item = TypeVar("_Item")
 
 
-@dataclass(frozen=True, slots=True)
-class StreamInfo:
-    """One stream as listed by :meth:`EventStore.streams`."""
+class EventStoreBase(abc.ABC):
+    """The part of every backend written once.
 
-    stream_id: str
-    version: int
-    last_position: int
+    A backend sets ``capabilities`` (the protocols of :mod:`chronik.store.port` it has: a
+    promise to pass their contract suites) and ``max_event_bytes``, and gives
+    ``_check_open()``, ``_write(stream_id, expected, batch)`` and the rest of the port. In
+    return it gets:
 
-
-@dataclass(frozen=True, slots=True)
-class StoreStats:
-    """Counts for ``chronik stats``."""
-
-    events: int
-    streams: int
-    head_position: int
-    categories: dict[str, int] = field(default_factory=dict)
-    size_bytes: int | None = None
-
-
-@dataclass(frozen=True, slots=True)
-class DeadLetter:
-    """An event a subscription gave up on: recorded, not lost; retried on request."""
-
-    id: int
-    subscription: str
-    position: int
-    event_id: uuid.UUID
-    stream_id: str
-    version: int
-    type: str
-    error: str
-    attempts: int
-    created_at: str
-
-
-class Tx(Protocol):
-    """One write transaction on the store's database (see ``EventStore.transaction``).
-
-    ``execute``/``fetchall``/``fetchone`` run SQL in the backend's dialect; named parameters
-    written ``:name`` with a mapping work on SQLite and PostgreSQL alike. Checkpoints and
-    dead letters written through it commit or roll back with everything else.
+    - ``append``: checks the store is open, validates and encodes the batch
+      (:func:`encode_batch`, the context's metadata), opens the ``chronik.append`` span
+      whose traceparent goes into the events' metadata, then calls ``_write``. Tracing is
+      applied here, once, for every backend.
+    - ``read_page``: the head, then a page of ``read_all`` (:func:`read_page_from_head`); a
+      backend that can do it in one round trip overrides it (PostgreSQL).
+    - ``wait_for_change`` (on ``change_marker()``) and ``async with``.
     """
 
-    dialect: str
-    """``"sqlite"``, ``"postgresql"`` or ``"memory"`` (which runs no SQL)."""
-
-    clock_sql: str
-    """An SQL expression for the database's clock, in seconds since 1970 (a float): one
-    clock for every process that uses the store, whatever their own clocks say."""
-
-    async def execute(self, sql: str, params: Sequence[Any] | Mapping[str, Any] = ()) -> None: ...
-
-    async def fetchall(
-        self, sql: str, params: Sequence[Any] | Mapping[str, Any] = ()
-    ) -> list[tuple[Any, ...]]: ...
-
-    async def fetchone(
-        self, sql: str, params: Sequence[Any] | Mapping[str, Any] = ()
-    ) -> tuple[Any, ...] | None: ...
-
-    async def get_checkpoint(self, name: str) -> int | None: ...
-
-    async def set_checkpoint(self, name: str, position: int) -> None: ...
-
-    async def advance_checkpoint(self, name: str, expected: int, position: int) -> None:
-        """Move checkpoint ``name`` from ``expected`` (0: never saved) to ``position``.
-
-        Raises :class:`~chronik.errors.CheckpointMoved` when another transaction moved it,
-        and the whole transaction rolls back; on PostgreSQL the check runs in the server
-        and the error arrives at COMMIT, so the batch costs no round trip of its own.
-        Transactions advancing the same checkpoint run one after the other.
-        """
-        ...
-
-    async def add_dead_letter(
-        self, subscription: str, event: RecordedEvent, error: str, attempts: int
-    ) -> None: ...
-
-    async def delete_dead_letter(self, dead_letter_id: int) -> None: ...
-
-    async def get_active_version(self, projection: str) -> int | None: ...
-
-    async def set_active_version(self, projection: str, version: int) -> None: ...
-
-    async def import_events(self, events: Sequence[ImportedEvent]) -> None:
-        """Write events copied from another store as they were (``chronik migrate copy``).
-
-        Event id, stream id, type, schema version, data, metadata and ``recorded_at`` are
-        kept; positions are new, in the order given. An event's ``version`` must be the next
-        of its stream (``None``: take the next). Checked with :func:`plan_import`; inline
-        projections do not run. Commits or rolls back with the rest of the transaction.
-
-        Raises:
-            ConcurrencyError: a version is not the next of its stream.
-            DuplicateEventId: an event id is stored already (or given twice).
-            PayloadTooLarge, InvalidStreamId, SerializationError, BatchTooLarge.
-        """
-        ...
-
-
-class InlineProjection(Protocol):
-    """What a store needs of a projection it updates inside every append's transaction."""
-
-    def accepts(self, event: RecordedEvent) -> bool: ...
-
-    async def handle(self, event: RecordedEvent, tx: Tx) -> None: ...
-
-
-@runtime_checkable
-class EventStore(Protocol):
-    """Append and read events; every backend has exactly this shape."""
-
+    capabilities: ClassVar[frozenset[object]]
     max_event_bytes: int
-    inline_projections: list[InlineProjection]
-    """Projections updated in the same transaction as every append (strong consistency)."""
 
+    @abc.abstractmethod
+    def _check_open(self) -> None:
+        """Raise :class:`~chronik.errors.StoreUnavailable` when the store is closed."""
+
+    @abc.abstractmethod
+    async def _write(
+        self, stream_id: str, expected: int, batch: list[EncodedEvent]
+    ) -> AppendResult:
+        """Write one validated, encoded append (``expected`` checked by the backend)."""
+
+    @traced_append
     async def append(
         self, stream_id: str, events: Sequence[NewEvent], *, expected_version: int = ANY
     ) -> AppendResult:
-        """Append ``events`` atomically at the end of ``stream_id``.
+        """Append ``events`` atomically at the end of ``stream_id`` (see
+        :meth:`chronik.store.port.EventLog.append`)."""
+        self._check_open()
+        stream_id, expected, batch = encode_batch(
+            stream_id, events, expected_version, self.max_event_bytes
+        )
+        return await self._write(stream_id, expected, batch)
 
-        Raises:
-            ConcurrencyError: the stream is not at ``expected_version``; nothing written.
-            DuplicateEventId: an event id is stored already at another place or with other
-                content (the same events at the same place return the original result).
-            InvalidStreamId, InvalidExpectedVersion, PayloadTooLarge, SerializationError.
-        """
-        ...
-
-    def read_stream(
-        self,
-        stream_id: str,
-        *,
-        from_version: int | None = None,
-        limit: int | None = None,
-        backwards: bool = False,
-    ) -> AsyncIterator[RecordedEvent]:
-        """Events of one stream by version.
-
-        ``from_version`` is the first version returned; ``None`` means the start when reading
-        forwards and the last event when reading ``backwards``.
-
-        Raises ``StreamNotFound`` (on iteration) when the stream has no events.
-        """
-        ...
-
+    @abc.abstractmethod
     def read_all(
         self,
         *,
@@ -215,96 +129,75 @@ class EventStore(Protocol):
         categories: Sequence[str] | None = None,
         types: Sequence[str] | None = None,
         limit: int | None = None,
-    ) -> AsyncIterator[RecordedEvent]:
-        """Events with ``position > after`` in global order, never one with a hole behind it."""
-        ...
+    ) -> AsyncIterator[RecordedEvent]: ...
 
-    async def read_correlation(
-        self, correlation_id: str, *, limit: int | None = None
-    ) -> list[RecordedEvent]:
-        """Every event whose metadata has this ``correlation_id``, by position (indexed).
+    @abc.abstractmethod
+    async def head_position(self) -> int: ...
 
-        For debugging (``chronik trace``): on PostgreSQL it also returns committed events
-        above the readers' visibility horizon.
-        """
-        ...
+    @abc.abstractmethod
+    def change_marker(self) -> asyncio.Event: ...
 
-    async def stream_version(self, stream_id: str) -> int | None:
-        """The version of the stream's last event, or ``None`` when it has none."""
-        ...
-
-    def streams(
-        self, *, category: str | None = None, limit: int | None = None
-    ) -> AsyncIterator[StreamInfo]:
-        """The streams, by stream id."""
-        ...
-
-    async def head_position(self) -> int:
-        """The highest position a reader can see now (0 for an empty store)."""
-        ...
-
-    async def stats(self) -> StoreStats:
-        """Counts of events and streams, per category, and the database size."""
-        ...
-
-    async def count_events(
-        self,
-        *,
-        after: int = 0,
-        categories: Sequence[str] | None = None,
-        types: Sequence[str] | None = None,
-    ) -> int:
-        """How many events ``read_all`` with these arguments would yield (for lag)."""
-        ...
-
-    async def wait_for_change(self, timeout: float) -> None:
-        """Return soon after an append commits, or after ``timeout`` seconds."""
-        ...
-
-    def change_marker(self) -> asyncio.Event:
-        """An :class:`asyncio.Event` set by the next change the store can signal.
-
-        A follower takes it *before* it reads a page and waits on it after handling the
-        page, so an append that commits meanwhile wakes it at once (no lost wake-up).
-        """
-        ...
-
-    def transaction(self) -> AbstractAsyncContextManager[Tx]:
-        """A write transaction for read models, checkpoints and dead letters."""
-        ...
-
-    async def get_checkpoint(self, name: str) -> int | None:
-        """The stored checkpoint of a subscription (``None``: never saved)."""
-        ...
-
-    async def dead_letters(self, subscription: str | None = None) -> list[DeadLetter]:
-        """Recorded dead letters, oldest first."""
-        ...
-
-    async def checkpoints(self) -> dict[str, int]:
-        """Every stored checkpoint by subscription name."""
-        ...
-
-    async def query(
-        self, sql: str, params: Sequence[Any] | Mapping[str, Any] = ()
-    ) -> list[tuple[Any, ...]]:
-        """Run a read-only SQL query outside any write transaction (read models)."""
-        ...
-
-    async def get_active_version(self, projection: str) -> int | None:
-        """The version of a projection's read model that readers should use."""
-        ...
-
+    @abc.abstractmethod
     async def close(self) -> None: ...
 
-    async def __aenter__(self) -> Self: ...
+    async def read_page(
+        self,
+        *,
+        after: int,
+        limit: int,
+        categories: Sequence[str] | None = None,
+        types: Sequence[str] | None = None,
+    ) -> PageRead:
+        """One page for a follower (see :meth:`chronik.store.port.EventLog.read_page`)."""
+        return await read_page_from_head(
+            self, after=after, limit=limit, categories=categories, types=types
+        )
+
+    async def wait_for_change(self, timeout: float) -> None:
+        """Return when ``change_marker()`` is set (a change this store can signal), or
+        after ``timeout`` seconds."""
+        marker = self.change_marker()
+        with contextlib.suppress(TimeoutError):
+            await asyncio.wait_for(marker.wait(), max(timeout, 0.0))
+
+    async def __aenter__(self) -> Self:
+        return self
 
     async def __aexit__(
         self,
         exc_type: type[BaseException] | None,
         exc: BaseException | None,
         tb: TracebackType | None,
-    ) -> None: ...
+    ) -> None:
+        await self.close()
+
+
+async def read_page_from_head(
+    store: EventStoreBase,
+    *,
+    after: int,
+    limit: int,
+    categories: Sequence[str] | None = None,
+    types: Sequence[str] | None = None,
+) -> PageRead:
+    """``read_page`` from ``head_position`` and ``read_all``: two reads, the head first.
+
+    Every matching event at or below the head was visible before the page was read, so a
+    page that is not full is complete up to the head: ``caught_up_to`` is the head (or the
+    last event's position, when higher), ``more`` is ``False``. A full page may have more
+    behind it: ``caught_up_to`` is its last position and ``more`` is ``True``.
+    """
+    if limit <= 0:  # nothing read, nothing known beyond `after`
+        return [], after, False
+    head = await store.head_position()
+    events = [
+        e
+        async for e in store.read_all(after=after, categories=categories, types=types, limit=limit)
+    ]
+    if len(events) >= limit:
+        return events, events[-1].position, True
+    caught_up_to = events[-1].position if events else after
+    return events, max(caught_up_to, head), False
 
 
 class EncodedEvent(NamedTuple):
@@ -395,34 +288,6 @@ def check_expected(stream_id: str, expected: int, current: int) -> None:
         ok = current == expected
     if not ok:
         raise ConcurrencyError(stream_id, expected, current)
-
-
-class ImportedEvent(NamedTuple):
-    """An event copied from another store, for :meth:`Tx.import_events`."""
-
-    event_id: uuid.UUID
-    stream_id: str
-    version: int | None
-    """The version to write (checked to be the next of its stream); ``None``: the next."""
-    type: str
-    schema_version: int
-    data: bytes
-    metadata: bytes
-    recorded_at: datetime
-
-    @classmethod
-    def of(cls, event: RecordedEvent, *, keep_version: bool = True) -> ImportedEvent:
-        """The import of a stored event as it is (its version kept, or renumbered)."""
-        return cls(
-            event.event_id,
-            event.stream_id,
-            event.version if keep_version else None,
-            event.type,
-            event.schema_version,
-            event.raw_data,
-            event.raw_metadata,
-            event.recorded_at,
-        )
 
 
 def plan_import(

@@ -20,11 +20,10 @@ import time
 import uuid
 from collections.abc import AsyncIterator, Awaitable, Callable, Mapping, Sequence
 from datetime import UTC, datetime, timedelta
-from importlib import resources
 from pathlib import Path
-from types import TracebackType
-from typing import Any, Self, TypeVar
+from typing import Any, TypeVar
 
+import chronik.store.migrations as migrations
 from chronik.errors import (
     CheckpointMoved,
     ChronikError,
@@ -35,55 +34,50 @@ from chronik.errors import (
     StreamNotFound,
 )
 from chronik.events import (
-    ANY,
     AppendResult,
-    NewEvent,
     RecordedEvent,
     category_of,
     validate_stream_id,
 )
+from chronik.store.port import EventLog, Inspectable, SqlStore, WorkerState
 from chronik.store.protocol import (
     DEFAULT_MAX_EVENT_BYTES,
     READ_PAGE_SIZE,
     DeadLetter,
     EncodedEvent,
+    EventStoreBase,
     ImportedEvent,
     InlineProjection,
     StoredCopy,
     StoreStats,
     StreamInfo,
     check_expected,
-    encode_batch,
     pages_reading_ahead,
     plan_import,
     resolve_duplicate,
     wait_uninterrupted,
 )
-from chronik.telemetry import traced_append
+from chronik.store.sqlite_statements import SqliteStatements
 
-__all__ = ["SqliteEventStore", "SqliteTx", "sqlite_migrations"]
+__all__ = ["SqliteEventStore", "SqliteTx"]
 
 T = TypeVar("T")
 _EPOCH = datetime(1970, 1, 1, tzinfo=UTC)
-_COLUMNS = (
-    "position, stream_id, version, event_id, type, schema_version, "
-    "CAST(data AS BLOB), CAST(metadata AS BLOB), recorded_at"
-)
-_INSERT = (
-    "INSERT INTO events (stream_id, category, version, event_id, type, schema_version, "
-    "data, metadata, recorded_at) VALUES (?, ?, ?, ?, ?, ?, CAST(? AS TEXT), CAST(? AS TEXT), ?)"
-)
+_SQL = SqliteStatements()
 
 
-def sqlite_migrations() -> list[tuple[int, str, str]]:
-    """The numbered schema migrations shipped with chronik: ``(number, name, sql)``."""
-    folder = resources.files("chronik").joinpath("store/sql/sqlite")
-    found = []
-    for entry in folder.iterdir():
-        name = entry.name
-        if name.endswith(".sql") and name[:4].isdigit():
-            found.append((int(name[:4]), name, entry.read_text(encoding="utf-8")))
-    return sorted(found)
+def _now_us() -> int:
+    """Now, as SQLite stores times: microseconds since 1970-01-01 UTC."""
+    return time.time_ns() // 1000
+
+
+def _time_text(value: Any) -> str:
+    """A stored time (microseconds since 1970) as ISO 8601 in UTC, as the other backends
+    give it."""
+    try:
+        return (_EPOCH + timedelta(microseconds=int(value))).isoformat()
+    except (TypeError, ValueError):  # hand-edited text: shown as it is
+        return str(value)
 
 
 def _split_statements(script: str) -> list[str]:
@@ -99,28 +93,6 @@ def _split_statements(script: str) -> list[str]:
     if current.strip():
         raise SchemaError(f"incomplete SQL statement in migration: {current.strip()[:80]!r}")
     return statements
-
-
-def _row_to_event(row: tuple[Any, ...]) -> RecordedEvent:
-    """A row of ``_COLUMNS`` as an event; the id text and the time stamp are parsed lazily."""
-    return RecordedEvent.from_stored(*row)
-
-
-def _filters(
-    after: int, categories: Sequence[str] | None, types: Sequence[str] | None
-) -> tuple[str, list[Any]]:
-    """The WHERE clause of read_all/count_events and its parameters (``after`` first)."""
-    where = ["position > ?"]
-    params: list[Any] = [after]
-    if categories is not None:
-        cats = list(categories)
-        where.append(f"category IN ({','.join('?' * len(cats))})" if cats else "0")
-        params.extend(cats)
-    if types is not None:
-        kinds = list(types)
-        where.append(f"type IN ({','.join('?' * len(kinds))})" if kinds else "0")
-        params.extend(kinds)
-    return " AND ".join(where), params
 
 
 class SqliteTx:
@@ -140,6 +112,9 @@ class SqliteTx:
 
     def __init__(self, store: SqliteEventStore) -> None:
         self._store = store
+
+    def timestamp(self, at: datetime) -> int:
+        return (at - _EPOCH) // timedelta(microseconds=1)
 
     async def _run(self, fn: Callable[[sqlite3.Connection], T]) -> T:
         conn = self._store._conn(self._store._writer)
@@ -165,7 +140,7 @@ class SqliteTx:
         return row
 
     async def get_checkpoint(self, name: str) -> int | None:
-        row = await self.fetchone("SELECT position FROM checkpoints WHERE name = ?", (name,))
+        row = await self.fetchone(_SQL.get_checkpoint, (name,))
         return None if row is None else int(row[0])
 
     async def advance_checkpoint(self, name: str, expected: int, position: int) -> None:
@@ -176,21 +151,13 @@ class SqliteTx:
         await self.set_checkpoint(name, position)
 
     async def set_checkpoint(self, name: str, position: int) -> None:
-        await self.execute(
-            "INSERT INTO checkpoints (name, position, updated_at) VALUES (?, ?, datetime('now')) "
-            "ON CONFLICT (name) DO UPDATE SET position = excluded.position, "
-            "updated_at = excluded.updated_at",
-            (name, position),
-        )
+        await self.execute(_SQL.set_checkpoint, (name, position, _now_us()))
 
     async def add_dead_letter(
         self, subscription: str, event: RecordedEvent, error: str, attempts: int
     ) -> None:
         await self.execute(
-            "INSERT INTO dead_letters (subscription, position, event_id, stream_id, version, "
-            "type, error, attempts, created_at) VALUES (?, ?, ?, ?, ?, ?, ?, ?, datetime('now')) "
-            "ON CONFLICT (subscription, event_id) DO UPDATE SET error = excluded.error, "
-            "attempts = dead_letters.attempts + excluded.attempts",
+            _SQL.add_dead_letter,
             (
                 subscription,
                 event.position,
@@ -200,24 +167,19 @@ class SqliteTx:
                 event.type,
                 error,
                 attempts,
+                _now_us(),
             ),
         )
 
     async def delete_dead_letter(self, dead_letter_id: int) -> None:
-        await self.execute("DELETE FROM dead_letters WHERE id = ?", (dead_letter_id,))
+        await self.execute(_SQL.delete_dead_letter, (dead_letter_id,))
 
     async def get_active_version(self, projection: str) -> int | None:
-        row = await self.fetchone(
-            "SELECT active FROM projection_versions WHERE name = ?", (projection,)
-        )
+        row = await self.fetchone(_SQL.get_active_version, (projection,))
         return None if row is None else int(row[0])
 
     async def set_active_version(self, projection: str, version: int) -> None:
-        await self.execute(
-            "INSERT INTO projection_versions (name, active) VALUES (?, ?) "
-            "ON CONFLICT (name) DO UPDATE SET active = excluded.active",
-            (projection, version),
-        )
+        await self.execute(_SQL.set_active_version, (projection, version))
 
     async def import_events(self, events: Sequence[ImportedEvent]) -> None:
         # thousands of rows at a time: on the writer thread, off the event loop
@@ -233,13 +195,7 @@ def _import_sync(conn: sqlite3.Connection, events: Sequence[ImportedEvent], limi
     current: dict[str, int] = {}
     for start in range(0, len(streams), 500):
         chunk = streams[start : start + 500]
-        current.update(
-            conn.execute(
-                "SELECT stream_id, max(version) FROM events "
-                f"WHERE stream_id IN ({','.join('?' * len(chunk))}) GROUP BY stream_id",
-                chunk,
-            ).fetchall()
-        )
+        current.update(conn.execute(_SQL.stream_versions(chunk), chunk).fetchall())
     rows = [
         (
             ev.stream_id,
@@ -256,18 +212,14 @@ def _import_sync(conn: sqlite3.Connection, events: Sequence[ImportedEvent], limi
     ]
     conn.execute("SAVEPOINT chronik_import")
     try:
-        conn.executemany(_INSERT, rows)
+        conn.executemany(_SQL.import_events, rows)
     except sqlite3.IntegrityError as exc:
         conn.execute("ROLLBACK TO chronik_import")
         conn.execute("RELEASE chronik_import")
         ids = [row[3] for row in rows]
         for start in range(0, len(ids), 500):
             chunk = ids[start : start + 500]
-            found = conn.execute(
-                f"SELECT event_id, stream_id FROM events WHERE event_id IN "
-                f"({','.join('?' * len(chunk))}) LIMIT 1",
-                chunk,
-            ).fetchone()
+            found = conn.execute(_SQL.stored_copies(chunk), chunk).fetchone()
             if found is not None:
                 raise DuplicateEventId(found[1], uuid.UUID(found[0]), "is stored already") from exc
         raise ConcurrencyError(rows[0][0], rows[0][2] - 1, None) from exc
@@ -417,8 +369,11 @@ def _unavailable_error(exc: sqlite3.OperationalError) -> bool:
     return exc.sqlite_errorcode & 0xFF in (5, 6, 10, 11, 13, 14)
 
 
-class SqliteEventStore:
+class SqliteEventStore(EventStoreBase):
     """Event store on one SQLite file; create with :meth:`open` or ``chronik.connect``."""
+
+    capabilities = frozenset({EventLog, Inspectable, WorkerState, SqlStore})
+    dialect = "sqlite"
 
     def __init__(
         self,
@@ -479,35 +434,20 @@ class SqliteEventStore:
     # -- schema -------------------------------------------------------------------------
 
     def _migrate(self) -> int:
+        """Apply the pending migrations (:mod:`chronik.store.migrations`) in one write
+        transaction; returns how many."""
         conn = self._conn(self._writer)
         conn.execute("BEGIN IMMEDIATE")
         try:
-            conn.execute(
-                "CREATE TABLE IF NOT EXISTS schema_migrations ("
-                "version INTEGER PRIMARY KEY, name TEXT NOT NULL, applied_at TEXT NOT NULL)"
-            )
-            applied = {row[0] for row in conn.execute("SELECT version FROM schema_migrations")}
-            known = sqlite_migrations()
-            newest_known = known[-1][0] if known else 0
-            if applied and max(applied) > newest_known:
-                raise SchemaError(
-                    f"{self.path} has schema version {max(applied)}; this chronik knows "
-                    f"up to {newest_known}: upgrade chronik"
-                )
-            count = 0
-            for number, name, sql in known:
-                if number in applied:
-                    continue
-                for statement in _split_statements(sql):
+            conn.execute(_SQL.create_migrations_table)
+            applied = [int(row[0]) for row in conn.execute(_SQL.applied_migrations)]
+            todo = migrations.pending(migrations.load("sqlite"), applied, self.path)
+            for migration in todo:
+                for statement in _split_statements(migration.sql):
                     conn.execute(statement)
-                conn.execute(
-                    "INSERT INTO schema_migrations (version, name, applied_at) "
-                    "VALUES (?, ?, datetime('now'))",
-                    (number, name),
-                )
-                count += 1
+                conn.execute(_SQL.record_migration, (migration.number, _now_us(), migration.name))
             conn.execute("COMMIT")
-            return count
+            return len(todo)
         except BaseException:
             conn.execute("ROLLBACK")
             raise
@@ -535,12 +475,7 @@ class SqliteEventStore:
         ids = [str(ev.event_id) for ev in batch]
         for start in range(0, len(ids), 500):
             chunk = ids[start : start + 500]
-            marks = ",".join("?" * len(chunk))
-            for row in conn.execute(
-                "SELECT event_id, stream_id, version, position, type, CAST(data AS BLOB) "
-                f"FROM events WHERE event_id IN ({marks})",
-                chunk,
-            ):
+            for row in conn.execute(_SQL.stored_copies(chunk), chunk):
                 event_id = uuid.UUID(row[0])
                 found[event_id] = StoredCopy(event_id, row[1], row[2], row[3], row[4], row[5])
         return found
@@ -556,10 +491,7 @@ class SqliteEventStore:
         conn = self._conn(self._writer)
         conn.execute("BEGIN IMMEDIATE")
         try:
-            row = conn.execute(
-                "SELECT max(version), max(position) FROM events WHERE stream_id = ?",
-                (stream_id,),
-            ).fetchone()
+            row = conn.execute(_SQL.stream_version, (stream_id,)).fetchone()
             current = -1 if row[0] is None else int(row[0])
             try:
                 check_expected(stream_id, expected, current)
@@ -573,10 +505,10 @@ class SqliteEventStore:
                 raise
             if not batch:
                 conn.execute("ROLLBACK")
-                head = conn.execute("SELECT max(position) FROM events").fetchone()[0] or 0
+                head = conn.execute(_SQL.head).fetchone()[0]
                 return AppendResult(position=int(head), version=current), None
             category = category_of(stream_id)
-            now = time.time_ns() // 1000
+            now = _now_us()
             rows = [
                 (
                     stream_id,
@@ -592,7 +524,7 @@ class SqliteEventStore:
                 for offset, ev in enumerate(batch, start=1)
             ]
             try:
-                conn.executemany(_INSERT, rows)
+                conn.executemany(_SQL.append, rows)
             except sqlite3.IntegrityError:
                 conn.execute("ROLLBACK")
                 conn.execute("BEGIN")
@@ -605,7 +537,7 @@ class SqliteEventStore:
                 if original is not None:
                     return original, None
                 raise
-            position = conn.execute("SELECT last_insert_rowid()").fetchone()[0]
+            position = conn.execute(_SQL.last_position).fetchone()[0]
             if commit:
                 conn.execute("COMMIT")
             return AppendResult(position=int(position), version=current + len(batch)), now
@@ -614,14 +546,9 @@ class SqliteEventStore:
                 conn.execute("ROLLBACK")
             raise
 
-    @traced_append
-    async def append(
-        self, stream_id: str, events: Sequence[NewEvent], *, expected_version: int = ANY
+    async def _write(
+        self, stream_id: str, expected: int, batch: list[EncodedEvent]
     ) -> AppendResult:
-        self._check_open()
-        stream_id, expected, batch = encode_batch(
-            stream_id, events, expected_version, self.max_event_bytes
-        )
         try:
             async with self._write_lock:
                 if not self.inline_projections:
@@ -718,11 +645,7 @@ class SqliteEventStore:
         self._check_open()
 
         def query() -> int | None:
-            row = (
-                self._conn(self._reader)
-                .execute("SELECT position FROM checkpoints WHERE name = ?", (name,))
-                .fetchone()
-            )
+            row = self._conn(self._reader).execute(_SQL.get_checkpoint, (name,)).fetchone()
             return None if row is None else int(row[0])
 
         return await self._reader.run(query)
@@ -738,19 +661,14 @@ class SqliteEventStore:
 
     async def checkpoints(self) -> dict[str, int]:
         self._check_open()
-        return {
-            str(name): int(pos)
-            for name, pos in await self.query("SELECT name, position FROM checkpoints")
-        }
+        return {str(name): int(pos) for name, pos in await self.query(_SQL.all_checkpoints)}
 
     async def get_active_version(self, projection: str) -> int | None:
         self._check_open()
 
         def query() -> int | None:
             row = (
-                self._conn(self._reader)
-                .execute("SELECT active FROM projection_versions WHERE name = ?", (projection,))
-                .fetchone()
+                self._conn(self._reader).execute(_SQL.get_active_version, (projection,)).fetchone()
             )
             return None if row is None else int(row[0])
 
@@ -758,16 +676,25 @@ class SqliteEventStore:
 
     async def dead_letters(self, subscription: str | None = None) -> list[DeadLetter]:
         self._check_open()
-        where, params = ("WHERE subscription = ?", (subscription,)) if subscription else ("", ())
+        sql, params = (
+            (_SQL.dead_letters_of, (subscription,)) if subscription else (_SQL.dead_letters_all, ())
+        )
 
         def query() -> list[DeadLetter]:
-            rows = self._conn(self._reader).execute(
-                "SELECT id, subscription, position, event_id, stream_id, version, type, error, "
-                f"attempts, created_at FROM dead_letters {where} ORDER BY id",
-                params,
-            )
+            rows = self._conn(self._reader).execute(sql, params)
             return [
-                DeadLetter(r[0], r[1], r[2], uuid.UUID(r[3]), r[4], r[5], r[6], r[7], r[8], r[9])
+                DeadLetter(
+                    r[0],
+                    r[1],
+                    r[2],
+                    uuid.UUID(r[3]),
+                    r[4],
+                    r[5],
+                    r[6],
+                    r[7],
+                    r[8],
+                    _time_text(r[9]),
+                )
                 for r in rows
             ]
 
@@ -781,10 +708,10 @@ class SqliteEventStore:
         types: Sequence[str] | None = None,
     ) -> int:
         self._check_open()
-        where, params = _filters(after, categories, types)
+        sql = _SQL.count_events(categories=categories, types=types)
+        params = [after, *(categories or ()), *(types or ())]
 
         def query() -> int:
-            sql = f"SELECT count(*) FROM events WHERE {where}"
             return int(self._conn(self._reader).execute(sql, params).fetchone()[0])
 
         return await self._reader.run(query)
@@ -807,21 +734,17 @@ class SqliteEventStore:
         self._check_open()
         validate_stream_id(stream_id)
         remaining = limit
-        if backwards:
-            cursor = from_version if from_version is not None else 2**62
-            sql = (
-                f"SELECT {_COLUMNS} FROM events WHERE stream_id = ? AND version <= ? "
-                "ORDER BY version DESC LIMIT ?"
-            )
-        else:
-            cursor = max(from_version or 0, 0)
-            sql = (
-                f"SELECT {_COLUMNS} FROM events WHERE stream_id = ? AND version >= ? "
-                "ORDER BY version LIMIT ?"
-            )
+        cursor = from_version if backwards else max(from_version or 0, 0)
 
-        def fetch(cursor: int, size: int) -> Awaitable[list[RecordedEvent]]:
-            params = (stream_id, cursor, size)  # queued on the reader thread at once
+        def fetch(cursor: int | None, size: int) -> Awaitable[list[RecordedEvent]]:
+            params: tuple[Any, ...]
+            if not backwards:
+                sql, params = _SQL.read_forward, (stream_id, cursor, size)
+            elif cursor is None:
+                sql, params = _SQL.read_backward_from_end, (stream_id, size)
+            else:
+                sql, params = _SQL.read_backward, (stream_id, cursor, size)
+            # queued on the reader thread at once
             return self._reader.result(self._reader.submit(lambda: self._query(sql, params)))
 
         def read_next(page: list[RecordedEvent], size: int) -> Awaitable[list[RecordedEvent]]:
@@ -852,9 +775,8 @@ class SqliteEventStore:
         limit: int | None = None,
     ) -> AsyncIterator[RecordedEvent]:
         self._check_open()
-        where, first_params = _filters(after, categories, types)
-        filters = first_params[1:]
-        sql = f"SELECT {_COLUMNS} FROM events WHERE {where} ORDER BY position LIMIT ?"
+        sql = _SQL.read_all(categories=categories, types=types)
+        filters = (*(categories or ()), *(types or ()))
 
         def fetch(cursor: int, size: int) -> Awaitable[list[RecordedEvent]]:
             params = (cursor, *filters, size)  # queued on the reader thread at once
@@ -877,25 +799,17 @@ class SqliteEventStore:
     async def read_correlation(
         self, correlation_id: str, *, limit: int | None = None
     ) -> list[RecordedEvent]:
-        """Events with this correlation id, by position (index ``events_correlation_id``)."""
+        """Events with this correlation id, by position (index ``events_correlation_id_idx``)."""
         self._check_open()
-        sql = (
-            f"SELECT {_COLUMNS} FROM events "
-            "WHERE json_extract(metadata, '$.correlation_id') = ? ORDER BY position LIMIT ?"
-        )
         params = (correlation_id, -1 if limit is None else max(limit, 0))
-        return await self._reader.run(lambda: self._query(sql, params))
+        return await self._reader.run(lambda: self._query(_SQL.read_correlation, params))
 
     async def stream_version(self, stream_id: str) -> int | None:
         self._check_open()
         validate_stream_id(stream_id)
 
         def query() -> int | None:
-            row = (
-                self._conn(self._reader)
-                .execute("SELECT max(version) FROM events WHERE stream_id = ?", (stream_id,))
-                .fetchone()
-            )
+            row = self._conn(self._reader).execute(_SQL.stream_version, (stream_id,)).fetchone()
             return None if row[0] is None else int(row[0])
 
         return await self._reader.run(query)
@@ -906,11 +820,7 @@ class SqliteEventStore:
         self._check_open()
         cursor = ""
         remaining = limit
-        cat_sql = " AND category = ?" if category is not None else ""
-        sql = (
-            "SELECT stream_id, max(version), max(position) FROM events "
-            f"WHERE stream_id > ?{cat_sql} GROUP BY stream_id ORDER BY stream_id LIMIT ?"
-        )
+        sql = _SQL.streams_all if category is None else _SQL.streams_category
         while remaining is None or remaining > 0:
             size = READ_PAGE_SIZE if remaining is None else min(READ_PAGE_SIZE, remaining)
             params: tuple[Any, ...] = (
@@ -934,8 +844,7 @@ class SqliteEventStore:
         self._check_open()
 
         def query() -> int:
-            row = self._conn(self._reader).execute("SELECT max(position) FROM events").fetchone()
-            return int(row[0] or 0)
+            return int(self._conn(self._reader).execute(_SQL.head).fetchone()[0])
 
         return await self._reader.run(query)
 
@@ -946,22 +855,12 @@ class SqliteEventStore:
             conn = self._conn(self._reader)
             conn.execute("BEGIN")
             try:
-                events, head = conn.execute(
-                    "SELECT count(*), coalesce(max(position), 0) FROM events"
-                ).fetchone()
-                streams = conn.execute(
-                    "SELECT count(*) FROM (SELECT DISTINCT stream_id FROM events)"
-                ).fetchone()[0]
-                cats = dict(
-                    conn.execute(
-                        "SELECT category, count(*) FROM events GROUP BY category ORDER BY category"
-                    ).fetchall()
-                )
-                pages = conn.execute("PRAGMA page_count").fetchone()[0]
-                page_size = conn.execute("PRAGMA page_size").fetchone()[0]
+                events, streams = conn.execute(_SQL.stats_counts).fetchone()
+                head = conn.execute(_SQL.head).fetchone()[0]
+                cats = dict(conn.execute(_SQL.count_categories).fetchall())
+                size = int(conn.execute(_SQL.size).fetchone()[0])
             finally:
                 conn.execute("COMMIT")
-            size = pages * page_size
             wal = Path(self.path + "-wal")
             if wal.exists():
                 size += wal.stat().st_size
@@ -980,25 +879,9 @@ class SqliteEventStore:
         missed); other processes' appends are seen by polling."""
         return self._changed
 
-    async def wait_for_change(self, timeout: float) -> None:
-        """Return when this process appends, or after ``timeout`` (other processes: poll)."""
-        with contextlib.suppress(TimeoutError):
-            await asyncio.wait_for(self._changed.wait(), timeout)
-
     async def close(self) -> None:
         if self._closed:
             return
         self._closed = True
         await self._reader.close()
         await self._writer.close()
-
-    async def __aenter__(self) -> Self:
-        return self
-
-    async def __aexit__(
-        self,
-        exc_type: type[BaseException] | None,
-        exc: BaseException | None,
-        tb: TracebackType | None,
-    ) -> None:
-        await self.close()

@@ -1,8 +1,15 @@
-"""The contract every event store backend passes unchanged.
+"""The contracts an event store backend passes unchanged: one suite per capability.
 
-Use it from a backend's test file by subclassing and giving a fresh, empty ``store``::
+- :class:`EventLogContract` — :class:`~chronik.store.port.EventLog` (every backend);
+- :class:`InspectableContract` — :class:`~chronik.store.port.Inspectable`;
+- :class:`WorkerStateContract` — :class:`~chronik.store.port.WorkerState`;
+- :class:`SqlStoreContract` — :class:`~chronik.store.port.SqlStore`;
+- :class:`EventStoreContract` — the first three: what every backend of chronik has.
 
-    class TestMyBackend(EventStoreContract):
+A backend's test file subclasses the suites of the capabilities it declares and gives each
+test a fresh, empty ``store``::
+
+    class TestMyBackend(EventStoreContract, SqlStoreContract):
         @pytest.fixture
         async def store(self) -> AsyncIterator[EventStore]:
             async with await MyStore.open(...) as s:
@@ -15,7 +22,7 @@ from __future__ import annotations
 
 import asyncio
 import uuid
-from datetime import UTC, datetime
+from datetime import UTC, datetime, timedelta
 from typing import Any
 
 import pytest
@@ -39,9 +46,23 @@ from chronik.events import (
     NewEvent,
     RecordedEvent,
 )
-from chronik.store.protocol import EventStore, ImportedEvent
+from chronik.store.capabilities import require, supports
+from chronik.store.port import (
+    EventLog,
+    EventStore,
+    ImportedEvent,
+    Inspectable,
+    SqlStore,
+    WorkerState,
+)
 
-__all__ = ["EventStoreContract"]
+__all__ = [
+    "EventLogContract",
+    "EventStoreContract",
+    "InspectableContract",
+    "SqlStoreContract",
+    "WorkerStateContract",
+]
 
 
 def ev(type_: str = "Happened", **data: Any) -> NewEvent:
@@ -52,14 +73,15 @@ async def collect(it: Any) -> list[RecordedEvent]:
     return [e async for e in it]
 
 
-class EventStoreContract:
-    """Test methods shared by every backend; subclasses provide the ``store`` fixture."""
+class EventLogContract:
+    """:class:`~chronik.store.port.EventLog`: append, read, versions, the head, pages."""
+
+    async def test_declares_the_event_log(self, store: EventLog) -> None:
+        assert supports(store, EventLog)
 
     # -- append and expected versions ---------------------------------------------------
 
-    async def test_append_to_new_stream_returns_version_and_position(
-        self, store: EventStore
-    ) -> None:
+    async def test_append_to_new_stream_returns_version_and_position(self, store: EventLog) -> None:
         result = await store.append("order-1", [ev(n=1), ev(n=2)], expected_version=NO_STREAM)
         assert isinstance(result, AppendResult)
         assert result.version == 1
@@ -70,14 +92,14 @@ class EventStoreContract:
         assert events[0].position < events[1].position
         assert await store.stream_version("order-1") == 1
 
-    async def test_expected_exact_version(self, store: EventStore) -> None:
+    async def test_expected_exact_version(self, store: EventLog) -> None:
         await store.append("s-1", [ev()], expected_version=NO_STREAM)
         r = await store.append("s-1", [ev()], expected_version=0)
         assert r.version == 1
         r = await store.append("s-1", [ev(), ev()], expected_version=1)
         assert r.version == 3
 
-    async def test_conflicts_write_nothing(self, store: EventStore) -> None:
+    async def test_conflicts_write_nothing(self, store: EventLog) -> None:
         await store.append("s-1", [ev(n=0)], expected_version=NO_STREAM)
         head = await store.head_position()
         cases: list[tuple[str, int, int | None]] = [
@@ -98,7 +120,7 @@ class EventStoreContract:
         assert await store.stream_version("s-2") is None
         assert len(await collect(store.read_all())) == 1
 
-    async def test_stream_exists_and_any(self, store: EventStore) -> None:
+    async def test_stream_exists_and_any(self, store: EventLog) -> None:
         r = await store.append("s-1", [ev()], expected_version=ANY)
         assert r.version == 0
         r = await store.append("s-1", [ev()], expected_version=STREAM_EXISTS)
@@ -107,12 +129,12 @@ class EventStoreContract:
         assert r.version == 2
 
     @pytest.mark.parametrize("bad", [-3, -5, -100, 1.5, "0", None, True])
-    async def test_invalid_expected_version(self, store: EventStore, bad: Any) -> None:
+    async def test_invalid_expected_version(self, store: EventLog, bad: Any) -> None:
         with pytest.raises(InvalidExpectedVersion):
             await store.append("s-1", [ev()], expected_version=bad)
         assert await store.stream_version("s-1") is None
 
-    async def test_empty_append_checks_version_and_writes_nothing(self, store: EventStore) -> None:
+    async def test_empty_append_checks_version_and_writes_nothing(self, store: EventLog) -> None:
         with pytest.raises(ConcurrencyError):
             await store.append("s-1", [], expected_version=STREAM_EXISTS)
         await store.append("s-1", [ev()], expected_version=NO_STREAM)
@@ -120,7 +142,7 @@ class EventStoreContract:
         assert r.version == 0
         assert len(await collect(store.read_all())) == 1
 
-    async def test_concurrent_appends_one_wins(self, store: EventStore) -> None:
+    async def test_concurrent_appends_one_wins(self, store: EventLog) -> None:
         await store.append("hot-1", [ev()], expected_version=NO_STREAM)
 
         async def attempt(n: int) -> str:
@@ -137,7 +159,7 @@ class EventStoreContract:
 
     # -- idempotency --------------------------------------------------------------------
 
-    async def test_idempotent_retry_returns_original_result(self, store: EventStore) -> None:
+    async def test_idempotent_retry_returns_original_result(self, store: EventLog) -> None:
         batch = [ev(n=1), ev(n=2)]
         first = await store.append("s-1", batch, expected_version=NO_STREAM)
         again = await store.append("s-1", batch, expected_version=NO_STREAM)
@@ -149,7 +171,7 @@ class EventStoreContract:
         assert await store.append("s-1", [ev(n=4)], expected_version=2) != later
         assert [e.data["n"] for e in await collect(store.read_stream("s-1"))] == [1, 2, 3, 4]
 
-    async def test_same_id_other_content_or_place_is_rejected(self, store: EventStore) -> None:
+    async def test_same_id_other_content_or_place_is_rejected(self, store: EventLog) -> None:
         original = ev(n=1)
         await store.append("s-1", [original, ev(n=2)], expected_version=NO_STREAM)
         head = await store.head_position()
@@ -169,7 +191,7 @@ class EventStoreContract:
 
     # -- atomicity and bad input --------------------------------------------------------
 
-    async def test_batch_is_all_or_nothing(self, store: EventStore) -> None:
+    async def test_batch_is_all_or_nothing(self, store: EventLog) -> None:
         await store.append("s-1", [ev()], expected_version=NO_STREAM)
         big = NewEvent(type="Big", data={"blob": "x" * (store.max_event_bytes + 1)})
         with pytest.raises(PayloadTooLarge) as info:
@@ -185,7 +207,7 @@ class EventStoreContract:
         assert await store.stream_version("s-1") == 0
         assert len(await collect(store.read_all())) == 1
 
-    async def test_payload_just_under_limit_is_stored(self, store: EventStore) -> None:
+    async def test_payload_just_under_limit_is_stored(self, store: EventLog) -> None:
         await store.append("s-1", [ev(n=0)])
         meta = (await collect(store.read_stream("s-1")))[0].raw_metadata
         overhead = len(b'{"blob":""}')
@@ -198,14 +220,14 @@ class EventStoreContract:
         "bad",
         ["", "$system", "a\x00b", "line\nbreak", "tab\tx", "x" * 256, "é" * 128, 42, None],
     )
-    async def test_invalid_stream_ids_rejected(self, store: EventStore, bad: Any) -> None:
+    async def test_invalid_stream_ids_rejected(self, store: EventLog, bad: Any) -> None:
         with pytest.raises(InvalidStreamId):
             await store.append(bad, [ev()])
         with pytest.raises(InvalidStreamId):
             await collect(store.read_stream(bad))
         assert await store.head_position() == 0
 
-    async def test_unicode_stream_ids_and_data(self, store: EventStore) -> None:
+    async def test_unicode_stream_ids_and_data(self, store: EventLog) -> None:
         ids = ["заказ-1", "注文-2", "emoji-🎉", "with space-1", "x" * 255, "é" * 127]
         for sid in ids:
             await store.append(
@@ -220,7 +242,7 @@ class EventStoreContract:
             "заказ-1"
         ]
 
-    async def test_non_event_input_is_a_type_error(self, store: EventStore) -> None:
+    async def test_non_event_input_is_a_type_error(self, store: EventLog) -> None:
         with pytest.raises(TypeError):
             await store.append("s-1", [{"type": "X"}])  # type: ignore[list-item]
         with pytest.raises(TypeError):
@@ -231,7 +253,7 @@ class EventStoreContract:
 
     # -- reading ------------------------------------------------------------------------
 
-    async def test_read_missing_stream_raises(self, store: EventStore) -> None:
+    async def test_read_missing_stream_raises(self, store: EventLog) -> None:
         with pytest.raises(StreamNotFound):
             await collect(store.read_stream("nothing-here"))
         with pytest.raises(StreamNotFound):
@@ -239,7 +261,7 @@ class EventStoreContract:
         await store.append("some-1", [ev()])
         assert await collect(store.read_stream("some-1", from_version=5)) == []
 
-    async def test_paging_both_directions(self, store: EventStore) -> None:
+    async def test_paging_both_directions(self, store: EventLog) -> None:
         total = 1203
         for start in range(0, total, 401):
             await store.append("long-1", [ev(n=n) for n in range(start, min(start + 401, total))])
@@ -260,7 +282,7 @@ class EventStoreContract:
             e.version for e in await collect(store.read_stream("long-1", from_version=1202))
         ] == [1202]
 
-    async def test_read_all_order_after_and_limit(self, store: EventStore) -> None:
+    async def test_read_all_order_after_and_limit(self, store: EventLog) -> None:
         for n in range(30):
             await store.append(f"s-{n % 4}", [ev(n=n)])
         await store.append("t-1", [ev(n=n) for n in range(30, 1230)])
@@ -280,7 +302,7 @@ class EventStoreContract:
         assert await collect(store.read_all(limit=-1)) == []
         assert await collect(store.read_stream("t-1", limit=-1)) == []
 
-    async def test_readers_that_stop_early_leave_the_store_usable(self, store: EventStore) -> None:
+    async def test_readers_that_stop_early_leave_the_store_usable(self, store: EventLog) -> None:
         # Backends may read the next page while the caller consumes this one: a reader that
         # stops (break, or an exception) must neither leak that read nor lose later reads.
         await store.append("long-1", [ev(n=n) for n in range(1200)])
@@ -305,7 +327,7 @@ class EventStoreContract:
             loop.set_exception_handler(None)
         assert lost == []
 
-    async def test_read_all_filters(self, store: EventStore) -> None:
+    async def test_read_all_filters(self, store: EventLog) -> None:
         await store.append("order-1", [ev("Placed"), ev("Paid")])
         await store.append("payment-1", [ev("Paid")])
         await store.append("order-2", [ev("Placed")])
@@ -324,7 +346,7 @@ class EventStoreContract:
         assert await collect(store.read_all(categories=[])) == []
         assert await collect(store.read_all(types=["Nope"])) == []
 
-    async def test_filters_page_through_sparse_matches(self, store: EventStore) -> None:
+    async def test_filters_page_through_sparse_matches(self, store: EventLog) -> None:
         await store.append("noise-1", [ev("Noise") for _ in range(1100)])
         await store.append("rare-1", [ev("Rare")])
         await store.append("noise-1", [ev("Noise") for _ in range(600)])
@@ -334,7 +356,7 @@ class EventStoreContract:
         got = await collect(store.read_all(categories=["rare"], limit=1))
         assert [e.version for e in got] == [0]
 
-    async def test_recorded_event_fields(self, store: EventStore) -> None:
+    async def test_recorded_event_fields(self, store: EventLog) -> None:
         new = NewEvent(
             type="Opened", data={"owner": "Zoë"}, metadata={"tenant": "t1"}, schema_version=3
         )
@@ -360,7 +382,7 @@ class EventStoreContract:
         assert got.recorded_at.tzinfo is not None
         assert got == (await collect(store.read_stream("account-7")))[0]
 
-    async def test_context_generates_one_correlation_id_per_append(self, store: EventStore) -> None:
+    async def test_context_generates_one_correlation_id_per_append(self, store: EventLog) -> None:
         await store.append("s-1", [ev(), ev()])
         await store.append("s-1", [ev()])
         events = await collect(store.read_stream("s-1"))
@@ -368,6 +390,45 @@ class EventStoreContract:
         assert ids[0] and ids[0] == ids[1]
         assert ids[2] and ids[2] != ids[0]
         assert "causation_id" not in events[0].metadata
+
+    # -- following the log ----------------------------------------------------------------
+
+    async def test_read_page_says_how_far_it_is_complete(self, store: EventLog) -> None:
+        assert await store.read_page(after=0, limit=10) == ([], 0, False)
+        await store.append("a-1", [ev(n=n) for n in range(5)])
+        await store.append("b-1", [ev(n=n) for n in range(3)])
+        head = await store.head_position()
+        events, caught_up_to, more = await store.read_page(after=0, limit=3)
+        assert [e.data["n"] for e in events] == [0, 1, 2] and more
+        assert caught_up_to == events[-1].position
+        rest, caught_up_to, more = await store.read_page(after=caught_up_to, limit=10)
+        assert [(e.stream_id, e.data["n"]) for e in rest] == [
+            ("a-1", 3), ("a-1", 4), ("b-1", 0), ("b-1", 1), ("b-1", 2)
+        ]  # fmt: skip
+        assert (caught_up_to, more) == (head, False)
+        b, caught_up_to, more = await store.read_page(after=0, limit=10, categories=["b"])
+        assert [e.stream_id for e in b] == ["b-1"] * 3
+        assert (caught_up_to, more) == (head, False)
+        one, caught_up_to, more = await store.read_page(after=0, limit=1, types=["Happened"])
+        assert len(one) == 1 and more and caught_up_to == one[0].position
+        none, caught_up_to, more = await store.read_page(after=0, limit=10, types=["Nope"])
+        assert (none, caught_up_to, more) == ([], head, False)
+        assert await store.read_page(after=5, limit=0) == ([], 5, False)
+
+    async def test_an_append_sets_the_change_marker(self, store: EventLog) -> None:
+        marker = store.change_marker()
+        assert not marker.is_set()
+        await store.wait_for_change(0.01)  # nothing happened: returns after the timeout
+        await store.append("s-1", [ev()])
+        assert marker.is_set()
+        assert not store.change_marker().is_set()  # a fresh one for the next change
+
+
+class InspectableContract:
+    """:class:`~chronik.store.port.Inspectable`: streams, stats, counts, correlations."""
+
+    async def test_declares_inspection(self, store: EventStore) -> None:
+        assert supports(store, Inspectable)
 
     async def test_streams_listing_and_stats(self, store: EventStore) -> None:
         await store.append("order-1", [ev(), ev()])
@@ -391,7 +452,91 @@ class EventStoreContract:
         names = [s.stream_id async for s in store.streams()]
         assert names == [f"c-{n:05d}" for n in range(520)]
 
-    # -- import (chronik migrate copy) ----------------------------------------------------
+    async def test_count_events_counts_what_read_all_would_yield(self, store: EventStore) -> None:
+        await store.append("order-1", [ev("Placed"), ev("Paid")])
+        await store.append("user-1", [ev("Placed")])
+        first = (await collect(store.read_all(limit=1)))[0].position
+        assert await store.count_events() == 3
+        assert await store.count_events(after=first) == 2
+        assert await store.count_events(categories=["order"]) == 2
+        assert await store.count_events(types=["Placed"]) == 2
+        assert await store.count_events(categories=["order"], types=["Paid"]) == 1
+        assert await store.count_events(categories=[]) == 0
+
+    async def test_read_correlation_returns_its_events_in_order(self, store: EventStore) -> None:
+        for n in range(6):
+            with context(correlation_id=f"corr-{n % 2}"):
+                await store.append(f"s-{n % 3}", [ev(n=n), ev(n=n)])
+        await store.append("s-9", [NewEvent("Happened", {}, {"correlation_id": "corr-1"})])
+        found = await store.read_correlation("corr-1")
+        assert [e.data.get("n") for e in found] == [1, 1, 3, 3, 5, 5, None]
+        assert [e.position for e in found] == sorted(e.position for e in found)
+        assert all(e.correlation_id == "corr-1" for e in found)
+        assert [e.event_id for e in await store.read_correlation("corr-1", limit=3)] == [
+            e.event_id for e in found[:3]
+        ]
+        assert await store.read_correlation("corr-404") == []
+
+
+class WorkerStateContract:
+    """:class:`~chronik.store.port.WorkerState`: checkpoints, dead letters, active versions
+    and imports, committed (or not) with their transaction."""
+
+    async def test_declares_worker_state(self, store: EventStore) -> None:
+        assert supports(store, WorkerState)
+
+    async def test_checkpoints_dead_letters_and_versions(self, store: EventStore) -> None:
+        await store.append("order-1", [ev()])
+        (event,) = await collect(store.read_all())
+        async with store.transaction() as tx:
+            await tx.set_checkpoint("p:v1", event.position)
+            await tx.add_dead_letter("p:v1", event, "boom", 2)
+            await tx.set_active_version("p", 2)
+        assert await store.get_checkpoint("p:v1") == event.position
+        assert await store.checkpoints() == {"p:v1": event.position}
+        assert await store.get_active_version("p") == 2
+        assert await store.get_active_version("q") is None
+        (letter,) = await store.dead_letters("p:v1")
+        assert (letter.subscription, letter.event_id, letter.stream_id, letter.type) == (
+            "p:v1", event.event_id, "order-1", "Happened"
+        )  # fmt: skip
+        assert (letter.position, letter.version, letter.error, letter.attempts) == (
+            event.position, 0, "boom", 2
+        )  # fmt: skip
+        created = datetime.fromisoformat(letter.created_at)  # ISO 8601, in UTC
+        assert created.utcoffset() == timedelta(0)
+        assert abs(datetime.now(UTC) - created) < timedelta(minutes=5)
+        async with store.transaction() as tx:  # the same event again: one letter, counted
+            await tx.add_dead_letter("p:v1", event, "boom again", 1)
+        (letter,) = await store.dead_letters()
+        assert (letter.error, letter.attempts) == ("boom again", 3)
+        with pytest.raises(RuntimeError):
+            async with store.transaction() as tx:
+                await tx.delete_dead_letter(letter.id)
+                await tx.set_checkpoint("p:v1", 99)
+                raise RuntimeError("rolled back")
+        assert await store.get_checkpoint("p:v1") == event.position
+        assert len(await store.dead_letters()) == 1
+        async with store.transaction() as tx:
+            await tx.delete_dead_letter(letter.id)
+        assert await store.dead_letters("p:v1") == []
+
+    async def test_advance_checkpoint_moves_it_only_from_where_it_was(
+        self, store: EventStore
+    ) -> None:
+        async with store.transaction() as tx:
+            await tx.advance_checkpoint("proj", 0, 5)  # never saved counts as 0
+        assert await store.get_checkpoint("proj") == 5
+        async with store.transaction() as tx:
+            await tx.advance_checkpoint("proj", 5, 8)
+        assert await store.get_checkpoint("proj") == 8
+        # moved meanwhile (expected 5, it is at 8): the whole transaction rolls back
+        with pytest.raises(CheckpointMoved):
+            async with store.transaction() as tx:
+                await tx.set_checkpoint("other", 9)
+                await tx.advance_checkpoint("proj", 5, 12)
+        assert await store.get_checkpoint("other") is None
+        assert await store.get_checkpoint("proj") == 8
 
     async def test_import_keeps_everything_but_the_position(self, store: EventStore) -> None:
         await store.append("a-1", [ev(n=0)])
@@ -454,35 +599,50 @@ class EventStoreContract:
             assert await store.get_checkpoint("copy") is None, reason
         assert len(await collect(store.read_all())) == 1
 
-    # -- correlation (chronik trace) ------------------------------------------------------
 
-    async def test_advance_checkpoint_moves_it_only_from_where_it_was(
-        self, store: EventStore
-    ) -> None:
-        async with store.transaction() as tx:
-            await tx.advance_checkpoint("proj", 0, 5)  # never saved counts as 0
-        assert await store.get_checkpoint("proj") == 5
-        async with store.transaction() as tx:
-            await tx.advance_checkpoint("proj", 5, 8)
-        assert await store.get_checkpoint("proj") == 8
-        # moved meanwhile (expected 5, it is at 8): the whole transaction rolls back
-        with pytest.raises(CheckpointMoved):
-            async with store.transaction() as tx:
-                await tx.set_checkpoint("other", 9)
-                await tx.advance_checkpoint("proj", 5, 12)
-        assert await store.get_checkpoint("other") is None
-        assert await store.get_checkpoint("proj") == 8
+class SqlStoreContract:
+    """:class:`~chronik.store.port.SqlStore`: SQL in the store's transactions and queries."""
 
-    async def test_read_correlation_returns_its_events_in_order(self, store: EventStore) -> None:
-        for n in range(6):
-            with context(correlation_id=f"corr-{n % 2}"):
-                await store.append(f"s-{n % 3}", [ev(n=n), ev(n=n)])
-        await store.append("s-9", [NewEvent("Happened", {}, {"correlation_id": "corr-1"})])
-        found = await store.read_correlation("corr-1")
-        assert [e.data.get("n") for e in found] == [1, 1, 3, 3, 5, 5, None]
-        assert [e.position for e in found] == sorted(e.position for e in found)
-        assert all(e.correlation_id == "corr-1" for e in found)
-        assert [e.event_id for e in await store.read_correlation("corr-1", limit=3)] == [
-            e.event_id for e in found[:3]
-        ]
-        assert await store.read_correlation("corr-404") == []
+    async def test_declares_sql(self, store: EventStore) -> None:
+        sql = require(store, SqlStore)
+        assert sql.dialect  # "sqlite", "postgresql": for SQL text that differs
+
+    async def test_sql_commits_and_rolls_back_with_the_checkpoint(self, store: EventStore) -> None:
+        sql = require(store, SqlStore)
+        async with sql.transaction() as tx:
+            await tx.execute("CREATE TABLE contract_rm (k TEXT PRIMARY KEY, n INTEGER)")
+            await tx.execute("INSERT INTO contract_rm (k, n) VALUES (:k, :n)", {"k": "a", "n": 1})
+            assert await tx.fetchone("SELECT n FROM contract_rm WHERE k = :k", {"k": "a"}) == (1,)
+            assert await tx.fetchall("SELECT k FROM contract_rm") == [("a",)]
+            await tx.set_checkpoint("rm", 1)
+        assert await sql.query("SELECT k, n FROM contract_rm") == [("a", 1)]
+        with pytest.raises(RuntimeError):
+            async with sql.transaction() as tx:
+                await tx.execute("INSERT INTO contract_rm (k, n) VALUES ('b', 2)")
+                await tx.set_checkpoint("rm", 2)
+                raise RuntimeError("rolled back")
+        assert await sql.query("SELECT k, n FROM contract_rm ORDER BY k") == [("a", 1)]
+        assert await store.get_checkpoint("rm") == 1
+
+    async def test_timestamps_compare_and_order_in_time_columns(self, store: EventStore) -> None:
+        sql = require(store, SqlStore)
+        early = datetime(2021, 5, 6, 7, 8, 9, 123456, tzinfo=UTC)
+        late = early + timedelta(microseconds=1)
+        insert = (
+            "INSERT INTO snapshots (stream_id, state_version, version, category, state, "
+            "created_at) VALUES (:s, 'v', 0, 'x', :state, :at)"
+        )
+        async with sql.transaction() as tx:
+            await tx.execute(insert, {"s": "x-2", "state": b"{}", "at": tx.timestamp(late)})
+            await tx.execute(insert, {"s": "x-1", "state": b"{}", "at": tx.timestamp(early)})
+            found = await tx.fetchall(
+                "SELECT stream_id FROM snapshots WHERE created_at = :at", {"at": tx.timestamp(late)}
+            )
+            assert found == [("x-2",)]
+        rows = await sql.query("SELECT stream_id FROM snapshots ORDER BY created_at")
+        assert rows == [("x-1",), ("x-2",)]
+
+
+class EventStoreContract(EventLogContract, InspectableContract, WorkerStateContract):
+    """Everything every backend of chronik has (:class:`~chronik.store.port.EventStore`);
+    a backend with SQL adds :class:`SqlStoreContract`."""
