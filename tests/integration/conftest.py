@@ -8,6 +8,7 @@ import shutil
 import socket
 import subprocess
 import tempfile
+import uuid
 from collections.abc import AsyncIterator, Iterator
 from pathlib import Path
 from typing import Any, NamedTuple
@@ -15,8 +16,9 @@ from typing import Any, NamedTuple
 import psycopg
 import pytest
 
+from chronik.nats import ensure_stream
 from chronik.store.postgres import split_schema
-from tests.conftest import IN_CI
+from tests.conftest import IN_CI, NATS_URL, require_service
 
 
 @pytest.fixture
@@ -101,3 +103,30 @@ def private_pg() -> Iterator[PrivatePg]:
         with contextlib.suppress(subprocess.SubprocessError):
             pg.pg_ctl("-m", "immediate", "stop")
         shutil.rmtree(folder, ignore_errors=True)
+
+
+@pytest.fixture
+async def js_stream() -> AsyncIterator[tuple[Any, str]]:
+    """A unique JetStream stream on the shared server (deleted afterwards)."""
+    require_service("NATS", NATS_URL)
+    import nats
+
+    nc = await nats.connect(NATS_URL)
+    js = nc.jetstream()
+    name = f"chronik_t_{uuid.uuid4().hex[:10]}"
+    await ensure_stream(js, name, [f"{name}.>"], duplicate_window=120)
+    try:
+        yield js, name
+    finally:
+        await js.delete_stream(name)
+        await nc.close()
+
+
+async def stream_msg_ids(js: Any, name: str) -> list[str]:
+    """Every message's Nats-Msg-Id in stream order (an ephemeral ordered read)."""
+    info = await js.stream_info(name)
+    ids: list[str] = []
+    for seq in range(info.state.first_seq, info.state.last_seq + 1):
+        msg = await js.get_msg(name, seq)
+        ids.append((msg.headers or {})["Nats-Msg-Id"])
+    return ids

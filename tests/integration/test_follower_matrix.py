@@ -25,6 +25,8 @@ from chronik.sagas import Reaction, Saga, SagaEvent, SagaRunner
 from chronik.snapshots import EveryN, SnapshotConfig, Snapshotter, snapshot_store
 from chronik.store import SqlStore, supports
 from chronik.subscriptions import Subscription
+from tests.conftest import NATS_URL
+from tests.integration.conftest import stream_msg_ids
 
 NOISE = 3000
 """Filtered-out events before the wanted ones: three of PostgreSQL's filter windows."""
@@ -239,3 +241,20 @@ async def test_live_after_catch_up_every_worker(store: EventStore) -> None:
     }
     if sql:
         assert await _saga_seen(store) == [e.position for e in wanted]
+
+
+@pytest.mark.nats
+@pytest.mark.parametrize("shape", SHAPES)
+async def test_relay_catch_up(store: EventStore, shape: Shape, js_stream: tuple[Any, str]) -> None:
+    from chronik.nats import OutboxRelay
+
+    js, name = js_stream
+    wanted = await shape(store)
+    relay = OutboxRelay(store, NATS_URL, name=name, stream=name, prefix=name,
+                        categories=["order"], batch_size=50)  # fmt: skip
+    try:
+        assert await relay.catch_up() == len(wanted)
+        assert await relay.catch_up() == 0
+    finally:
+        await relay.close()
+    assert await stream_msg_ids(js, name) == [str(e.event_id) for e in wanted]

@@ -13,7 +13,6 @@ import socket
 import subprocess
 import sys
 import uuid
-from collections.abc import AsyncIterator
 from pathlib import Path
 from typing import Any
 
@@ -34,6 +33,7 @@ from chronik.nats import (
 from chronik.store import SqlStore, require
 from chronik.store.protocol import EventStore, Tx
 from tests.conftest import NATS_URL, require_service
+from tests.integration.conftest import stream_msg_ids
 
 ROOT = Path(__file__).parent.parent.parent
 NATS_SERVER = shutil.which("nats-server") or "/usr/sbin/nats-server"
@@ -74,33 +74,6 @@ async def test_relay_dead_letters_events_whose_stream_would_inject(tmp_path: Pat
 # -- with JetStream -----------------------------------------------------------------------------
 
 
-@pytest.fixture
-async def js_stream() -> AsyncIterator[tuple[Any, str]]:
-    """A unique JetStream stream on the shared server (deleted afterwards)."""
-    require_service("NATS", NATS_URL)
-    import nats
-
-    nc = await nats.connect(NATS_URL)
-    js = nc.jetstream()
-    name = f"chronik_t_{uuid.uuid4().hex[:10]}"
-    await ensure_stream(js, name, [f"{name}.>"], duplicate_window=120)
-    try:
-        yield js, name
-    finally:
-        await js.delete_stream(name)
-        await nc.close()
-
-
-async def _stream_msg_ids(js: Any, name: str) -> list[str]:
-    """Every message's Nats-Msg-Id in stream order (an ephemeral ordered read)."""
-    info = await js.stream_info(name)
-    ids: list[str] = []
-    for seq in range(info.state.first_seq, info.state.last_seq + 1):
-        msg = await js.get_msg(name, seq)
-        ids.append((msg.headers or {})["Nats-Msg-Id"])
-    return ids
-
-
 async def _append_accounts(store: EventStore, n: int, start: int = 0) -> list[str]:
     ids = []
     for i in range(start, start + n):
@@ -129,7 +102,7 @@ async def test_relay_publishes_in_order_with_ids_and_dedupes_republish(
         relay = OutboxRelay(store, NATS_URL, name=name, stream=name, prefix=name,
                             categories=["account"], batch_size=8)  # fmt: skip
         await _drain(relay)
-        assert await _stream_msg_ids(js, name) == ids  # store order, id = event id
+        assert await stream_msg_ids(js, name) == ids  # store order, id = event id
         msg = await js.get_msg(name, 1)
         assert msg.subject == f"{name}.account.Credited"
         assert msg.headers["Chronik-Correlation-Id"] == "corr-1"
@@ -141,7 +114,7 @@ async def test_relay_publishes_in_order_with_ids_and_dedupes_republish(
                             categories=["account"])  # fmt: skip
         await _drain(again)
         assert again.duplicates == 30
-        assert await _stream_msg_ids(js, name) == ids
+        assert await stream_msg_ids(js, name) == ids
         await relay.close()
         await again.close()
 
@@ -157,7 +130,7 @@ async def test_relay_with_publishes_in_flight(js_stream: tuple[Any, str], tmp_pa
         await relay.close()
         assert relay.published == 75 and relay.duplicates == 0
         assert await store.get_checkpoint(f"relay:{name}") == await store.head_position()
-    assert await _stream_msg_ids(js, name) == ids
+    assert await stream_msg_ids(js, name) == ids
 
 
 def _relay_proc(url: str, nats_url: str, name: str) -> subprocess.Popen[bytes]:
@@ -186,7 +159,7 @@ async def test_kill_9_relay_loses_nothing(js_stream: tuple[Any, str], tmp_path: 
                             categories=["account"])  # fmt: skip
         await _drain(relay)
         await relay.close()
-    got = await _stream_msg_ids(js, name)
+    got = await stream_msg_ids(js, name)
     assert len(got) == len(set(got))  # no duplicates in the stream
     assert got == ids  # nothing lost, store order
 
@@ -252,7 +225,7 @@ async def test_nats_restart_during_relay(tmp_path: Path) -> None:
             await relay.stop()
             await asyncio.wait_for(task, 10)
         nc = await nats.connect(nats_url)
-        got = await _stream_msg_ids(nc.jetstream(), "RESTART")
+        got = await stream_msg_ids(nc.jetstream(), "RESTART")
         await nc.close()
         assert len(got) == len(set(got))
         assert got == ids  # nothing lost, nothing duplicated, store order
@@ -459,7 +432,7 @@ async def test_cli_relay_run(tmp_path: Path) -> None:
         got: list[str] = []
         for _ in range(200):
             try:
-                got = await _stream_msg_ids(js, name)
+                got = await stream_msg_ids(js, name)
             except Exception:  # the stream is not created yet
                 got = []
             if len(got) == 5:

@@ -21,7 +21,7 @@ import uuid
 from collections.abc import AsyncIterator, Awaitable, Callable, Mapping, Sequence
 from datetime import UTC, datetime, timedelta
 from pathlib import Path
-from typing import Any, TypeVar
+from typing import Any, TypeVar, cast
 
 import chronik.store.migrations as migrations
 from chronik.errors import (
@@ -226,6 +226,25 @@ def _import_sync(conn: sqlite3.Connection, events: Sequence[ImportedEvent], limi
     conn.execute("RELEASE chronik_import")
 
 
+MAX_GROUP = 256
+"""At most this many appends share one transaction (one fsync) on SQLite."""
+
+
+class Grouped:
+    """A writer job that may share one transaction with the grouped jobs queued right
+    behind it: ``run_group(jobs)`` runs them all (on the writer thread) and hands back each
+    job's own result."""
+
+    __slots__ = ("args", "run_group")
+
+    def __init__(self, run_group: Callable[[list[_Job]], None], args: tuple[Any, ...]) -> None:
+        self.run_group = run_group
+        self.args = args
+
+    def __call__(self) -> Any:
+        raise RuntimeError("a grouped job runs through run_group")
+
+
 class _Connection:
     """One sqlite3 connection used only from its own thread.
 
@@ -261,12 +280,28 @@ class _Connection:
 
     def _serve(self) -> None:
         jobs = self._jobs
+        held: list[_Job | None] = []  # a job taken off the queue while grouping, run next
         while True:
-            job = jobs.get()
+            job = held.pop() if held else jobs.get()
             if job is None:
                 return
             fn, future, loop = job
             if future.cancelled():
+                continue
+            if isinstance(fn, Grouped):
+                # the grouped jobs queued right behind this one run with it (group commit)
+                group = [job]
+                while len(group) < MAX_GROUP:
+                    try:
+                        queued = jobs.get_nowait()
+                    except queue.Empty:
+                        break
+                    if queued is None or not isinstance(queued[0], Grouped):
+                        held.append(queued)
+                        break
+                    if not queued[1].cancelled():
+                        group.append(queued)
+                fn.run_group(group)
                 continue
             try:
                 result = fn()
@@ -396,6 +431,8 @@ class SqliteEventStore(EventStoreBase):
         self._changed = asyncio.Event()
         self._closed = False
         self._write_lock = asyncio.Lock()
+        self.largest_group = 1
+        """The most appends one transaction has committed together (group commit)."""
         self.inline_projections: list[InlineProjection] = []
         """Projections applied inside every append's transaction (see chronik.projections)."""
 
@@ -491,72 +528,124 @@ class SqliteEventStore(EventStoreBase):
         conn = self._conn(self._writer)
         conn.execute("BEGIN IMMEDIATE")
         try:
-            row = conn.execute(_SQL.stream_version, (stream_id,)).fetchone()
-            current = -1 if row[0] is None else int(row[0])
-            try:
-                check_expected(stream_id, expected, current)
-            except ConcurrencyError:
-                original = resolve_duplicate(
-                    stream_id, expected, batch, self._lookup_ids(conn, batch)
-                )
-                conn.execute("ROLLBACK")
-                if original is not None:
-                    return original, None
-                raise
-            if not batch:
-                conn.execute("ROLLBACK")
-                head = conn.execute(_SQL.head).fetchone()[0]
-                return AppendResult(position=int(head), version=current), None
-            category = category_of(stream_id)
-            now = _now_us()
-            rows = [
-                (
-                    stream_id,
-                    category,
-                    current + offset,
-                    str(ev.event_id),
-                    ev.type,
-                    ev.schema_version,
-                    ev.data,
-                    ev.metadata,
-                    now,
-                )
-                for offset, ev in enumerate(batch, start=1)
-            ]
-            try:
-                conn.executemany(_SQL.append, rows)
-            except sqlite3.IntegrityError:
-                conn.execute("ROLLBACK")
-                conn.execute("BEGIN")
-                try:
-                    original = resolve_duplicate(
-                        stream_id, expected, batch, self._lookup_ids(conn, batch)
-                    )
-                finally:
-                    conn.execute("ROLLBACK")
-                if original is not None:
-                    return original, None
-                raise
-            position = conn.execute(_SQL.last_position).fetchone()[0]
-            if commit:
+            result, written = self._append_in(conn, stream_id, expected, batch, "ROLLBACK")
+            if written is None:
+                _rollback(conn)
+            elif commit:
                 conn.execute("COMMIT")
-            return AppendResult(position=int(position), version=current + len(batch)), now
+            return result, written
         except BaseException:
-            if conn.in_transaction:
-                conn.execute("ROLLBACK")
+            _rollback(conn)
             raise
+
+    def _append_in(
+        self,
+        conn: sqlite3.Connection,
+        stream_id: str,
+        expected: int,
+        batch: list[EncodedEvent],
+        undo: str,
+    ) -> tuple[AppendResult, int | None]:
+        """The append's statements inside an open transaction. ``undo`` ("ROLLBACK", or
+        "ROLLBACK TO" a savepoint in a group) drops what the append wrote before the
+        original of an idempotent retry is looked up."""
+        row = conn.execute(_SQL.stream_version, (stream_id,)).fetchone()
+        current = -1 if row[0] is None else int(row[0])
+        try:
+            check_expected(stream_id, expected, current)
+        except ConcurrencyError:
+            original = resolve_duplicate(stream_id, expected, batch, self._lookup_ids(conn, batch))
+            if original is not None:
+                return original, None
+            raise
+        if not batch:
+            head = conn.execute(_SQL.head).fetchone()[0]
+            return AppendResult(position=int(head), version=current), None
+        category = category_of(stream_id)
+        now = _now_us()
+        rows = [
+            (
+                stream_id,
+                category,
+                current + offset,
+                str(ev.event_id),
+                ev.type,
+                ev.schema_version,
+                ev.data,
+                ev.metadata,
+                now,
+            )
+            for offset, ev in enumerate(batch, start=1)
+        ]
+        try:
+            conn.executemany(_SQL.append, rows)
+        except sqlite3.IntegrityError:
+            conn.execute(undo)
+            original = resolve_duplicate(stream_id, expected, batch, self._lookup_ids(conn, batch))
+            if original is not None:
+                return original, None
+            raise
+        position = conn.execute(_SQL.last_position).fetchone()[0]
+        return AppendResult(position=int(position), version=current + len(batch)), now
+
+    def _append_group(self, group: list[_Job]) -> None:
+        """Run appends queued together in ONE transaction, one fsync for all (group commit),
+        each in a savepoint with its own expected-version check and its own outcome: one
+        append's conflict does not fail the others. Runs on the writer thread."""
+        if len(group) == 1:
+            fn, future, loop = group[0]
+            try:
+                result = self._append_sync(*cast(Grouped, fn).args)
+            except BaseException as exc:
+                _hand_back(loop, future, None, exc)
+            else:
+                _hand_back(loop, future, result, None)
+            return
+        conn = self._conn(self._writer)
+        outcomes: list[tuple[Any, BaseException | None]] = []
+        self.largest_group = max(self.largest_group, len(group))
+        try:
+            conn.execute("BEGIN IMMEDIATE")
+            for fn, _, _ in group:
+                conn.execute("SAVEPOINT chronik_append")
+                try:
+                    stream_id, expected, batch = cast(Grouped, fn).args
+                    outcome = self._append_in(
+                        conn, stream_id, expected, batch, "ROLLBACK TO chronik_append"
+                    )
+                except Exception as exc:
+                    conn.execute("ROLLBACK TO chronik_append")
+                    outcomes.append((None, exc))
+                else:
+                    outcomes.append((outcome, None))
+                conn.execute("RELEASE chronik_append")
+            conn.execute("COMMIT")
+        except BaseException as exc:
+            with contextlib.suppress(sqlite3.Error):
+                _rollback(conn)
+            for _, future, loop in group:
+                _hand_back(loop, future, None, exc)
+            return
+        for (_, future, loop), (outcome, error) in zip(group, outcomes, strict=True):
+            _hand_back(loop, future, outcome, error)
 
     async def _write(
         self, stream_id: str, expected: int, batch: list[EncodedEvent]
     ) -> AppendResult:
         try:
-            async with self._write_lock:
-                if not self.inline_projections:
-                    # one job: skipped if cancelled before it starts, else runs to its end
-                    result, written = await self._writer.run(
-                        lambda: self._append_sync(stream_id, expected, batch)
-                    )
+            if not self.inline_projections:
+                # one job, grouped with the appends queued behind it (group commit): skipped
+                # if cancelled before it starts, else it runs to its end
+                job = Grouped(self._append_group, (stream_id, expected, batch))
+                if self._write_lock.locked():  # a transaction() is open: after it
+                    async with self._write_lock:
+                        future = self._writer.submit(job)
                 else:
+                    future = self._writer.submit(job)
+                outcome: tuple[AppendResult, int | None] = await self._writer.result(future)
+                result, written = outcome
+            else:
+                async with self._write_lock:
                     result, written = await self._append_inline(stream_id, expected, batch)
         except asyncio.CancelledError:
             self._wake_after_writer()  # it may have committed (or may still)
