@@ -208,7 +208,11 @@ class Subscription:
             self._after = position
 
     async def pages(
-        self, *, follow: bool = True, before_wait: Callable[[], Awaitable[bool]] | None = None
+        self,
+        *,
+        follow: bool = True,
+        until: int | None = None,
+        before_wait: Callable[[], Awaitable[bool]] | None = None,
     ) -> AsyncIterator[Page]:
         """Pages until :meth:`stop`: catch-up pages, then (``follow``) one per change.
 
@@ -218,6 +222,9 @@ class Subscription:
         reading resumes after the last position yielded. The change marker is taken
         before each read, so a change during the caller's handling of a page is not lost.
         ``before_wait`` runs each time it is about to go idle; ``True`` ends the pages.
+        ``until`` ends them once every matching event up to that position was handed out
+        (``catch_up`` passes the head as of its call, so it returns under a steady stream
+        of new events too).
         """
         backoff = Backoff()
         while not self._stopped.is_set():
@@ -238,6 +245,8 @@ class Subscription:
             if page.events or page.poison or page.caught_up_to > self.position:
                 yield page
                 self.advance(page.caught_up_to)
+            if until is not None and page.caught_up_to >= until:
+                return
             if page.more:
                 continue
             if marker is None or (before_wait is not None and await before_wait()):

@@ -290,15 +290,17 @@ class Follower(Worker):
     async def catch_up(self, progress: Callable[[int], None] | None = None) -> int:
         """Handle everything there is now, then return what :meth:`handle_page` counted.
 
-        Returns once a page says nothing more is there (as of that read), however the
-        filter thins the pages out. ``progress`` is called after each page with the count
+        Returns once every event up to the head as of the call is handled (or a page says
+        nothing more is there), however the filter thins the pages out and however fast
+        new events arrive meanwhile. ``progress`` is called after each page with the count
         so far. A lost store raises :class:`~chronik.StoreUnavailable` (nothing is lost:
         call it again).
         """
         if self._task is None:
             await self._ready()
+        head = await self.store.head_position()
         done = 0
-        async for page in self._subscribe().pages(follow=False):
+        async for page in self._subscribe().pages(follow=False, until=head):
             done += await self._take(page)
             if progress is not None:
                 progress(done)

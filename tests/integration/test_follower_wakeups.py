@@ -215,3 +215,40 @@ async def test_saga_deadlines_use_the_database_clock(
                 break
             await asyncio.sleep(0.05)
         assert fired == 1
+
+
+class Slow(Follower):
+    def __init__(self, store: EventStore) -> None:
+        super().__init__(store, checkpoint_name="slow", categories=["flood"], batch_size=5)
+        self.seen = 0
+
+    async def handle_page(self, page: Page) -> int:
+        self.seen += len(page.events)
+        return len(page.events)
+
+
+async def test_catch_up_returns_while_events_keep_arriving(store: EventStore) -> None:
+    """A writer faster than the follower: catch_up() stops at the head as of its call."""
+    for n in range(40):
+        await store.append(f"flood-{n}", [NewEvent("F", {"n": n})])
+    before = await store.head_position()
+    stop = asyncio.Event()
+
+    async def flood() -> int:
+        appended = 0
+        while not stop.is_set() and appended < 400:  # bounded: 400 appends of 20 at most
+            await store.append("flood-x", [NewEvent("F", {}) for _ in range(20)])
+            appended += 1
+            await asyncio.sleep(0)  # let the follower run between appends
+        return appended
+
+    writer = asyncio.ensure_future(flood())
+    follower = Slow(store)
+    try:
+        handled = await asyncio.wait_for(follower.catch_up(), 120)
+    finally:
+        stop.set()
+        appended = await writer
+    assert handled >= 40
+    assert follower.checkpoint >= before
+    assert appended < 400  # it returned while the writer was still writing
