@@ -72,6 +72,11 @@ class Backoff:
         self.delay = self.first
         self.failures = 0
 
+    def step(self) -> float:
+        """The current delay, doubling the next one (for waits that are not failures)."""
+        delay, self.delay = self.delay, min(self.delay * 2, self.most)
+        return delay
+
     async def sleep(self, stop: asyncio.Event | None = None) -> None:
         """Wait the current delay (or until ``stop`` is set), then double it."""
         self.failures += 1
@@ -227,6 +232,7 @@ class Subscription:
         of new events too).
         """
         backoff = Backoff()
+        held = Backoff(first=0.001, most=self.poll_interval)
         while not self._stopped.is_set():
             marker = None
             try:
@@ -242,29 +248,43 @@ class Subscription:
                 await backoff.sleep(self._stopped)
                 continue
             backoff.reset()
-            if page.events or page.poison or page.caught_up_to > self.position:
+            progressed = bool(page.events or page.poison or page.caught_up_to > self.position)
+            if progressed:
+                held.reset()
                 yield page
                 self.advance(page.caught_up_to)
             if until is not None and page.caught_up_to >= until:
                 return
-            if page.more:
+            if page.more and progressed:
                 continue
+            if page.more and marker is not None:
+                # more is committed but not readable yet (PostgreSQL: an older transaction
+                # is still open); its end is not signalled, so look again soon, then less
+                # often: 1 ms doubling up to the poll interval, or at the next change
+                await self._wait(marker, held.step())
+                continue
+            if page.more:
+                return  # catching up only: nothing more is readable now
             if marker is None or (before_wait is not None and await before_wait()):
                 return
             await self._wait(marker)
 
-    async def _wait(self, marker: asyncio.Event) -> None:
-        """Until ``marker`` is set (a change), :meth:`stop`, or ``poll_interval`` passes."""
-        self.waits += 1
+    async def _wait(self, marker: asyncio.Event, timeout: float | None = None) -> None:
+        """Until ``marker`` is set (a change), :meth:`stop`, or ``timeout`` (default
+        ``poll_interval``) passes."""
+        if timeout is None:
+            self.waits += 1
         if marker.is_set() or self._stopped.is_set():
             return
         waiter = asyncio.ensure_future(marker.wait())
         stopper = asyncio.ensure_future(self._stopped.wait())
         try:
             done, _ = await asyncio.wait(
-                {waiter, stopper}, timeout=self.poll_interval, return_when=asyncio.FIRST_COMPLETED
+                {waiter, stopper},
+                timeout=self.poll_interval if timeout is None else timeout,
+                return_when=asyncio.FIRST_COMPLETED,
             )
-            if not done:
+            if not done and timeout is None:
                 self.poll_expiries += 1
         finally:
             for task in (waiter, stopper):

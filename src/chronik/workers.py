@@ -315,11 +315,12 @@ class Follower(Worker):
             await self._ready()
             self._stepper = self._subscribe()
         while True:
+            before = self._stepper.position
             page = await self._stepper.read_page()
             handled = await self._take(page)
             self._stepper.advance(self.checkpoint)
-            if handled or not page.more:
-                return handled
+            if handled or not page.more or page.caught_up_to <= before:
+                return handled  # (no progress: more is committed but not readable yet)
 
     async def _starting(self) -> None:
         await self._ready()

@@ -252,3 +252,37 @@ async def test_catch_up_returns_while_events_keep_arriving(store: EventStore) ->
     assert handled >= 40
     assert follower.checkpoint >= before
     assert appended < 400  # it returned while the writer was still writing
+
+
+class Seen(Follower):
+    def __init__(self, store: EventStore) -> None:
+        super().__init__(store, checkpoint_name="seen", categories=["ping"], poll_interval=30.0)
+        self.arrived = asyncio.Event()
+
+    async def handle_page(self, page: Page) -> int:
+        if page.events:
+            self.arrived.set()
+        return len(page.events)
+
+
+@pytest.mark.postgres
+async def test_an_event_held_back_by_an_older_transaction_is_read_when_it_ends(
+    pg_url: str, raw: Any
+) -> None:
+    """PostgreSQL readers see only what lies below the oldest open transaction, and that
+    transaction's end sends no NOTIFY: the follower must look again soon by itself, not
+    after its poll interval (30 s here; before the fix a hop took the whole interval)."""
+    async with await chronik.connect(pg_url) as store, await chronik.connect(pg_url) as writer:
+        follower = Seen(store)
+        await follower.start()
+        try:
+            async with raw.transaction():
+                await raw.execute("SELECT pg_current_xact_id()")  # older than the append
+                await writer.append("ping-1", [NewEvent("Ping", {})])
+                await asyncio.sleep(0.05)
+                assert not follower.arrived.is_set()  # not readable while it is open
+            await asyncio.wait_for(follower.arrived.wait(), 20)
+        finally:
+            await follower.stop()
+        assert follower.subscription is not None
+        assert follower.subscription.poll_expiries == 0

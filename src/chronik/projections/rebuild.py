@@ -51,8 +51,11 @@ async def rebuild_blue_green(
         batch_size=batch_size,
     )
     while True:
+        before = sub.position
         page = await sub.read_page()
-        if page.more:  # more arrived meanwhile: keep catching up
+        if page.more and (page.events or page.caught_up_to > before):
+            # more arrived meanwhile: keep catching up (what an open transaction holds back
+            # is applied after the switch, by a runner of the new version)
             applied += await follower.handle_page(page)
             sub.advance(follower.checkpoint)
             continue

@@ -263,8 +263,11 @@ class EventLog(Protocol):
         Returns the matching events after ``after`` (at most ``limit``), ``caught_up_to`` (a
         position such that every matching event at or below it is in this page or an
         earlier one) and ``more`` (more may match right now: read again rather than wait).
-        A page can be short, even empty, and still have ``more``. ``limit <= 0`` reads
-        nothing and knows nothing beyond ``after``.
+        A page can be short, even empty, and still have ``more``. ``more`` with an empty
+        page that did not move ``caught_up_to`` means more is committed but not readable
+        yet (PostgreSQL: an older transaction is still open; its end is not signalled, so
+        a follower looks again soon). ``limit <= 0`` reads nothing and knows nothing
+        beyond ``after``.
         """
         ...
 

@@ -664,7 +664,10 @@ class PostgresEventStore(EventStoreBase):
             more = True
             while more and (remaining is None or remaining > 0):
                 size = READ_PAGE_SIZE if remaining is None else min(READ_PAGE_SIZE, remaining)
-                rows, cursor, more = await self._read_window(cursor, size, categories, types)
+                rows, reached, more = await self._read_window(cursor, size, categories, types)
+                if not rows and reached <= cursor:
+                    return  # held back by an open transaction: nothing more readable now
+                cursor = reached
                 if remaining is not None:
                     remaining -= len(rows)
                 for row in rows:
@@ -711,11 +714,14 @@ class PostgresEventStore(EventStoreBase):
             return [], int(after), False
         if categories is None and types is None:
             rows = await self._fetchall(self._sql.read_page(), {"after": int(after), "page": limit})
-            head = int(rows[0][0]) if rows else 0
-            events = [_record(row[1:]) for row in rows if row[1] is not None]
+            head, top = (int(rows[0][0]), int(rows[0][1])) if rows else (0, 0)
+            events = [_record(row[2:]) for row in rows if row[2] is not None]
             if len(events) >= limit:
                 return events, events[-1].position, True
-            return events, max(head, int(after)), False
+            caught_up_to = max(head, int(after))
+            # committed events above the horizon (an older transaction is still open):
+            # more is there, readable as soon as it ends, which no NOTIFY will announce
+            return events, caught_up_to, top > caught_up_to
         found, caught_up_to, more = await self._read_window(after, limit, categories, types)
         return [_record(row) for row in found], caught_up_to, more
 
@@ -736,12 +742,14 @@ class PostgresEventStore(EventStoreBase):
             params["types"] = list(types)
         sql = self._sql.read_window(categories=categories, types=types)
         rows = await self._fetchall(sql, params)
-        head, scanned, scanned_to = int(rows[0][0]), int(rows[0][1]), int(rows[0][2])
-        found = [row[3:] for row in rows if row[3] is not None]
+        head, top = int(rows[0][0]), int(rows[0][1])
+        scanned, scanned_to = int(rows[0][2]), int(rows[0][3])
+        found = [row[4:] for row in rows if row[4] is not None]
         if len(found) >= page:
             return found, found[-1][0], True
         if scanned < window:  # reached the horizon: everything below it has been seen
-            return found, max(head, scanned_to, int(after)), False
+            caught_up_to = max(head, scanned_to, int(after))
+            return found, caught_up_to, top > caught_up_to  # see read_page
         return found, scanned_to, True
 
     async def read_correlation(

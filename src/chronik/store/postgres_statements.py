@@ -238,13 +238,15 @@ FROM (SELECT (pg_current_xact_id()::text::bigint + xid_offset) << {POSITION_SHIF
         )
 
     def read_page(self) -> str:
-        """The head (last position below the horizon) and one unfiltered page of
-        ``read_all``, from one snapshot: every row carries the head, and an empty page is
-        one row of the head and NULLs."""
+        """The head (last position below the horizon), the top (last committed position,
+        above the horizon when an older transaction is still open) and one unfiltered page
+        of ``read_all``, from one snapshot: every row carries head and top, and an empty
+        page is one row of them and NULLs."""
         s = self._schema_sql
         return (
-            f"SELECT h.head, e.* FROM (SELECT coalesce(max(position), 0) AS head "
-            f"FROM {s}.events WHERE position < {self._horizon}) AS h "
+            f"SELECT h.head, h.top, e.* FROM (SELECT (SELECT coalesce(max(position), 0) "
+            f"FROM {s}.events WHERE position < {self._horizon}) AS head, "
+            f"(SELECT coalesce(max(position), 0) FROM {s}.events) AS top) AS h "
             f"LEFT JOIN LATERAL (SELECT {self.columns} FROM {s}.events "
             f"WHERE {self._read_all_where(None, None)} "
             f"ORDER BY position LIMIT %(page)s) AS e ON true"
@@ -254,7 +256,7 @@ FROM (SELECT (pg_current_xact_id()::text::bigint + xid_offset) << {POSITION_SHIF
         """A filtered read: the next ``%(window)s`` events in position order (the primary
         key, never a bitmap + sort), and those of them that match, at most ``%(page)s``.
 
-        Each row is ``head, scanned, scanned_to`` then the event's columns (NULLs when
+        Each row is ``head, top, scanned, scanned_to`` then the event's columns (NULLs when
         nothing in the window matches). Filtering inside a window of the primary key keeps
         every read a short ordered index walk whatever the planner believes about how many
         events match; with the filters in the WHERE clause of one query, a generic plan
@@ -273,9 +275,10 @@ WITH w AS MATERIALIZED (
     WHERE {self._read_all_where(None, None)}
     ORDER BY position LIMIT %(window)s
 )
-SELECT s.head, s.scanned, s.scanned_to, e.*
+SELECT s.head, s.top, s.scanned, s.scanned_to, e.*
 FROM (SELECT (SELECT coalesce(max(position), 0) FROM {s}.events
               WHERE position < {self._horizon}) AS head,
+             (SELECT coalesce(max(position), 0) FROM {s}.events) AS top,
              count(*) AS scanned, coalesce(max(position), 0) AS scanned_to FROM w) AS s
 LEFT JOIN LATERAL (
     SELECT {self.columns} FROM w WHERE {" AND ".join(where or ["true"])}
