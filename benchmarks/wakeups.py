@@ -155,9 +155,9 @@ class TimedSubscription(Subscription):
         super().__init__(*args, **kwargs)
         self.wait_log: list[Wait] = []
 
-    async def _wait(self, marker: asyncio.Event) -> None:
+    async def _wait(self, marker: asyncio.Event, timeout: float | None = None) -> None:
         started, expiries = time.monotonic(), self.poll_expiries
-        await super()._wait(marker)
+        await super()._wait(marker, timeout)
         self.wait_log.append((started, time.monotonic(), self.poll_expiries > expiries))
 
 
