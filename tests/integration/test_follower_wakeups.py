@@ -286,3 +286,33 @@ async def test_an_event_held_back_by_an_older_transaction_is_read_when_it_ends(
             await follower.stop()
         assert follower.subscription is not None
         assert follower.subscription.poll_expiries == 0
+
+
+_APPENDER = """
+import asyncio, sys
+import chronik
+
+async def main(url):
+    async with await chronik.connect(url) as store:
+        await store.append("ping-2", [chronik.NewEvent("Ping", {})])
+
+asyncio.run(main(sys.argv[1]))
+"""
+
+
+async def test_an_append_in_another_process_wakes_the_follower(shared_url: str) -> None:
+    """On SQLite by the data_version watcher, on PostgreSQL by NOTIFY: not the 30 s poll."""
+    async with await chronik.connect(shared_url) as store:
+        follower = Seen(store)
+        await follower.start()
+        try:
+            await asyncio.sleep(0.05)  # idle, waiting
+            appender = await asyncio.create_subprocess_exec(
+                sys.executable, "-c", _APPENDER, shared_url
+            )
+            assert await asyncio.wait_for(appender.wait(), 30) == 0
+            await asyncio.wait_for(follower.arrived.wait(), 20)
+        finally:
+            await follower.stop()
+        assert follower.subscription is not None
+        assert follower.subscription.poll_expiries == 0

@@ -1019,6 +1019,11 @@ class PostgresEventStore(EventStoreBase):
         """Close the pool; further calls raise :class:`StoreUnavailable`. Idempotent."""
         if self._closed:
             return
+        if self._notifier is not None and not self._notifier.done():
+            # the last appends' NOTIFY: a process that appends once and exits (a script,
+            # a CLI command) must still wake the followers elsewhere
+            with contextlib.suppress(Exception):
+                await asyncio.wait_for(asyncio.shield(self._notifier), 2.0)
         self._closed = True
         for task in (self._listener, self._notifier):
             if task is not None and not task.done():

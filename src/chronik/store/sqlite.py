@@ -431,6 +431,10 @@ class SqliteEventStore(EventStoreBase):
         self._changed = asyncio.Event()
         self._closed = False
         self._write_lock = asyncio.Lock()
+        self.watch_interval = 0.005
+        """How often other processes' commits are looked for while followers wait."""
+        self._watcher: asyncio.Task[None] | None = None
+        self._marker_asked = float("-inf")
         self.largest_group = 1
         """The most appends one transaction has committed together (group commit)."""
         self.inline_projections: list[InlineProjection] = []
@@ -964,13 +968,44 @@ class SqliteEventStore(EventStoreBase):
         return await self._reader.run(query)
 
     def change_marker(self) -> asyncio.Event:
-        """An event set by this process's next append (take it before a read: no change is
-        missed); other processes' appends are seen by polling."""
+        """An event set by the next change (take it before a read: no change is missed).
+
+        This process's appends set it at once. Other processes' commits are seen by a
+        watcher that asks SQLite for ``PRAGMA data_version`` every ``watch_interval``
+        seconds (a look at the WAL index in shared memory, no disk read) while someone has
+        asked for a marker in the last second.
+        """
+        self._check_open()
+        self._marker_asked = time.monotonic()
+        if self._watcher is None or self._watcher.done():
+            self._watcher = asyncio.get_running_loop().create_task(self._watch())
         return self._changed
+
+    async def _watch(self) -> None:
+        """Wake followers when another connection (another process) commits."""
+        conn = self._conn(self._reader)
+
+        def version() -> int:
+            return int(conn.execute("PRAGMA data_version").fetchone()[0])
+
+        last: int | None = None
+        while not self._closed and time.monotonic() - self._marker_asked < 1.0:
+            try:
+                now = await self._reader.run(version)
+            except StoreUnavailable:
+                return  # closed meanwhile
+            if last is not None and now != last:
+                self._wake()
+            last = now
+            await asyncio.sleep(self.watch_interval)
 
     async def close(self) -> None:
         if self._closed:
             return
         self._closed = True
+        if self._watcher is not None and not self._watcher.done():
+            self._watcher.cancel()
+            with contextlib.suppress(asyncio.CancelledError, StoreUnavailable):
+                await self._watcher
         await self._reader.close()
         await self._writer.close()
