@@ -134,11 +134,17 @@ class Subscription:
         poll_interval: float = 0.5,
         registry: EventRegistry | None = None,
         tolerant: bool = False,
+        on_unavailable: Callable[[BaseException | None], Awaitable[None]] | None = None,
     ) -> None:
         if batch_size < 1:
             raise ValueError("batch_size must be >= 1")
+        if not poll_interval > 0:
+            raise ValueError("poll_interval must be > 0 seconds")
         self.store = store
         self.name = name
+        self.on_unavailable = on_unavailable
+        """Called with the error when following loses the store, with ``None`` once it
+        reads again (a worker's state and log)."""
         self.categories = list(categories) if categories is not None else None
         self.types = list(types) if types is not None else None
         self.registry = registry
@@ -245,8 +251,12 @@ class Subscription:
                 logger.warning(
                     "subscription %s: %s; retrying in %.2fs", self.name, exc, backoff.delay
                 )
+                if self.on_unavailable is not None:
+                    await self.on_unavailable(exc)
                 await backoff.sleep(self._stopped)
                 continue
+            if backoff.failures and self.on_unavailable is not None:
+                await self.on_unavailable(None)
             backoff.reset()
             progressed = bool(page.events or page.poison or page.caught_up_to > self.position)
             if progressed:

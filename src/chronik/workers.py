@@ -115,6 +115,10 @@ class Worker:
             await self._set_state("stopped")
         await self._stopped()
 
+    def failure(self) -> str | None:
+        """Why the worker stopped for good (``None``: it did not)."""
+        return (self.last_error or "failed") if self.state == "failed" else None
+
     async def wait(self) -> None:
         """Until the worker's task ends (it failed, or retired); at once if none runs."""
         if self._task is not None:
@@ -257,6 +261,8 @@ class Follower(Worker):
     def _subscribe(self) -> Subscription:
         return Subscription(
             self.store,
+            name=self.checkpoint_name,
+            on_unavailable=self._store_lost,
             after=self.checkpoint,
             categories=self.categories,
             types=self.types,
@@ -324,6 +330,17 @@ class Follower(Worker):
 
     async def _starting(self) -> None:
         await self._ready()
+
+    async def _store_lost(self, error: BaseException | None) -> None:
+        """The subscription lost the store (``error``) or reads again (``None``)."""
+        if error is not None:
+            self.last_error = describe(error)
+            if self.state == "running":
+                await self._set_state("retrying")
+        elif self.state == "retrying":
+            self.resumed += 1
+            logger.info("%s: store back; resumed", self.checkpoint_name)
+            await self._set_state("running")
 
     def _request_stop(self) -> None:
         super()._request_stop()

@@ -15,7 +15,13 @@ import pytest
 
 import chronik
 from chronik import EventStore, NewEvent, RecordedEvent
-from chronik.projections import Pending, fresh_or_pending, wait_for_projection
+from chronik.projections import (
+    ExternalProjection,
+    Pending,
+    ProjectionRunner,
+    fresh_or_pending,
+    wait_for_projection,
+)
 from chronik.sagas import Deadline, DeadlineWorker, Reaction, Saga, SagaRunner
 from chronik.store import SqlStore, require
 from chronik.subscriptions import Page
@@ -316,3 +322,57 @@ async def test_an_append_in_another_process_wakes_the_follower(shared_url: str) 
             await follower.stop()
         assert follower.subscription is not None
         assert follower.subscription.poll_expiries == 0
+
+
+async def test_an_idle_follower_reports_a_lost_store_and_its_return() -> None:
+    async with await chronik.connect("memory://") as store:
+        follower = Seen(store)
+        follower.poll_interval = 0.05
+        read_page = store.read_page
+        failures = [3]
+        states: list[str] = []
+
+        async def flaky(**kwargs: Any) -> Any:
+            if failures[0] > 0:
+                failures[0] -= 1
+                raise chronik.StoreUnavailable("the database restarts")
+            return await read_page(**kwargs)
+
+        await follower.start()
+        try:
+            store.read_page = flaky  # type: ignore[method-assign]
+            await store.append("ping-3", [NewEvent("Ping", {})])
+            async with follower.progress:
+                while not follower.arrived.is_set():
+                    states.append(follower.state)
+                    await asyncio.wait_for(follower.progress.wait(), 20)
+        finally:
+            await follower.stop()
+    assert "retrying" in states
+    assert follower.resumed == 1
+    assert follower.last_error is not None and "restarts" in follower.last_error
+
+
+class Mailer(ExternalProjection):
+    name = "mailer"
+
+    async def handle(self, event: RecordedEvent) -> None:
+        pass
+
+
+async def test_waiting_through_the_store_for_an_external_or_unknown_projection(
+    store: EventStore,
+) -> None:
+    result = await store.append("acct-1", [NewEvent("Opened", {})])
+
+    async def read() -> str:
+        return "fresh"
+
+    # never set up: not fresh, and not an error for a web handler
+    assert await fresh_or_pending(store, result.position, read, projection="nobody") == Pending(
+        result.position, "nobody"
+    )
+    runner = ProjectionRunner(store, [Mailer()])
+    assert await runner.catch_up() == 1
+    await wait_for_projection(store, "mailer", result.position, timeout=5)
+    assert await fresh_or_pending(store, result.position, read, projection="mailer") == "fresh"

@@ -393,3 +393,38 @@ def test_saga_specification_without_a_database() -> None:
     )
     with pytest.raises(AssertionError, match="expected commands"):
         spec.given().when(request).then_commands([])  # the specification can fail
+
+
+async def test_an_event_the_saga_cannot_handle_is_dead_lettered_and_others_go_on(
+    url: str,
+) -> None:
+    def react(state: None, event: chronik.RecordedEvent) -> Reaction:
+        if event.data.get("bad"):
+            raise RuntimeError("cannot react to this one")
+        return Reaction(events=[chronik.sagas.SagaEvent("Seen", {})], complete=True)
+
+    def correlate(event: chronik.RecordedEvent) -> str | None:
+        return {"job-odd": "", "job-long": "x" * 300}.get(event.stream_id, event.stream_id[4:])
+
+    saga: Saga[None] = Saga(name="picky", categories=["job"], correlate=correlate,
+                            react=react, initial_state=lambda: None)  # fmt: skip
+    async with await chronik.connect(url) as store:
+        for stream, data in [("job-1", {}), ("job-2", {"bad": True}), ("job-odd", {}),
+                             ("job-long", {}), ("job-3", {})]:  # fmt: skip
+            last = await store.append(stream, [chronik.NewEvent("Go", data)])
+        runner = SagaRunner(store, saga)
+        runner.retry_backoff = 0.0
+        assert await runner.catch_up() == 5
+        letters = await store.dead_letters("saga:picky")
+        assert sorted(d.stream_id for d in letters) == ["job-2", "job-long", "job-odd"]
+        assert runner.dead_lettered == 3 and runner.state == "idle"
+        for key in ("1", "3"):  # the instances after the poison ran
+            inst = await saga_instance(store, saga, key)
+            assert inst is not None and inst.status == COMPLETED
+        assert (await store.get_checkpoint("saga:picky") or 0) >= last.position
+        stopper = SagaRunner(store, saga)
+        stopper.on_poison = "stop"
+        stopper.retry_backoff = 0.0
+        await store.append("job-4", [chronik.NewEvent("Go", {"bad": True})])
+        with pytest.raises(chronik.FollowerFailed, match="cannot react"):
+            await stopper.catch_up()

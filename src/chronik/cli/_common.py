@@ -97,11 +97,10 @@ async def run_until_signal(workers: Sequence[Worker], out: Output, what: str) ->
     finally:
         for sig in signals:
             loop.remove_signal_handler(sig)
-    for worker in workers:
-        if worker.state == "failed":
-            out.err.print(f"[red]worker {worker.name} failed:[/red] {worker.last_error}")
+    reasons = [(worker.name, why) for worker in workers if (why := worker.failure())]
+    for name, why in reasons:
+        out.err.print(f"[red]worker {name} failed:[/red] {why}")
     errors = [r for r in results if isinstance(r, BaseException)]
     for err in errors:
         out.err.print(f"[red]worker failed:[/red] {err!r}")
-    failed = any(w.state == "failed" for w in workers)
-    return 1 if errors or failed else 0
+    return 1 if errors or reasons else 0

@@ -208,6 +208,13 @@ class External(Applier):
 
     async def prepare(self) -> None:
         await self.projection.setup()
+        p = self.projection
+        async with self.store.transaction() as tx:  # readers elsewhere wait by this
+            if await tx.get_active_version(p.name) is None:
+                await tx.set_active_version(p.name, p.version)
+
+    async def active_version(self) -> int | None:
+        return await self.store.get_active_version(self.projection.name)
 
     async def reset(self) -> None:
         await self.projection.teardown()

@@ -11,6 +11,7 @@ Two ways to wait, depending on where the projection runs:
 
 from __future__ import annotations
 
+import asyncio
 from collections.abc import Awaitable, Callable
 from dataclasses import dataclass
 from typing import TypeVar
@@ -37,23 +38,32 @@ async def wait_for_projection(
     store: EventStore, name: str, position: int, *, timeout: float, poll_interval: float = 0.02
 ) -> None:
     """Return once projection ``name`` (the version readers use) has applied ``position``,
-    whichever process runs it.
+    whichever process runs it. The version is looked up again every quarter second, so a
+    blue/green switch during the wait is followed.
 
     Raises:
         WaitTimeout: not reached within ``timeout`` seconds.
         ChronikError: no version of ``name`` was ever set up.
     """
-    version = await store.get_active_version(name)
-    if version is None:
-        raise ChronikError(f"projection {name!r} has no active version: was it ever set up?")
-    checkpoint = f"{name}:v{version}"
-    try:
-        await wait_for_checkpoint(
-            store, checkpoint, position, timeout=timeout, poll_interval=poll_interval
-        )
-    except TimeoutError:
-        reached = await store.get_checkpoint(checkpoint) or 0
-        raise WaitTimeout(name, position, reached, timeout) from None
+    loop = asyncio.get_running_loop()
+    deadline = loop.time() + timeout
+    reached = 0
+    while True:
+        version = await store.get_active_version(name)
+        if version is None:
+            raise ChronikError(f"projection {name!r} has no active version: was it ever set up?")
+        checkpoint = f"{name}:v{version}"
+        remaining = deadline - loop.time()
+        try:
+            await wait_for_checkpoint(
+                store, checkpoint, position, timeout=max(min(remaining, 0.25), 0.0),
+                poll_interval=poll_interval,
+            )  # fmt: skip
+            return
+        except TimeoutError:
+            reached = await store.get_checkpoint(checkpoint) or 0
+        if loop.time() >= deadline:
+            raise WaitTimeout(name, position, reached, timeout)
 
 
 async def fresh_or_pending(
@@ -77,6 +87,8 @@ async def fresh_or_pending(
             else:
                 if projection is None:
                     raise ValueError("waiting through the store needs the projection's name")
+                if await source.get_active_version(projection) is None:
+                    return Pending(position, projection)  # not set up (yet): not fresh
                 await wait_for_projection(source, projection, position, timeout=timeout)
         except WaitTimeout:
             return Pending(position, projection)

@@ -198,6 +198,11 @@ class ProjectionRunner(Worker):
     async def wait(self) -> None:
         await asyncio.gather(*(f.wait() for f in self._followers.values()))
 
+    def failure(self) -> str | None:
+        """Why projections stopped for good (a poison event with ``on_poison = "stop"``)."""
+        reasons = [f"{name}: {why}" for name, f in self._followers.items() if (why := f.failure())]
+        return "; ".join(reasons) or None
+
     async def catch_up(
         self, name: str | None = None, *, progress: Callable[[Progress], None] | None = None
     ) -> int:

@@ -10,15 +10,22 @@ redelivered event issues nothing new), the deadlines and the checkpoint.
 
 from __future__ import annotations
 
+import asyncio
 import logging
 import uuid
 from collections.abc import Callable
 from datetime import UTC, datetime
-from typing import Any
+from typing import Any, Literal
 
 import chronik.sagas.sql as sql
-from chronik.errors import ConcurrencyError
-from chronik.events import RecordedEvent, category_of
+from chronik.errors import (
+    CheckpointMoved,
+    ConcurrencyError,
+    DuplicateEventId,
+    FollowerFailed,
+    StoreUnavailable,
+)
+from chronik.events import RecordedEvent, category_of, validate_stream_id
 from chronik.sagas.model import (
     COMPENSATED,
     COMPENSATING,
@@ -43,7 +50,7 @@ from chronik.sagas.model import (
 )
 from chronik.store import SqlStore, require
 from chronik.store.protocol import EventStore, ImportedEvent, Tx
-from chronik.subscriptions import Page
+from chronik.subscriptions import Page, describe
 from chronik.workers import Follower
 
 __all__ = ["SagaRunner", "saga_instance"]
@@ -125,6 +132,10 @@ class SagaRunner(Follower):
     """
 
     kind = "saga"
+    on_poison: Literal["skip", "stop"] = "skip"
+    """After ``max_attempts`` failures of one event: record a dead letter and go on, or stop."""
+    max_attempts = 3
+    retry_backoff = 0.05
 
     def __init__(
         self,
@@ -181,14 +192,53 @@ class SagaRunner(Follower):
             if event.type not in OUTCOME_TYPES:
                 return None  # one of the saga's own events: already applied
             return event.stream_id.partition("-")[2]
-        return self.saga.correlate(event)
+        key = self.saga.correlate(event)
+        if key is not None:
+            if not isinstance(key, str) or not key:
+                raise ValueError(f"correlate returned {key!r}: a key is a non-empty str")
+            validate_stream_id(self.saga.stream_id(key))
+        return key
 
     async def handle(self, event: RecordedEvent) -> None:
         """Apply one event and save the checkpoint, in one transaction.
 
-        The instance's stream also takes outcomes appended by the dispatcher; when one lands
-        between this step's read and its write, the step is done again from the start.
+        An event the saga cannot handle (``correlate`` or ``react`` raises, a key that
+        cannot name a stream) is retried ``max_attempts`` times, then recorded as a dead
+        letter under ``saga:NAME`` and passed over (``on_poison = "skip"``, the default:
+        the other instances go on), or stops the runner (``"stop"``).
         """
+        error: Exception | None = None
+        for attempt in range(1, self.max_attempts + 1):
+            try:
+                await self._handle_once(event)
+                return
+            except (StoreUnavailable, CheckpointMoved):
+                raise
+            except Exception as exc:
+                error = exc
+                self.last_error = describe(exc)
+                if attempt < self.max_attempts:
+                    await asyncio.sleep(self.retry_backoff * 2 ** (attempt - 1))
+        assert error is not None
+        reason = (
+            f"{event.stream_id}@{event.version} (position {event.position}, {event.type}): "
+            f"{describe(error)}"
+        )
+        if self.on_poison == "stop":
+            raise FollowerFailed(reason)
+        logger.warning("saga %s: dead letter after %d attempts: %s", self.saga.name,
+                       self.max_attempts, reason)  # fmt: skip
+        async with self.store.transaction() as tx:
+            await tx.add_dead_letter(
+                self.checkpoint_name, event, describe(error), self.max_attempts
+            )
+            await tx.set_checkpoint(self.checkpoint_name, event.position)
+        self.dead_lettered += 1
+
+    async def _handle_once(self, event: RecordedEvent) -> None:
+        # The instance's stream also takes outcomes appended by the dispatcher, and another
+        # runner may apply the same event: when either lands between this step's read and
+        # its write, the step is done again from the start (then it finds the event applied).
         key = self._key(event)
         for attempt in range(_CONFLICT_RETRIES):
             try:
@@ -197,7 +247,7 @@ class SagaRunner(Follower):
                         await self._apply(tx, key, event)
                     await tx.set_checkpoint(self.checkpoint_name, event.position)
                 return
-            except ConcurrencyError:
+            except (ConcurrencyError, DuplicateEventId):
                 if attempt == _CONFLICT_RETRIES - 1:
                     raise
 
