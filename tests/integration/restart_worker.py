@@ -95,6 +95,7 @@ def build(kind: str, store: EventStore, args: list[str]) -> list[Worker]:
                 ft.account_executor(store),
                 rejected_by=(ft.AccountRejected,),
                 poll_interval=0.05,
+                claim_timeout=1.0,  # a killed worker's claims are taken over soon
             ),
             DeadlineWorker(store, [ft.transfer_saga], poll_interval=0.1),
         ]

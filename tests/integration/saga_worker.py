@@ -20,6 +20,7 @@ async def main(url: str) -> None:
             ft.account_executor(store),
             rejected_by=(ft.AccountRejected,),
             poll_interval=0.05,
+            claim_timeout=1.0,  # a killed worker's claims are taken over soon
         )
         deadlines = DeadlineWorker(store, [ft.transfer_saga], poll_interval=0.1)
         await asyncio.gather(runner.run(), dispatcher.run(), deadlines.run())

@@ -428,3 +428,33 @@ async def test_an_event_the_saga_cannot_handle_is_dead_lettered_and_others_go_on
         await store.append("job-4", [chronik.NewEvent("Go", {"bad": True})])
         with pytest.raises(chronik.FollowerFailed, match="cannot react"):
             await stopper.catch_up()
+
+
+async def test_two_dispatchers_execute_each_command_once(url: str) -> None:
+    """A rolling deploy overlaps two `chronik sagas run`: the claim keeps each command to
+    one dispatcher (before claims, 150 orders gave 291 executions)."""
+    executed: Counter[str] = Counter()
+
+    async def execute(cmd: IssuedCommand) -> None:
+        executed[str(cmd.command_id)] += 1
+        await asyncio.sleep(0.001)  # let the other dispatcher interleave
+
+    def react(state: None, event: chronik.RecordedEvent) -> Reaction:
+        n = event.stream_id.partition("-")[2]
+        return Reaction(commands=[SagaCommand(f"stock-{n}", "Reserve", step="reserve")])
+
+    saga: Saga[None] = Saga(name="twice", categories=["order"],
+                            correlate=lambda e: e.stream_id.partition("-")[2],
+                            react=react, initial_state=lambda: None)  # fmt: skip
+    async with await chronik.connect(url) as store, await chronik.connect(url) as other:
+        for n in range(30):
+            await store.append(f"order-{n}", [chronik.NewEvent("Placed", {})])
+        assert await SagaRunner(store, saga).catch_up() == 30
+        first = CommandDispatcher(store, [saga], execute, remote=True)
+        second = CommandDispatcher(other, [saga], execute, remote=True)
+        for _ in range(20):
+            done = await asyncio.gather(first.run_once(limit=7), second.run_once(limit=7))
+            if not any(done):
+                break
+    assert len(executed) == 30
+    assert set(executed.values()) == {1}

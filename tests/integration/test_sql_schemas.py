@@ -30,6 +30,7 @@ SECONDS_COLUMNS = {
     # dialects: they are compared with Tx.clock_sql, the database's clock in seconds
     ("saga_instances", "updated_at"),
     ("saga_deadlines", "due_at"),
+    ("saga_commands", "claimed_at"),
     ("processed_messages", "processed_at"),
     ("inbox_dead_letters", "created_at"),
 }

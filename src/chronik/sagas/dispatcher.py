@@ -10,6 +10,7 @@ attempts is first looked up in its target stream by ``command_id``: found means 
 
 from __future__ import annotations
 
+import dataclasses
 import logging
 import uuid
 from collections.abc import Awaitable, Callable, Sequence
@@ -52,6 +53,7 @@ class CommandDispatcher(Poller):
         lookback: int = 1000,
         poll_interval: float = 0.2,
         remote: bool = False,
+        claim_timeout: float = 10.0,
     ) -> None:
         self.sql = require(store, SqlStore)  # MissingCapability without SQL (memory://)
         if not sagas:
@@ -68,20 +70,45 @@ class CommandDispatcher(Poller):
         self.rejected_by = rejected_by
         self.max_attempts = max_attempts
         self.lookback = lookback
+        self.claim_timeout = claim_timeout
+        """A command claimed by another dispatcher longer ago than this (seconds, on the
+        database's clock) is taken over: its owner is taken for dead. A command running
+        longer than this may run twice; a dead owner's commands wait this long."""
+        self.id = uuid.uuid4().hex
+        """Names this dispatcher in its claims."""
 
     async def run_once(self, limit: int = 100) -> int:
         """Dispatch the pending commands there are now; returns how many were finished."""
         names = ", ".join(f":s{i}" for i in range(len(self.sagas)))
-        rows = await self.sql.query(
-            sql.PENDING_COMMANDS.format(sagas=names, limit=int(limit)),
-            {f"s{i}": name for i, name in enumerate(self.sagas)},
-        )
+        params: dict[str, Any] = {f"s{i}": name for i, name in enumerate(self.sagas)}
+        async with self.store.transaction() as tx:
+            rows = await tx.fetchall(
+                sql.PENDING_COMMANDS.format(
+                    sagas=names, limit=int(limit), now=tx.clock_sql,
+                    claim_timeout=float(self.claim_timeout),
+                ),
+                {**params, "me": self.id},
+            )  # fmt: skip
         finished = 0
         for row in rows:
-            command = _issued(row)
-            if await self._dispatch(command, has_compensation=row[11] is not None):
+            command = await self._claim(_issued(row))
+            if command is not None and await self._dispatch(
+                command, has_compensation=row[11] is not None
+            ):
                 finished += 1
         return finished
+
+    async def _claim(self, command: IssuedCommand) -> IssuedCommand | None:
+        """Claim ``command`` for this dispatcher (and count the attempt); ``None`` when
+        another dispatcher holds it. Its attempts are then those made before this one."""
+        async with self.store.transaction() as tx:
+            row = await tx.fetchone(
+                sql.CLAIM_COMMAND.format(now=tx.clock_sql, claim_timeout=float(self.claim_timeout)),
+                {"cid": str(command.command_id), "me": self.id},
+            )
+        if row is None:
+            return None
+        return dataclasses.replace(command, attempts=int(row[0]) - 1)
 
     async def _executed_already(self, command: IssuedCommand) -> bool:
         wanted = str(command.command_id)
@@ -97,8 +124,6 @@ class CommandDispatcher(Poller):
 
     async def _dispatch(self, command: IssuedCommand, *, has_compensation: bool) -> bool:
         cid = str(command.command_id)
-        async with self.store.transaction() as tx:
-            await tx.execute(sql.COUNT_ATTEMPT, {"cid": cid})
         reason: str | None = None
         if self.remote:
             with context(
@@ -128,7 +153,7 @@ class CommandDispatcher(Poller):
                 if command.attempts + 1 < self.max_attempts:
                     logger.warning("command %s failed (retrying): %r", cid, exc)
                     async with self.store.transaction() as tx:
-                        await tx.execute(sql.NOTE_ERROR, {"cid": cid, "err": repr(exc)})
+                        await tx.execute(sql.RELEASE_COMMAND, {"cid": cid, "err": repr(exc)})
                     return False
                 reason = f"failed {command.attempts + 1} times: {exc!r}"
         await _record(self.store, self.sagas[command.saga], command, has_compensation, reason)

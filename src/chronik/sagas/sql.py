@@ -47,14 +47,23 @@ _COMMAND_COLUMNS = (
     "command_id, saga, saga_key, step, stream_id, type, data, is_compensation, "
     "correlation_id, causation_id, attempts, compensation"
 )
+_CLAIMABLE = (
+    "(status = 'pending' OR (status = 'running' AND (claimed_by = :me "
+    "OR claimed_at < {now} - {claim_timeout})))"
+)
 PENDING_COMMANDS = (
-    f"SELECT {_COMMAND_COLUMNS} FROM saga_commands WHERE status = 'pending' "
+    f"SELECT {_COMMAND_COLUMNS} FROM saga_commands WHERE {_CLAIMABLE} "
     "AND saga IN ({sagas}) ORDER BY id LIMIT {limit}"
 )
+CLAIM_COMMAND = (
+    "UPDATE saga_commands SET status = 'running', claimed_at = {now}, claimed_by = :me, "
+    f"attempts = attempts + 1 WHERE command_id = :cid AND {_CLAIMABLE} RETURNING attempts"
+)
+RELEASE_COMMAND = (
+    "UPDATE saga_commands SET status = 'pending', error = :err WHERE command_id = :cid"
+)
 COMMAND = f"SELECT {_COMMAND_COLUMNS} FROM saga_commands WHERE command_id = :cid"
-COUNT_ATTEMPT = "UPDATE saga_commands SET attempts = attempts + 1 WHERE command_id = :cid"
 MARK_SENT = "UPDATE saga_commands SET status = 'sent' WHERE command_id = :cid"
-NOTE_ERROR = "UPDATE saga_commands SET error = :err WHERE command_id = :cid"
 FINISH_COMMAND = "UPDATE saga_commands SET status = :status, error = :err WHERE command_id = :cid"
 
 # -- deadlines (due_at on the database's clock) ------------------------------------------------
