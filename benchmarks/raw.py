@@ -181,6 +181,26 @@ async def _create_schema(target: Target) -> None:
     await store.close()
 
 
+class _PlainReads:
+    """The plain baseline's reads, the same on both drivers: one SELECT of a stream, the
+    log in pages of ``PAGE`` by position."""
+
+    conn: Any
+    read_stream: str
+    read_all: str
+
+    def stream_pages(self, stream_id: str, version: int = 0) -> Iterator[list[Row]]:
+        yield self.conn.execute(self.read_stream, (stream_id, version)).fetchall()
+
+    def log_pages(self, after: int = 0) -> Iterator[list[Row]]:
+        while True:
+            rows = self.conn.execute(self.read_all, (after, PAGE)).fetchall()
+            yield rows
+            if len(rows) < PAGE:
+                return
+            after = rows[-1][0]
+
+
 class _SqliteBase:
     """One plain sqlite3 connection in autocommit mode, WAL, ``synchronous=FULL``; the read
     model of W6P."""
@@ -238,7 +258,7 @@ class _SqliteBase:
         self.conn.close()
 
 
-class _PlainSqlite(_SqliteBase):
+class _PlainSqlite(_PlainReads, _SqliteBase):
     """The plain baseline on SQLite: :data:`PLAIN_SQLITE_DDL`, the simplest statements."""
 
     def __init__(self, path: str) -> None:
@@ -270,17 +290,6 @@ class _PlainSqlite(_SqliteBase):
             if conn.in_transaction:
                 conn.execute("ROLLBACK")
             raise
-
-    def stream_pages(self, stream_id: str, version: int = 0) -> Iterator[list[Row]]:
-        yield self.conn.execute(self.read_stream, (stream_id, version)).fetchall()
-
-    def log_pages(self, after: int = 0) -> Iterator[list[Row]]:
-        while True:
-            rows = self.conn.execute(self.read_all, (after, PAGE)).fetchall()
-            yield rows
-            if len(rows) < PAGE:
-                return
-            after = rows[-1][0]
 
     def save_snapshot(self, stream_id: str, version: int, state: bytes) -> None:
         self.conn.execute(
@@ -539,7 +548,7 @@ class _ChronikPostgres(_PostgresBase):
         return None if row is None else (row[0], row[1])
 
 
-class _PlainPostgres(_PostgresBase):
+class _PlainPostgres(_PlainReads, _PostgresBase):
     """The plain baseline on PostgreSQL: :func:`plain_postgres_ddl`, the simplest
     statements, psycopg's defaults."""
 
@@ -568,17 +577,6 @@ class _PlainPostgres(_PostgresBase):
             return
         with self.conn.transaction(), self.conn.cursor() as cur:
             cur.executemany(self.insert, rows)
-
-    def stream_pages(self, stream_id: str, version: int = 0) -> Iterator[list[Row]]:
-        yield self.conn.execute(self.read_stream, (stream_id, version)).fetchall()
-
-    def log_pages(self, after: int = 0) -> Iterator[list[Row]]:
-        while True:
-            rows = self.conn.execute(self.read_all, (after, PAGE)).fetchall()
-            yield rows
-            if len(rows) < PAGE:
-                return
-            after = rows[-1][0]
 
     def save_snapshot(self, stream_id: str, version: int, state: bytes) -> None:
         self.conn.execute(
