@@ -9,6 +9,8 @@ from collections.abc import AsyncIterator
 from pathlib import Path
 
 import pytest
+from hypothesis import HealthCheck, given, settings
+from hypothesis import strategies as st
 
 import chronik
 from chronik import NO_STREAM, NewEvent
@@ -88,3 +90,62 @@ async def test_a_group_waits_for_an_open_transaction(store: SqliteEventStore) ->
     await asyncio.gather(*pending)
     assert await store.get_checkpoint("c") == 1
     assert len([e async for e in store.read_all()]) == 8
+
+
+Attempt = tuple[int, int, int, bool]
+"""(stream 0-3, expected kind 0-3, events 1-3, reuse the previous attempt's ids)."""
+
+
+@settings(max_examples=25, deadline=None, suppress_health_check=[HealthCheck.too_slow])
+@given(
+    st.lists(
+        st.tuples(st.integers(0, 3), st.integers(0, 3), st.integers(1, 3), st.booleans()),
+        min_size=1,
+        max_size=40,
+    )
+)
+def test_any_mix_of_concurrent_appends_matches_one_at_a_time(
+    tmp_path_factory: pytest.TempPathFactory, attempts: list[Attempt]
+) -> None:
+    """Concurrent appends (grouped) end exactly as if each outcome were decided alone:
+    every acknowledged append is stored at its result, every refused one is absent,
+    versions are gapless, and a retry with the same ids returns the original result."""
+    path = tmp_path_factory.mktemp("prop") / "g.db"
+
+    async def run() -> None:
+        async with await chronik.connect(f"sqlite:///{path}") as store:
+            batches: list[tuple[str, int, list[NewEvent]]] = []
+            for stream, kind, count, reuse in attempts:
+                if reuse and batches:
+                    stream_id, expected, events = batches[-1]  # a retry of the one before
+                else:
+                    stream_id = f"s-{stream}"
+                    expected = [chronik.ANY, NO_STREAM, chronik.STREAM_EXISTS, 0][kind]
+                    events = [NewEvent("E", {"i": i}, event_id=uuid.uuid4()) for i in range(count)]
+                batches.append((stream_id, expected, events))
+            outcomes = await asyncio.gather(
+                *(store.append(s, e, expected_version=x) for s, x, e in batches),
+                return_exceptions=True,
+            )
+            stored = [e async for e in store.read_all()]
+            by_id = {e.event_id: e for e in stored}
+            assert len(by_id) == len(stored)  # nothing twice
+            for (stream_id, _, events), outcome in zip(batches, outcomes, strict=True):
+                ids = [e.event_id for e in events]
+                if isinstance(outcome, chronik.AppendResult):
+                    got = [by_id[i] for i in ids]  # acknowledged: all stored, in order
+                    assert [g.stream_id for g in got] == [stream_id] * len(ids)
+                    assert got[-1].version == outcome.version
+                    assert got[-1].position == outcome.position
+                else:  # refused with a typed error (its ids are checked below)
+                    assert isinstance(outcome, chronik.ConcurrencyError | chronik.DuplicateEventId)
+            for n in range(4):  # gapless versions per stream
+                versions = [e.version for e in stored if e.stream_id == f"s-{n}"]
+                assert versions == list(range(len(versions)))
+            acknowledged = {
+                i for (_, _, ev), o in zip(batches, outcomes, strict=True)
+                if isinstance(o, chronik.AppendResult) for i in (e.event_id for e in ev)
+            }  # fmt: skip
+            assert acknowledged == set(by_id)  # nothing stored that was not acknowledged
+
+    asyncio.run(run())
