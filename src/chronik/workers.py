@@ -65,6 +65,7 @@ class Worker:
         self.resumed = 0
         """Times the worker resumed after losing the store (or broker)."""
         self._task: asyncio.Task[None] | None = None
+        self._stop_in_progress: asyncio.Future[None] | None = None
         self._stopping = asyncio.Event()
 
     async def _main(self) -> None:
@@ -80,7 +81,10 @@ class Worker:
         self.state = state
 
     async def start(self) -> None:
-        """Set up and start the worker's task (returns at once; a no-op when running)."""
+        """Set up and start the worker's task (returns at once; a no-op when running;
+        after a stop in progress has ended)."""
+        if self._stop_in_progress is not None and not self._stop_in_progress.done():
+            await asyncio.shield(self._stop_in_progress)
         if self._task is not None and not self._task.done():
             return
         self._stopping.clear()
@@ -103,7 +107,12 @@ class Worker:
     async def stop(self, *, grace: float = 10.0) -> None:
         """Stop after the work in progress (a page, a round: it commits or rolls back
         whole); after ``grace`` seconds the task is cancelled, which rolls back its open
-        transaction."""
+        transaction. Callers stopping at the same time all wait for the one stop."""
+        if self._stop_in_progress is None or self._stop_in_progress.done():
+            self._stop_in_progress = asyncio.ensure_future(self._stop(grace))
+        await asyncio.shield(self._stop_in_progress)
+
+    async def _stop(self, grace: float) -> None:
         self._request_stop()
         task, self._task = self._task, None
         if task is not None:
@@ -288,6 +297,11 @@ class Follower(Worker):
             await self.dead_letter(poison)
             self.dead_lettered += 1
         handled = await self.handle_page(page) if page.events or page.poison else 0
+        if type(handled) is not int:
+            raise TypeError(
+                f"{type(self).__name__}.handle_page must return an int (how many it "
+                f"handled), not {handled!r}"
+            )
         self.handled += handled
         newest = page.events[-1].position if page.events else 0
         await self.commit(max(page.caught_up_to, newest, self.checkpoint))

@@ -376,3 +376,34 @@ async def test_waiting_through_the_store_for_an_external_or_unknown_projection(
     assert await runner.catch_up() == 1
     await wait_for_projection(store, "mailer", result.position, timeout=5)
     assert await fresh_or_pending(store, result.position, read, projection="mailer") == "fresh"
+
+
+async def test_stop_twice_at_once_then_start_again(store: EventStore) -> None:
+    follower = Seen(store)
+    follower.poll_interval = 0.05
+    await follower.start()
+    await asyncio.gather(follower.stop(), follower.stop())  # both wait for the one stop
+    assert follower.state == "stopped"
+    await follower.start()
+    await store.append("ping-5", [NewEvent("Ping", {})])
+    await asyncio.wait_for(follower.arrived.wait(), 20)
+    await follower.stop()
+    assert follower.state == "stopped" and follower.handled == 1
+
+
+class Sloppy(Follower):
+    async def handle_page(self, page: Page) -> int:
+        return None  # type: ignore[return-value]
+
+
+async def test_a_handle_page_that_returns_no_count_fails_the_worker_clearly(
+    store: EventStore,
+) -> None:
+    await store.append("ping-6", [NewEvent("Ping", {})])
+    sloppy = Sloppy(store, checkpoint_name="sloppy", poll_interval=0.05)
+    await sloppy.start()
+    with pytest.raises(TypeError, match="must return an int"):
+        await sloppy.wait()  # the worker's error reaches whoever waits for it
+    assert sloppy.state == "failed"
+    assert sloppy.failure() is not None and "must return an int" in str(sloppy.failure())
+    await sloppy.stop()
