@@ -316,15 +316,26 @@ class Follower(Worker):
         so far. A lost store raises :class:`~chronik.StoreUnavailable` (nothing is lost:
         call it again).
         """
-        if self._task is None:
-            await self._ready()
         head = await self.store.head_position()
+        if self._task is not None and not self._task.done():
+            return await self._caught_up_by_task(head)  # no second reader racing the first
+        await self._ready()
         done = 0
         async for page in self._subscribe().pages(follow=False, until=head):
             done += await self._take(page)
             if progress is not None:
                 progress(done)
         return done
+
+    async def _caught_up_by_task(self, head: int) -> int:
+        """Wait until the running task has handled everything up to ``head``."""
+        before = self.handled
+        async with self.progress:
+            while self.caught_up_to < head and self.state in ("running", "retrying"):
+                await self.progress.wait()
+        if self.state == "failed":
+            raise FollowerFailed(self.last_error or "failed")
+        return self.handled - before
 
     async def run_once(self) -> int:
         """Handle the next page that has something to handle; returns what

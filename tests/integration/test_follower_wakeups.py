@@ -407,3 +407,17 @@ async def test_a_handle_page_that_returns_no_count_fails_the_worker_clearly(
     assert sloppy.state == "failed"
     assert sloppy.failure() is not None and "must return an int" in str(sloppy.failure())
     await sloppy.stop()
+
+
+async def test_catch_up_on_a_running_follower_waits_for_it(store: EventStore) -> None:
+    follower = Seen(store)
+    follower.poll_interval = 0.05
+    await follower.start()
+    try:
+        for n in range(30):
+            await store.append(f"ping-{n}", [NewEvent("Ping", {})])
+        handled = await asyncio.wait_for(follower.catch_up(), 20)  # no second reader racing
+        assert follower.caught_up_to >= await store.head_position()
+        assert follower.handled == 30 and handled <= 30
+    finally:
+        await follower.stop()
