@@ -7,17 +7,21 @@ every system starts from an empty store.
 
 from __future__ import annotations
 
+import contextlib
 import os
 import shutil
 import tempfile
+import threading
 import time
 import uuid
+from collections.abc import Callable
 from dataclasses import dataclass
 from pathlib import Path
 from typing import Literal
 from urllib.parse import urlsplit
 
 __all__ = [
+    "run_threads",
     "PG_URL",
     "Backend",
     "Sizes",
@@ -134,3 +138,31 @@ class timer:
 
     def __exit__(self, *exc: object) -> None:
         self.seconds = time.perf_counter() - self._start
+
+
+def run_threads(writers: int, work: Callable[[int, threading.Barrier], None]) -> float:
+    """Start ``writers`` threads running ``work(index, barrier)``; each waits at the barrier
+    after its untimed set-up. Returns the seconds from the barrier's release to the last
+    thread's end; the first failure is raised."""
+    barrier = threading.Barrier(writers + 1)
+    errors: list[BaseException] = []
+
+    def run(index: int) -> None:
+        try:
+            work(index, barrier)
+        except BaseException as exc:
+            errors.append(exc)
+            barrier.abort()
+
+    threads = [threading.Thread(target=run, args=(i,), daemon=True) for i in range(writers)]
+    for thread in threads:
+        thread.start()
+    with contextlib.suppress(threading.BrokenBarrierError):  # a writer failed: raised below
+        barrier.wait(timeout=120)
+    start = time.perf_counter()
+    for thread in threads:
+        thread.join()
+    seconds = time.perf_counter() - start
+    if errors:
+        raise errors[0]
+    return seconds

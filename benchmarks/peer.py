@@ -27,7 +27,6 @@ W8: one application shared by 64 threads, each saving its own account after ever
 
 from __future__ import annotations
 
-import contextlib
 import os
 import statistics
 import threading
@@ -45,7 +44,7 @@ from eventsourcing.sqlite import SQLiteTrackingRecorder
 from eventsourcing.utils import Environment
 from psycopg.sql import SQL
 
-from benchmarks.common import Sizes, Target, pg_params, timer
+from benchmarks.common import Sizes, Target, pg_params, run_threads, timer
 from benchmarks.model import balances_ddl, balances_upsert, deposited, expected_balances, opened
 
 __all__ = [
@@ -424,40 +423,24 @@ def concurrent_appenders(app: Bank, sizes: Sizes) -> Metrics:
     before the barrier: one warm-up account saved per thread (the connection pool warms up
     as in a running server)."""
     tasks, per = sizes.w8_tasks, sizes.w8_events
-    barrier = threading.Barrier(tasks + 1)
-    errors: list[BaseException] = []
     ids: list[UUID | None] = [None] * tasks
 
     def account_for(index: int) -> BankAccount:
         o = opened(index)
         return BankAccount(o.owner, o.currency, o.branch, o.overdraft_limit)
 
-    def writer(index: int) -> None:
-        try:
-            app.save(account_for(W8_WARM_UP + index))
-            barrier.wait()
-            account = account_for(index)
+    def writer(index: int, barrier: threading.Barrier) -> None:
+        app.save(account_for(W8_WARM_UP + index))
+        barrier.wait()
+        account = account_for(index)
+        app.save(account)
+        for seq in range(1, per):
+            d = deposited(index, seq)
+            account.deposit(d.amount, d.reference, d.teller, d.seq)
             app.save(account)
-            for seq in range(1, per):
-                d = deposited(index, seq)
-                account.deposit(d.amount, d.reference, d.teller, d.seq)
-                app.save(account)
-            ids[index] = account.id
-        except BaseException as exc:
-            errors.append(exc)
-            barrier.abort()
+        ids[index] = account.id
 
-    threads = [threading.Thread(target=writer, args=(i,), daemon=True) for i in range(tasks)]
-    for thread in threads:
-        thread.start()
-    with contextlib.suppress(threading.BrokenBarrierError):  # a writer failed: raised below
-        barrier.wait(timeout=120)
-    start = time.perf_counter()
-    for thread in threads:
-        thread.join()
-    seconds = time.perf_counter() - start
-    if errors:
-        raise errors[0]
+    seconds = run_threads(tasks, writer)
     for account_id in ids:
         assert account_id is not None
         loaded: BankAccount = app.repository.get(account_id)

@@ -33,7 +33,6 @@ single events to its own stream with the plain ``INSERT``.
 from __future__ import annotations
 
 import asyncio
-import contextlib
 import sqlite3
 import statistics
 import threading
@@ -45,7 +44,7 @@ from typing import Any
 import msgspec
 
 import chronik
-from benchmarks.common import Sizes, Target, timer
+from benchmarks.common import Sizes, Target, run_threads, timer
 from benchmarks.model import (
     Account,
     Deposited,
@@ -776,34 +775,6 @@ def _plain_row(target: Target, stream: str, version: int, event: object) -> tupl
     return (*row, time.time_ns() // 1000) if target.backend == "sqlite" else row
 
 
-def _run_threads(writers: int, work: Callable[[int, threading.Barrier], None]) -> float:
-    """Start ``writers`` threads running ``work(index, barrier)``; each waits at the barrier
-    after its untimed set-up. Returns the seconds from the barrier's release to the last
-    thread's end; the first failure is raised."""
-    barrier = threading.Barrier(writers + 1)
-    errors: list[BaseException] = []
-
-    def run(index: int) -> None:
-        try:
-            work(index, barrier)
-        except BaseException as exc:
-            errors.append(exc)
-            barrier.abort()
-
-    threads = [threading.Thread(target=run, args=(i,), daemon=True) for i in range(writers)]
-    for thread in threads:
-        thread.start()
-    with contextlib.suppress(threading.BrokenBarrierError):  # a writer failed: raised below
-        barrier.wait(timeout=120)
-    start = time.perf_counter()
-    for thread in threads:
-        thread.join()
-    seconds = time.perf_counter() - start
-    if errors:
-        raise errors[0]
-    return seconds
-
-
 def w8(target: Target, sizes: Sizes) -> dict[str, Metrics]:
     """W8 with the plain baseline: ``w8_tasks`` threads, each appending ``w8_events`` single
     events to its own stream with the plain ``INSERT`` (autocommit: one transaction each).
@@ -837,7 +808,7 @@ def w8(target: Target, sizes: Sizes) -> dict[str, Metrics]:
             finally:
                 conn.close()
 
-        seconds = _run_threads(sizes.w8_tasks, work)
+        seconds = run_threads(sizes.w8_tasks, work)
         check = sqlite3.connect(target.sqlite_path)
         try:
             stored = check.execute("SELECT count(*) FROM events").fetchone()[0]
@@ -859,7 +830,7 @@ def w8(target: Target, sizes: Sizes) -> dict[str, Metrics]:
                     with pool.connection() as conn:
                         conn.execute(insert, row)
 
-            seconds = _run_threads(sizes.w8_tasks, work)
+            seconds = run_threads(sizes.w8_tasks, work)
             with pool.connection() as pg:
                 found = pg.execute(f'SELECT count(*) FROM "{target.schema}".events').fetchone()
                 stored = found[0] if found else 0
