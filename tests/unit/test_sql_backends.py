@@ -21,6 +21,8 @@ _SCHEMA = "a PostgreSQL store is a schema, created and migrated under an advisor
 POSTGRES_ONLY = {
     "append_one": "one event with scalar parameters: five one-element arrays cost more "
     "client CPU than the INSERT (SQLite binds plain rows either way)",
+    "append_group": "group commit of concurrent appends in one statement; SQLite's writer "
+    "thread groups them in one transaction with a savepoint each",
     "read_page": "the head and a page in one round trip; on SQLite the shared read_page "
     "(head, then read_all) costs no round trip",
     "read_window": "a filtered read walks the primary key in windows, so that a generic plan "

@@ -31,6 +31,7 @@ import logging
 import time
 import uuid
 import zlib
+from collections import deque
 from collections.abc import AsyncIterator, Awaitable, Callable, Mapping, Sequence
 from datetime import datetime
 from typing import Any
@@ -110,6 +111,28 @@ CHECKPOINT_MOVED = "CK001"
 """SQLSTATE of chronik_advance_checkpoint() finding the checkpoint moved (migration 0006)."""
 FILTER_WINDOW = 1000
 """A filtered read walks the log in windows of at least this many events (in order)."""
+GROUP_MAX_APPENDS = 128
+"""Group commit: at most this many appends share one statement and commit."""
+GROUP_MAX_EVENTS = 1024
+"""Group commit: at most this many events in one group (an append of more runs alone)."""
+
+
+class _Queued:
+    """An append waiting for a group commit: its arguments and the caller's future."""
+
+    __slots__ = ("batch", "expected", "future", "stream_id")
+
+    def __init__(
+        self,
+        stream_id: str,
+        expected: int,
+        batch: list[EncodedEvent],
+        future: asyncio.Future[AppendResult],
+    ) -> None:
+        self.stream_id = stream_id
+        self.expected = expected
+        self.batch = batch
+        self.future = future
 
 
 class PostgresTx:
@@ -307,6 +330,15 @@ class PostgresEventStore(EventStoreBase):
         self._poll_interval = poll_interval
         self._before_commit: Callable[[], Awaitable[None]] | None = None
         self.inline_projections: list[InlineProjection] = []
+        # group commit: appends beyond `appends_in_flight` queue and commit together
+        self.appends_in_flight = 4
+        """Appends (or groups of appends) this store runs at once; more callers queue and
+        their appends commit together in the next group (group commit)."""
+        self.largest_group = 1
+        """The most appends one statement has committed together (group commit)."""
+        self._in_flight = 0
+        self._queue: deque[_Queued] = deque()
+        self._drainers: set[asyncio.Task[None]] = set()
         # change signalling: LISTEN on one connection; NOTIFY after commits, coalesced
         self.notify_interval = 0.005
         """At most one NOTIFY per this many seconds per process (appends coalesce)."""
@@ -440,8 +472,8 @@ class PostgresEventStore(EventStoreBase):
     async def _write(
         self, stream_id: str, expected: int, batch: list[EncodedEvent]
     ) -> AppendResult:
-        """One append: one INSERT ... SELECT (retried while others take the version an
-        ``ANY``/``STREAM_EXISTS`` append computed)."""
+        """One append: alone while fewer than ``appends_in_flight`` run, else queued for the
+        next group commit (:meth:`_commit_group`)."""
         if len(batch) > MAX_EVENTS_PER_APPEND:
             raise BatchTooLarge(
                 f"stream {stream_id!r}: {len(batch)} events in one append, "
@@ -449,6 +481,198 @@ class PostgresEventStore(EventStoreBase):
             )
         if not batch:
             return await self._append_nothing(stream_id, expected)
+        groupable = (
+            len(batch) <= GROUP_MAX_EVENTS
+            and self._before_commit is None
+            and not self.inline_projections
+        )
+        if groupable and (self._queue or self._in_flight >= self.appends_in_flight):
+            return await self._join_group(stream_id, expected, batch)
+        self._in_flight += 1
+        try:
+            return await self._write_alone(stream_id, expected, batch)
+        finally:
+            self._in_flight -= 1
+            self._start_draining()
+
+    async def _join_group(
+        self, stream_id: str, expected: int, batch: list[EncodedEvent]
+    ) -> AppendResult:
+        """Queue an append for the next group and wait for its own result.
+
+        Cancelled while still queued, the append leaves the queue (nothing written).
+        Cancelled once its group has started, the caller waits for the group's commit or
+        rollback before its ``CancelledError`` (so a retry with the same event ids finds
+        out which), as a cancelled append alone does.
+        """
+        entry = _Queued(stream_id, expected, batch, asyncio.get_running_loop().create_future())
+        self._queue.append(entry)
+        self._start_draining()
+        future = entry.future
+        try:
+            await asyncio.wait((future,))  # unlike `await future`, never cancels it
+        except asyncio.CancelledError:
+            if entry in self._queue:
+                self._queue.remove(entry)
+                future.cancel()
+                raise
+            while not future.done():
+                with contextlib.suppress(asyncio.CancelledError):
+                    await asyncio.wait((future,))
+            if not future.cancelled():
+                future.exception()  # retrieved: the outcome is dropped with the caller
+            raise
+        return future.result()
+
+    def _start_draining(self) -> None:
+        """Start a group committer for the queue while fewer than ``appends_in_flight``
+        appends run."""
+        while self._queue and self._in_flight < self.appends_in_flight and not self._closed:
+            self._in_flight += 1
+            task = asyncio.get_running_loop().create_task(self._drain())
+            self._drainers.add(task)
+            task.add_done_callback(self._drainers.discard)
+
+    async def _drain(self) -> None:
+        """Commit groups off the queue until it is empty (one slot of ``appends_in_flight``)."""
+        try:
+            while self._queue and not self._closed:
+                await self._commit_group(self._take_group())
+        finally:
+            self._in_flight -= 1
+            if self._closed:
+                self._fail_queued()
+
+    def _take_group(self) -> list[_Queued]:
+        """The next group: queued appends in order, one per stream (a second append to a
+        stream waits for the next group, as its version depends on the first)."""
+        group: list[_Queued] = []
+        skipped: list[_Queued] = []
+        streams: set[str] = set()
+        events = 0
+        scanned = 0
+        while self._queue and len(group) < GROUP_MAX_APPENDS and scanned < 2 * GROUP_MAX_APPENDS:
+            entry = self._queue.popleft()
+            scanned += 1
+            if entry.future.done():  # cancelled while queued
+                continue
+            if entry.stream_id in streams or (
+                group and events + len(entry.batch) > GROUP_MAX_EVENTS
+            ):
+                skipped.append(entry)
+                continue
+            group.append(entry)
+            streams.add(entry.stream_id)
+            events += len(entry.batch)
+        self._queue.extendleft(reversed(skipped))
+        return group
+
+    def _fail_queued(self) -> None:
+        while self._queue:
+            entry = self._queue.popleft()
+            if not entry.future.done():
+                entry.future.set_exception(StoreUnavailable("the PostgreSQL store is closed"))
+
+    async def _commit_group(self, group: list[_Queued]) -> None:
+        """Commit ``group`` in one INSERT (one round trip, one commit) and hand each caller
+        its own result.
+
+        An append whose expected version does not fit inserts nothing in the group; it runs
+        again alone, which raises its ``ConcurrencyError`` (or finds it was a retry). If the
+        statement fails as a whole (an event id already stored, a version another process
+        took, a value PostgreSQL refuses), nothing of it was written and every append runs
+        alone, so that only the guilty one fails.
+        """
+        if not group:
+            return
+        if len(group) == 1:
+            await self._settle(group)
+            return
+        self.largest_group = max(self.largest_group, len(group))
+        sql, params = self._group_statement(group)
+
+        async def op(conn: _Conn) -> list[_Row] | None:
+            try:
+                cur = await conn.execute(sql, params)
+            except (psycopg.errors.UniqueViolation, psycopg.DataError):
+                return None
+            return await cur.fetchall()
+
+        try:
+            rows = await self._run(op)
+        except Exception as exc:  # the store is lost or closed: every caller gets it
+            for entry in group:
+                if not entry.future.done():
+                    entry.future.set_exception(exc)
+            return
+        if rows is None:
+            await self._settle(group)
+            return
+        self._appended()
+        landed: dict[str, tuple[int, int]] = {}
+        for stream_id, position, version in rows:
+            pos, ver = landed.get(stream_id, (0, -1))
+            landed[stream_id] = (max(pos, position), max(ver, version))
+        rest: list[_Queued] = []
+        for entry in group:
+            if entry.stream_id in landed:
+                position, version = landed[entry.stream_id]
+                if not entry.future.done():
+                    entry.future.set_result(AppendResult(position=position, version=version))
+            else:
+                rest.append(entry)
+        await self._settle(rest)
+
+    async def _settle(self, entries: list[_Queued]) -> None:
+        """Run each of ``entries`` alone (concurrently) and hand its caller the outcome."""
+
+        async def one(entry: _Queued) -> None:
+            try:
+                result = await self._write_alone(entry.stream_id, entry.expected, entry.batch)
+            except Exception as exc:
+                if not entry.future.done():
+                    entry.future.set_exception(exc)
+            else:
+                if not entry.future.done():
+                    entry.future.set_result(result)
+
+        await asyncio.gather(*(one(entry) for entry in entries))
+
+    def _group_statement(self, group: list[_Queued]) -> tuple[str, dict[str, Any]]:
+        stream_ids: list[str] = []
+        expected: list[int] = []
+        ordinals: list[int] = []
+        event_ids: list[uuid.UUID] = []
+        types: list[str] = []
+        schema_versions: list[int] = []
+        data: list[str] = []
+        metadata: list[str] = []
+        for entry in group:
+            for n, ev in enumerate(entry.batch, 1):
+                stream_ids.append(entry.stream_id)
+                expected.append(entry.expected)
+                ordinals.append(n)
+                event_ids.append(ev.event_id)
+                types.append(ev.type)
+                schema_versions.append(ev.schema_version)
+                data.append(ev.data.decode("utf-8"))
+                metadata.append(ev.metadata.decode("utf-8"))
+        return self._sql.append_group, {
+            "stream_ids": stream_ids,
+            "expected": expected,
+            "n": ordinals,
+            "event_ids": event_ids,
+            "types": types,
+            "schema_versions": schema_versions,
+            "data": data,
+            "metadata": metadata,
+        }
+
+    async def _write_alone(
+        self, stream_id: str, expected: int, batch: list[EncodedEvent]
+    ) -> AppendResult:
+        """One append in its own statement: one INSERT ... SELECT (retried while others
+        take the version an ``ANY``/``STREAM_EXISTS`` append computed)."""
         sql, params = self._append_statement(stream_id, expected, batch)
         for _attempt in range(MAX_APPEND_ATTEMPTS):
             try:
@@ -1025,6 +1249,9 @@ class PostgresEventStore(EventStoreBase):
             with contextlib.suppress(Exception):
                 await asyncio.wait_for(asyncio.shield(self._notifier), 2.0)
         self._closed = True
+        if self._drainers:  # the groups in flight end (commit or roll back) before the pool
+            await asyncio.wait(list(self._drainers))
+        self._fail_queued()
         for task in (self._listener, self._notifier):
             if task is not None and not task.done():
                 task.cancel()

@@ -98,6 +98,26 @@ WHERE %(expected)s::int = -2
    OR (%(expected)s::int = -4 AND cur.v >= 0)
    OR cur.v = %(expected)s::int
 RETURNING position, version, recorded_at"""
+        # Group commit: the appends of several callers (distinct streams) in one statement,
+        # each event with its append's stream, expected version and place in the append.
+        # An append whose expected version does not fit inserts nothing (its caller then
+        # finds out why alone); the others commit together.
+        self.append_group = f"""
+INSERT INTO {s}.events
+    (position, stream_id, version, event_id, type, schema_version, data, metadata)
+SELECT {base} + e.ord - 1, e.stream_id, cur.v + e.n, e.event_id, e.type,
+       e.schema_version, e.data::json, e.metadata::json
+FROM unnest(%(stream_ids)s::text[], %(expected)s::int[], %(n)s::int[], %(event_ids)s::uuid[],
+            %(types)s::text[], %(schema_versions)s::int[], %(data)s::text[],
+            %(metadata)s::text[])
+     WITH ORDINALITY AS e(stream_id, expected, n, event_id, type, schema_version, data,
+                          metadata, ord)
+CROSS JOIN LATERAL (SELECT coalesce(max(version), -1) AS v FROM {s}.events
+                    WHERE stream_id = e.stream_id) AS cur
+WHERE e.expected = -2
+   OR (e.expected = -4 AND cur.v >= 0)
+   OR cur.v = e.expected
+RETURNING stream_id, position, version"""
         self.stored_copies = (
             f"SELECT event_id, stream_id, version, position, type, data FROM {s}.events "
             f"WHERE event_id = ANY(%s::uuid[])"
