@@ -6,6 +6,7 @@ JavaScript numbers cannot hold); versions are integers.
 from __future__ import annotations
 
 import asyncio
+import urllib.parse
 import uuid
 from datetime import datetime
 from typing import Annotated, Any, Literal
@@ -279,7 +280,8 @@ class Api:
                                    **kwargs))  # fmt: skip
         result = await self.store.append(stream_id, events, expected_version=expected_version)
         body_out = AppendResponse(stream_id, str(result.position), result.version)
-        return Reply(body_out, 201, {"Location": f"/streams/{stream_id}"})
+        location = "/streams/" + urllib.parse.quote(stream_id, safe="")
+        return Reply(body_out, 201, {"Location": location})
 
     async def read_stream(self, call: Call[StreamQuery, None]) -> StreamPage:
         stream_id = call.path["stream_id"]

@@ -4,6 +4,7 @@ from __future__ import annotations
 
 import contextlib
 from collections.abc import AsyncIterator, Sequence
+from typing import Any, cast
 
 import msgspec
 from starlette.applications import Starlette
@@ -12,6 +13,7 @@ from starlette.responses import Response
 from starlette.routing import BaseRoute, Route
 
 from chronik.app import App
+from chronik.errors import StoreUnavailable
 from chronik.server.api import Api
 from chronik.server.openapi import openapi_document
 from chronik.server.routing import (
@@ -24,6 +26,7 @@ from chronik.server.routing import (
     json_response,
     read_body,
 )
+from chronik.store import connect
 from chronik.store.protocol import EventStore
 
 __all__ = ["DEFAULT_MAX_BODY_BYTES", "create_app"]
@@ -54,8 +57,23 @@ def _route(endpoint: Endpoint, max_body: int) -> Route:
     return Route(endpoint.path, handle, methods=[endpoint.method], name=endpoint.operation_id)
 
 
+class _OpenedAtStartup:
+    """Stands for the store a server opens when it starts (in the server's event loop):
+    every attribute is the opened store's."""
+
+    def __init__(self, url: str) -> None:
+        self.url = url
+        self.target: EventStore | None = None
+
+    def __getattr__(self, name: str) -> Any:
+        target = self.__dict__.get("target")
+        if target is None:
+            raise StoreUnavailable(f"the server has not opened {self.__dict__['url']} yet")
+        return getattr(target, name)
+
+
 def create_app(
-    store: EventStore,
+    store: EventStore | str,
     *,
     app: App | None = None,
     max_body_bytes: int = DEFAULT_MAX_BODY_BYTES,
@@ -65,11 +83,17 @@ def create_app(
     """The HTTP API (and, where installed, the console) over ``store``.
 
     Args:
-        store: an open store; closed with the app when ``close_store``.
+        store: an open store (closed with the app when ``close_store``), or a store URL,
+            opened when the server starts (in its event loop) and closed when it stops.
         app: the application's registry and deciders (unknown types refused on append,
             state replays).
         max_body_bytes: largest request body (413 above it, refused before parsing).
     """
+    opener: _OpenedAtStartup | None = None
+    if isinstance(store, str):
+        opener = _OpenedAtStartup(store)
+        store = cast(EventStore, opener)
+        close_store = True
     endpoints = Api(store, app).endpoints()
     document = msgspec.json.encode(openapi_document(endpoints))
 
@@ -78,6 +102,8 @@ def create_app(
 
     @contextlib.asynccontextmanager
     async def lifespan(_: Starlette) -> AsyncIterator[None]:
+        if opener is not None:
+            opener.target = await connect(opener.url)
         try:
             yield
         finally:

@@ -19,6 +19,16 @@ __all__ = ["openapi_document"]
 
 _REF = "#/components/schemas/{name}"
 _PATH_PARAM = re.compile(r"{([a-zA-Z_][a-zA-Z0-9_]*)(?::[a-z]+)?}")
+_TEXT = {"type": "string", "minLength": 1}
+_PATH_SCHEMAS: dict[str, dict[str, Any]] = {
+    "stream_id": {
+        "type": "string",
+        "minLength": 1,
+        "maxLength": 255,
+        "pattern": "^[^$\\x00-\\x1f\\x7f-\\x9f][^\\x00-\\x1f\\x7f-\\x9f]*$",
+        "description": "at most 255 UTF-8 bytes, no control characters, not starting with $",
+    },
+}
 _REASONS = {
     200: "OK",
     201: "Created",
@@ -75,7 +85,7 @@ def openapi_document(endpoints: Sequence[Endpoint], *, title: str = "chronik") -
 
 def _parameters(ep: Endpoint) -> list[dict[str, Any]]:
     params: list[dict[str, Any]] = [
-        {"name": name, "in": "path", "required": True, "schema": {"type": "string"}}
+        {"name": name, "in": "path", "required": True, "schema": _PATH_SCHEMAS.get(name, _TEXT)}
         for name in _PATH_PARAM.findall(ep.path)
     ]
     if ep.query is not None:
