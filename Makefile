@@ -17,7 +17,20 @@ demo: $(STAMP)  ## the seed's bank account, end to end, on ./chronik-demo.db
 	$(BIN)/chronik --store sqlite:///chronik-demo.db streams
 	$(BIN)/chronik --store sqlite:///chronik-demo.db events account-alice
 
-test: $(STAMP)  ## the whole suite (PostgreSQL suites need 127.0.0.1:5432; CI=true makes them mandatory)
+# The console's browser tests drive Debian's Chromium (Playwright cannot download its own
+# browser here): installed with apt-get when missing, else make test stops and says why.
+CHROMIUM ?= /usr/bin/chromium
+$(CHROMIUM):
+	@echo "installing Debian's chromium for the console's browser tests (tests/server/test_console.py)"
+	@if command -v apt-get >/dev/null 2>&1 && [ "$$(id -u)" = 0 ]; then \
+		apt-get update -qq && DEBIAN_FRONTEND=noninteractive apt-get install -y -qq chromium; \
+	elif command -v apt-get >/dev/null 2>&1 && command -v sudo >/dev/null 2>&1; then \
+		sudo apt-get update -qq && sudo DEBIAN_FRONTEND=noninteractive apt-get install -y -qq chromium; \
+	fi
+	@test -x $(CHROMIUM) || { echo "error: $(CHROMIUM) is missing and could not be installed;" \
+		"install Debian's chromium (apt-get install chromium) or set CHROMIUM=/path/to/chromium"; exit 1; }
+
+test: $(STAMP) $(CHROMIUM)  ## the whole suite (PostgreSQL suites need 127.0.0.1:5432; CI=true makes them mandatory)
 	$(BIN)/pytest -q -m "not soak"
 
 lint: $(STAMP)

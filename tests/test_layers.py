@@ -32,7 +32,7 @@ LAYERS = [
     ("workers", ["workers", "subscriptions", "projections", "sagas", "nats", "snapshots.worker",
                  "snapshots"]),
     ("tools", ["debugging", "integrity", "migrate", "testing"]),
-    ("faces", ["", "__main__", "cli"]),
+    ("faces", ["", "__main__", "cli", "server"]),
 ]  # fmt: skip
 WORKER_MODULES = ["workers", "subscriptions", "projections", "sagas", "nats", "snapshots.worker"]
 

@@ -88,15 +88,24 @@ async def load_state(
     *,
     registry: EventRegistry = default_registry,
     snapshots: SnapshotConfig | None = None,
+    reading: bool = True,
 ) -> Loaded[S]:
     """Fold every event of ``stream_id`` into a state (initial state when there are none).
 
-    With ``snapshots``, start from the stream's newest snapshot of that configuration's state
-    version and fold only the later events (see :mod:`chronik.snapshots`).
+    With ``snapshots``, start from the stream's newest usable snapshot of that
+    configuration's state version and fold only the later events (see
+    :mod:`chronik.snapshots`); ``reading=False`` does not count the load as a read of the
+    stream for the snapshot policy (a command's load before it writes).
     """
     if snapshots is not None:
         state_, version_, used = await load_from_snapshot(
-            store, stream_id, evolve, initial_state, snapshots, registry=registry
+            store,
+            stream_id,
+            evolve,
+            initial_state,
+            snapshots,
+            registry=registry,
+            reading=reading,
         )
         return Loaded(state_, version_, None if used is None else used.version)
     state = initial_state()
@@ -144,7 +153,13 @@ async def execute(
     while True:
         attempt += 1
         loaded = await load_state(
-            store, stream_id, evolve, initial_state, registry=registry, snapshots=snapshots
+            store,
+            stream_id,
+            evolve,
+            initial_state,
+            registry=registry,
+            snapshots=snapshots,
+            reading=False,
         )
         events, new_state = decide(loaded.state)
         events = list(events)
@@ -234,8 +249,7 @@ class CommandHandler(Generic[C, E, S]):
 
         def decide(state: S) -> tuple[Sequence[E], S]:
             set_command_type(command)
-            events = d.decide(command, state)
-            return events, d.fold(events, state)
+            return d.step(command, state, stream_id=stream_id)
 
         return await execute(
             self.store,

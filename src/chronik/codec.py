@@ -31,9 +31,10 @@ from dataclasses import dataclass
 from typing import Any, TypeVar
 
 import msgspec
+import msgspec.inspect
 
 from chronik.errors import RegistryError, SerializationError, UnknownEventType, UpcastError
-from chronik.events import NewEvent, RecordedEvent, new_event_id
+from chronik.events import NewEvent, RecordedEvent, find_non_finite, new_event_id
 from chronik.upcasting import UpcasterFn, Upcasters, UpcastFailure, split_event_id
 
 __all__ = ["EventRegistry", "EventType", "default_registry", "event"]
@@ -67,6 +68,7 @@ class EventRegistry:
         self._checked = False
         self._current: dict[str, int] = {}
         self._direct: dict[str, int] = {}
+        self._floats: dict[str, bool] = {}  # by name: may the class hold a float?
 
     def register(self, cls: type[T], name: str | None = None, *, version: int = 1) -> type[T]:
         """Register ``cls`` (a dataclass or msgspec Struct) under a stable ``name``.
@@ -93,6 +95,7 @@ class EventRegistry:
         entry = EventType(name, version, cls, msgspec.json.Decoder(cls))
         self._by_name[name] = entry
         self._by_class[cls] = entry
+        self._floats[name] = _may_hold_float(cls)
         self._checked = False
         return cls
 
@@ -131,12 +134,25 @@ class EventRegistry:
         metadata: Mapping[str, Any] | None = None,
         event_id: uuid.UUID | None = None,
     ) -> NewEvent:
-        """Encode a registered event object into a :class:`NewEvent` for ``append``."""
+        """Encode a registered event object into a :class:`NewEvent` for ``append``.
+
+        Raises:
+            UnknownEventType: the object's class is not registered.
+            SerializationError: it cannot be encoded as JSON, or holds a NaN or an infinite
+                float (which JSON cannot hold: msgspec would write ``null``).
+        """
         entry = self.type_of(obj)
         try:
             data = self._encode(obj)
         except (TypeError, ValueError) as exc:
             raise SerializationError(str(exc), event_type=entry.name) from exc
+        if b"null" in data and self._floats.get(entry.name, True):
+            path = find_non_finite(msgspec.to_builtins(obj))
+            if path is not None:
+                raise SerializationError(
+                    f"holds NaN or Infinity at {path}, which JSON cannot hold",
+                    event_type=entry.name,
+                )
         return NewEvent(
             type=entry.name,
             data=data,
@@ -430,6 +446,33 @@ class EventRegistry:
                 version=recorded.version,
                 schema_version=recorded.schema_version,
             ) from exc
+
+
+_FLOATING = (msgspec.inspect.FloatType, msgspec.inspect.AnyType, msgspec.inspect.CustomType)
+
+
+def _may_hold_float(cls: type[Any]) -> bool:
+    """Whether an event class can hold a float anywhere: only then can its encoded JSON hold
+    a NaN or an Infinity written as ``null``, which :meth:`EventRegistry.to_new_event` looks
+    for. ``True`` when msgspec cannot tell."""
+    try:
+        root = msgspec.inspect.type_info(cls)
+    except Exception:  # a type msgspec cannot describe: look into each event
+        return True
+    seen: set[int] = set()
+    todo: list[Any] = [root]
+    while todo:
+        kind = todo.pop()
+        if id(kind) in seen:
+            continue
+        seen.add(id(kind))
+        if isinstance(kind, _FLOATING):
+            return True
+        todo.extend(getattr(kind, name, None) for name in ("item_type", "key_type", "value_type"))
+        todo.extend(getattr(kind, "types", ()) or ())
+        todo.extend(getattr(kind, "item_types", ()) or ())
+        todo.extend(field.type for field in getattr(kind, "fields", ()) or ())
+    return False
 
 
 def _plain(obj: Any) -> Any:

@@ -21,6 +21,8 @@ from collections.abc import Callable, Iterable, Sequence
 from dataclasses import dataclass
 from typing import Generic, TypeVar
 
+from chronik.errors import InvalidDecision
+
 __all__ = ["Decider"]
 
 C = TypeVar("C")
@@ -50,3 +52,26 @@ class Decider(Generic[C, E, S]):
         for ev in events:
             current = evolve(current, ev)
         return current
+
+    def step(self, command: C, state: S, *, stream_id: str | None = None) -> tuple[list[E], S]:
+        """One command on one state: the events ``decide`` returns, as a list, and the state
+        after them. What :class:`~chronik.CommandHandler` runs (``stream_id`` only names the
+        stream in the error).
+
+        Raises:
+            InvalidDecision: ``decide`` returned ``None`` (a branch without ``return []``),
+                a single event, or anything else that is not a list of events (a tuple
+                or another iterable of events is taken as a list).
+            Exception: whatever ``decide`` raises (a domain error) propagates as it is.
+        """
+        returned = self.decide(command, state)
+        if isinstance(returned, (str, bytes, dict)) or not isinstance(returned, Iterable):
+            raise InvalidDecision(_name(self.decide), command, returned, stream_id)
+        events = list(returned)  # a generator is read once, here
+        return events, self.fold(events, state)
+
+
+def _name(fn: object) -> str:
+    module = getattr(fn, "__module__", None)
+    name = getattr(fn, "__qualname__", None) or repr(fn)
+    return f"{module}.{name}" if module else name

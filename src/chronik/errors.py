@@ -9,15 +9,27 @@
     ├── StreamNotFound (LookupError)
     ├── InvalidStreamId (ValueError)
     ├── InvalidExpectedVersion (ValueError)
+    ├── InvalidArgument (TypeError, ValueError)
+    │                               a call's argument has the wrong type (``events`` not a
+    │                               list of NewEvent, ``read_correlation(123)``, ...)
     ├── BatchTooLarge (ValueError)  more events in one append than a backend can number
     ├── PayloadTooLarge (ValueError)
     ├── UnknownEventType (LookupError)
     ├── SerializationError (ValueError)
+    │   ├── InvalidEvent            an event to append or import breaks a rule of what the
+    │   │                           store holds (its id, type, schema version, data or
+    │   │                           metadata); names the event and the field
     │   └── UpcastError             a stored event cannot be upcast (failing or missing step,
     │                               or a schema version newer than the code)
     ├── RegistryError (ValueError)  an event type declared twice or malformed; broken chains
     ├── StoreUnavailable (ConnectionError)
+    ├── StoreNotFound (LookupError) no chronik store where the URL points, and none was to be
+    │                               created (``connect(url, create=False)``)
     ├── UnsupportedStoreUrl (ValueError)
+    │                               an unknown scheme, or a parameter or value the backend does
+    │                               not take; the message lists what it takes
+    ├── MissingDependency (ImportError)
+    │                               an optional extra is not installed; gives the pip command
     ├── MissingCapability (TypeError)
     │                               a store lacks a capability asked of it (SQL on memory://);
     │                               says which backends have it
@@ -28,6 +40,8 @@
     ├── WaitTimeout (TimeoutError)  a projection did not reach a position in time
     ├── FollowerFailed              a worker stopped for good (a poison event with "stop")
     ├── CommandRejected             a saga's command was refused by its aggregate
+    ├── InvalidDecision (TypeError) ``decide`` returned no list of events (``None``, one
+    │                               event); names the decider, the command and the stream
     └── InvalidSubject (ValueError) a NATS subject token would be empty or a wildcard
 
 Driver exceptions never leak: each backend raises one of these ``from`` the driver's error.
@@ -45,16 +59,21 @@ __all__ = [
     "ConcurrencyError",
     "DuplicateEventId",
     "FollowerFailed",
+    "InvalidArgument",
+    "InvalidEvent",
+    "InvalidDecision",
     "InvalidExpectedVersion",
     "InvalidStreamId",
     "InvalidSubject",
     "LoadError",
     "MigrationError",
     "MissingCapability",
+    "MissingDependency",
     "PayloadTooLarge",
     "RegistryError",
     "SchemaError",
     "SerializationError",
+    "StoreNotFound",
     "StoreUnavailable",
     "StreamNotFound",
     "UnknownEventType",
@@ -66,6 +85,13 @@ __all__ = [
 
 class ChronikError(Exception):
     """Base class of every error chronik raises on purpose."""
+
+
+def _show(value: object, width: int = 60) -> str:
+    """``repr(value)``, cut to about ``width`` characters: messages name what was given
+    without copying a 2 MiB string into every log line (the attributes keep it whole)."""
+    text = repr(value)
+    return text if len(text) <= width else f"{text[: width - 5]}...{text[-2:]}"
 
 
 def _describe_version(version: int | None) -> str:
@@ -133,11 +159,27 @@ class InvalidStreamId(ChronikError, ValueError):
     def __init__(self, stream_id: object, reason: str) -> None:
         self.stream_id = stream_id
         self.reason = reason
-        super().__init__(f"invalid stream id {stream_id!r}: {reason}")
+        super().__init__(f"invalid stream id {_show(stream_id)}: {reason}")
 
 
 class InvalidExpectedVersion(ChronikError, ValueError):
-    """``expected_version`` is neither a version >= 0 nor one of the stream states."""
+    """``expected_version`` is neither a version >= 0 nor one of the stream states, or it
+    is above the largest version a stream can have (2**31 - 1)."""
+
+
+class InvalidArgument(ChronikError, TypeError, ValueError):
+    """An argument of a call has the wrong type or no meaning: ``events`` that is not a
+    sequence of :class:`~chronik.NewEvent`, a read's ``after``, ``limit``, ``from_version``,
+    filters or correlation id of the wrong type, a filter text no event can hold.
+
+    Both a :class:`TypeError` and a :class:`ValueError`, so code that caught either before
+    keeps working. ``argument`` names it, ``reason`` says what is wrong.
+    """
+
+    def __init__(self, argument: str, reason: str) -> None:
+        self.argument = argument
+        self.reason = reason
+        super().__init__(f"{argument} {reason}")
 
 
 class BatchTooLarge(ChronikError, ValueError):
@@ -154,8 +196,8 @@ class PayloadTooLarge(ChronikError, ValueError):
         self.size = size
         self.limit = limit
         super().__init__(
-            f"stream {stream_id!r}: event #{index} ({event_type}) is {size} bytes, "
-            f"over the limit of {limit} bytes"
+            f"stream {_show(stream_id)}: event #{index} ({_show(event_type)}) is {size} "
+            f"bytes (type, data and metadata), over the limit of {limit} bytes"
         )
 
 
@@ -205,6 +247,40 @@ class SerializationError(ChronikError, ValueError):
         super().__init__(f"{message}{where}")
 
 
+class InvalidEvent(SerializationError):
+    """An event to append or import breaks a rule of what a store holds; nothing written.
+
+    ``field`` names what is wrong (``"event_id"``, ``"type"``, ``"schema_version"``,
+    ``"data"``, ``"metadata"``, ``"metadata.correlation_id"``, ...), ``reason`` says how,
+    ``limit`` is the limit it broke (or ``None``), ``index`` is the event's place in the
+    append (0-based) and ``stream_id`` its stream. The rules and limits are listed in
+    docs/limits.md; every backend checks them, before anything is written.
+    """
+
+    def __init__(
+        self,
+        stream_id: object,
+        index: int,
+        field: str,
+        reason: str,
+        *,
+        event_type: object = None,
+        limit: int | None = None,
+    ) -> None:
+        self.event_type = event_type if isinstance(event_type, str) else None
+        self.stream_id = stream_id if isinstance(stream_id, str) else None
+        self.version = None
+        self.schema_version = None
+        self.index = index
+        self.field = field
+        self.reason = reason
+        self.limit = limit
+        kind = f" ({_show(event_type)})" if isinstance(event_type, str) and field != "type" else ""
+        ChronikError.__init__(
+            self, f"stream {_show(stream_id)}: event #{index}{kind}: {field} {reason}"
+        )
+
+
 class UpcastError(SerializationError):
     """A stored event could not be brought to the shape the code knows.
 
@@ -230,7 +306,8 @@ class StoreUnavailable(ChronikError, ConnectionError):
 
 
 class UnsupportedStoreUrl(ChronikError, ValueError):
-    """``chronik.connect`` got a URL whose scheme it does not know."""
+    """``chronik.connect`` got a URL it cannot use: an unknown scheme, a parameter its backend
+    does not take, or a value out of range; the message names what is allowed."""
 
 
 class MissingCapability(ChronikError, TypeError):
@@ -305,3 +382,59 @@ class InvalidSubject(ChronikError, ValueError):
         super().__init__(f"invalid NATS subject token {token!r}: {reason}")
         self.token = token
         self.reason = reason
+
+
+class StoreNotFound(ChronikError, LookupError):
+    """No chronik store is where the URL points, and the caller asked not to create one
+    (``chronik.connect(url, create=False)``; every ``chronik`` command but ``init``).
+
+    ``where`` is the place looked at (an absolute SQLite path), ``reason`` what was found
+    there instead. Nothing was created.
+    """
+
+    def __init__(self, where: str, reason: str) -> None:
+        self.where = where
+        self.reason = reason
+        super().__init__(
+            f"no chronik store at {where}: {reason} (`chronik init` or "
+            "chronik.connect(url) creates one)"
+        )
+
+
+class MissingDependency(ChronikError, ImportError):
+    """An optional part of chronik was used without its extra installed.
+
+    ``extra`` is the extra to install (``"postgres"``), ``package`` the missing
+    distribution; the message gives the command: ``pip install 'chronik[postgres]'``.
+    """
+
+    def __init__(self, what: str, package: str, extra: str) -> None:
+        self.what = what
+        self.package = package
+        self.extra = extra
+        super().__init__(
+            f"{what} needs {package}, which is not installed: pip install 'chronik[{extra}]'"
+        )
+
+
+class InvalidDecision(ChronikError, TypeError):
+    """A decider's ``decide`` returned something other than a list of events (``None``, most
+    often: a branch that forgot ``return []``). Nothing was appended.
+
+    ``decider`` names the ``decide`` function, ``command`` is the command it was given and
+    ``returned`` what it gave back; ``stream_id`` is the stream, when known.
+    """
+
+    def __init__(
+        self, decider: str, command: object, returned: object, stream_id: str | None = None
+    ) -> None:
+        self.decider = decider
+        self.command = command
+        self.returned = returned
+        self.stream_id = stream_id
+        where = "" if stream_id is None else f" on stream {stream_id!r}"
+        got = "None" if returned is None else f"a {type(returned).__name__}"
+        super().__init__(
+            f"decide of {decider} returned {got} for command {type(command).__name__}{where}: "
+            "it must return a list of events ([] when nothing happens)"
+        )

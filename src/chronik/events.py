@@ -1,11 +1,13 @@
 """Events as they go into the store (:class:`NewEvent`) and come out (:class:`RecordedEvent`).
 
 Also the vocabulary every backend shares: stream ids and their category, the expected-version
-states, and :class:`AppendResult`.
+states, :class:`AppendResult`, and the bounds of what a store holds (the ``MAX_*`` numbers,
+listed with the rest of the limits in docs/limits.md).
 """
 
 from __future__ import annotations
 
+import math
 import os
 import time
 import unicodedata
@@ -18,10 +20,14 @@ from typing import Any
 
 import msgspec
 
-from chronik.errors import InvalidExpectedVersion, InvalidStreamId
+from chronik.errors import InvalidExpectedVersion, InvalidStreamId, SerializationError
 
 __all__ = [
     "ANY",
+    "MAX_POSITION",
+    "MAX_STREAM_ID_BYTES",
+    "MAX_TYPE_BYTES",
+    "MAX_VERSION",
     "NO_STREAM",
     "STREAM_EXISTS",
     "AppendResult",
@@ -29,12 +35,21 @@ __all__ = [
     "RecordedEvent",
     "StreamState",
     "category_of",
+    "find_non_finite",
     "new_event_id",
+    "text_problem",
     "validate_expected_version",
     "validate_stream_id",
 ]
 
 MAX_STREAM_ID_BYTES = 255
+"""The longest stream id, in UTF-8 bytes."""
+MAX_TYPE_BYTES = 255
+"""The longest event type name, in UTF-8 bytes."""
+MAX_VERSION = 2**31 - 1
+"""The highest stream version (and schema version): PostgreSQL stores them as ``integer``."""
+MAX_POSITION = 2**63 - 1
+"""The highest position: PostgreSQL ``bigint``, SQLite ``INTEGER``."""
 _CONTROL_CATEGORIES = frozenset({"Cc", "Cs", "Zl", "Zp"})
 
 
@@ -59,7 +74,11 @@ STREAM_EXISTS = StreamState.STREAM_EXISTS
 
 
 def validate_expected_version(expected: object) -> int:
-    """Return ``expected`` as an int, or raise :class:`InvalidExpectedVersion`."""
+    """Return ``expected`` as an int, or raise :class:`InvalidExpectedVersion`.
+
+    An exact version is ``0 <= expected <= MAX_VERSION`` (the largest version a stream can
+    have); the stream states are ``NO_STREAM``, ``ANY`` and ``STREAM_EXISTS``.
+    """
     if isinstance(expected, bool) or not isinstance(expected, int):
         raise InvalidExpectedVersion(
             f"expected_version must be an int >= 0, NO_STREAM, STREAM_EXISTS or ANY, "
@@ -70,7 +89,40 @@ def validate_expected_version(expected: object) -> int:
             f"expected_version {expected} is negative and not NO_STREAM (-1), ANY (-2) "
             f"or STREAM_EXISTS (-4)"
         )
+    if expected > MAX_VERSION:
+        raise InvalidExpectedVersion(
+            f"expected_version {expected} is over the largest version a stream can have "
+            f"({MAX_VERSION})"
+        )
     return int(expected)
+
+
+def text_problem(text: object, max_bytes: int) -> str | None:
+    """What makes ``text`` unfit for a name a store keeps (a stream id, an event type, a
+    correlation id), or ``None`` when it is fit.
+
+    Fit is a non-empty ``str`` of at most ``max_bytes`` UTF-8 bytes without control
+    characters (``Cc``: NUL, tab, newline, ...; line and paragraph separators) and without
+    lone surrogates (which no encoding can store).
+    """
+    if not isinstance(text, str):
+        return f"must be a str, not {type(text).__name__}"
+    if not text:
+        return "must not be empty"
+    if text.isascii():
+        if not text.isprintable():  # in ASCII, only the control characters are not
+            bad = next(ch for ch in text if not ch.isprintable())
+            return f"contains control character {bad!r}"
+        size = len(text)
+    else:
+        if not text.isprintable():
+            for ch in text:
+                if unicodedata.category(ch) in _CONTROL_CATEGORIES:
+                    return f"contains control character {ch!r}"
+        size = len(text.encode("utf-8"))  # no lone surrogate left: category Cs
+    if size > max_bytes:
+        return f"is {size} UTF-8 bytes, over the limit of {max_bytes}"
+    return None
 
 
 def validate_stream_id(stream_id: object) -> str:
@@ -83,23 +135,40 @@ def validate_stream_id(stream_id: object) -> str:
     Raises:
         InvalidStreamId: naming what is wrong.
     """
-    if not isinstance(stream_id, str):
-        raise InvalidStreamId(stream_id, f"must be a str, not {type(stream_id).__name__}")
-    if not stream_id:
-        raise InvalidStreamId(stream_id, "must not be empty")
-    if stream_id[0] == "$":
+    if isinstance(stream_id, str) and stream_id[:1] == "$":
         raise InvalidStreamId(stream_id, "a leading '$' is reserved for chronik")
-    if not stream_id.isprintable():
-        for ch in stream_id:
-            if unicodedata.category(ch) in _CONTROL_CATEGORIES:
-                raise InvalidStreamId(stream_id, f"contains control character {ch!r}")
-    try:
-        size = len(stream_id.encode("utf-8"))
-    except UnicodeEncodeError as exc:
-        raise InvalidStreamId(stream_id, "is not valid unicode text") from exc
-    if size > MAX_STREAM_ID_BYTES:
-        raise InvalidStreamId(stream_id, f"is {size} bytes, over {MAX_STREAM_ID_BYTES}")
-    return stream_id
+    reason = text_problem(stream_id, MAX_STREAM_ID_BYTES)
+    if reason is not None:
+        raise InvalidStreamId(stream_id, reason)
+    return stream_id  # type: ignore[return-value]  # text_problem checked it is a str
+
+
+_WALKED = (float, dict, list, tuple)
+
+
+def find_non_finite(value: object) -> str | None:
+    """Where ``value`` (built of dicts, lists, tuples and scalars, as
+    :func:`msgspec.to_builtins` makes them) holds a NaN or an infinite float: a path such
+    as ``$.prices[2]``, or ``None``. JSON has no such numbers: encoders write ``null``
+    (msgspec) or invalid JSON (``json.dumps``) for them.
+    """
+    todo: list[tuple[object, str]] = [(value, "$")]
+    while todo:
+        item, path = todo.pop()
+        if isinstance(item, float):
+            if not math.isfinite(item):
+                return path
+        elif isinstance(item, dict):
+            for key, child in item.items():
+                if isinstance(key, float) and not math.isfinite(key):
+                    return f"{path} (a key)"
+                if isinstance(child, _WALKED):
+                    todo.append((child, f"{path}.{key}"))
+        elif isinstance(item, list | tuple):
+            for index, child in enumerate(item):
+                if isinstance(child, _WALKED):
+                    todo.append((child, f"{path}[{index}]"))
+    return None
 
 
 def category_of(stream_id: str) -> str:
@@ -240,7 +309,15 @@ class RecordedEvent:
         """The event's unique id."""
         value = self._event_id
         if isinstance(value, str):
-            value = self._event_id = uuid.UUID(value)
+            text = value
+            try:
+                value = self._event_id = uuid.UUID(text)
+            except ValueError:  # stored by a release that did not check ids (SQLite)
+                raise SerializationError(
+                    f"stored event id {text[:60]!r} is not a UUID",
+                    stream_id=self.stream_id,
+                    version=self.version,
+                ) from None
         return value
 
     @property

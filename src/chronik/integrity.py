@@ -12,6 +12,9 @@ Each check names what it looks for; :func:`check` runs them all and returns a
 ``decode_error``           a stored event that does not decode or upcast (needs a registry)
 ``missing_correlation_id`` an event without a correlation id in its metadata
 ``snapshot_ahead``         a snapshot of a version its stream does not have (yet)
+``snapshot_invalid``       a snapshot taken after another event than the one its stream has at
+                           its version (or recording none); with ``snapshots=``, also one that
+                           does not decode or is not what a replay gives
 ``checkpoint_ahead``       a subscription checkpoint above the store's head position
 =========================  ==================================================================
 
@@ -24,11 +27,12 @@ from __future__ import annotations
 
 import uuid
 from collections import Counter
-from collections.abc import Iterable, Sequence
+from collections.abc import Iterable, Mapping, Sequence
 from dataclasses import dataclass, field
 from typing import Any
 
 from chronik.codec import EventRegistry
+from chronik.decider import Decider
 from chronik.errors import ChronikError, RegistryError, UnknownEventType
 from chronik.events import RecordedEvent
 from chronik.store.capabilities import require, supports
@@ -45,6 +49,7 @@ CHECKS: dict[str, str] = {
     "decode_error": "events that do not decode or upcast",
     "missing_correlation_id": "events without a correlation id",
     "snapshot_ahead": "snapshots ahead of their stream",
+    "snapshot_invalid": "snapshots that do not match their stream",
     "checkpoint_ahead": "checkpoints ahead of the store",
 }
 """Every check by name, with what it looks for."""
@@ -170,6 +175,7 @@ async def check(
     registry: EventRegistry | None = None,
     decode: bool = True,
     max_details: int = DEFAULT_MAX_DETAILS,
+    snapshots: Mapping[str, tuple[Decider[Any, Any, Any], Any]] | None = None,
 ) -> CheckReport:
     """Run every integrity check on ``store``; read-only.
 
@@ -178,6 +184,8 @@ async def check(
             ``decode_error`` are skipped (reported in ``skipped``).
         decode: decode (and upcast) every event of a registered type; ``False`` skips it.
         max_details: problems kept per check (all are counted).
+        snapshots: category → ``(decider, SnapshotConfig)`` (``snapshot_targets(app)``):
+            snapshots of those categories are also decoded and compared with a replay.
     """
     report = CheckReport(max_details=max_details)
     sql = require(store, SqlStore) if supports(store, SqlStore) else None
@@ -195,7 +203,7 @@ async def check(
             await _decode_all(store, report, registry)
         else:
             report.skipped["decode_error"] = "decoding turned off"
-    await _snapshot_checks(store, sql, report)
+    await _snapshot_checks(store, report, registry, snapshots)
     head = await store.head_position()
     for name, position in sorted((await store.checkpoints()).items()):
         if position > head:
@@ -415,45 +423,32 @@ async def _decode_all(store: EventStore, report: CheckReport, registry: EventReg
 
 # -- snapshots ---------------------------------------------------------------------------------
 
-_SNAPSHOTS = (
-    "SELECT s.stream_id, s.state_version, s.version, "
-    "(SELECT max(e.version) FROM events e WHERE e.stream_id = s.stream_id) "
-    "FROM snapshots s ORDER BY s.stream_id, s.version"
-)
 
+async def _snapshot_checks(
+    store: EventStore,
+    report: CheckReport,
+    registry: EventRegistry | None,
+    targets: Mapping[str, tuple[Decider[Any, Any, Any], Any]] | None,
+) -> None:
+    from chronik.codec import default_registry
+    from chronik.snapshots import snapshot_store, verify_snapshots
 
-async def _snapshot_checks(store: EventStore, sql: SqlStore | None, report: CheckReport) -> None:
-    rows: list[tuple[str, str, int, int | None]] = []
-    if sql is None:
-        try:
-            from chronik.snapshots import snapshot_store
-        except ImportError:  # pragma: no cover - snapshots not part of this build
-            report.skipped["snapshot_ahead"] = "no snapshot support"
-            return
-        snapshots = await snapshot_store(store).find()
-        versions: dict[str, int | None] = {}
-        for snap in snapshots:
-            if snap.stream_id not in versions:
-                versions[snap.stream_id] = await store.stream_version(snap.stream_id)
-            rows.append(
-                (snap.stream_id, snap.state_version, snap.version, versions[snap.stream_id])
+    try:
+        if targets:
+            problems = await verify_snapshots(store, targets, registry=registry or default_registry)
+        else:
+            problems = await snapshot_store(store).invalid()
+    except Exception as exc:  # a table this chronik cannot read; an evolve that raises
+        for name in ("snapshot_ahead", "snapshot_invalid"):
+            report.skipped[name] = f"cannot check snapshots: {exc}"
+        return
+    for problem in problems:
+        report.add(
+            Problem(
+                "snapshot_ahead" if problem.kind == "ahead" else "snapshot_invalid",
+                f"{problem.stream_id}: snapshot at version {problem.version} (state version "
+                f"{problem.state_version}): {problem.reason}",
+                problem.stream_id,
+                problem.version,
             )
-    else:
-        try:
-            found = await sql.query(_SNAPSHOTS)
-        except Exception as exc:  # an old schema without the table
-            report.skipped["snapshot_ahead"] = f"cannot read snapshots: {exc}"
-            return
-        rows = [(str(s), str(sv), int(v), None if c is None else int(c)) for s, sv, v, c in found]
-    for stream_id, state_version, version, current in rows:
-        if current is None or version > current:
-            has = "no events" if current is None else f"version {current}"
-            report.add(
-                Problem(
-                    "snapshot_ahead",
-                    f"{stream_id}: snapshot at version {version} (state version "
-                    f"{state_version}) but the stream has {has}",
-                    stream_id,
-                    version,
-                )
-            )
+        )

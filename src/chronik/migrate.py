@@ -41,7 +41,7 @@ import msgspec
 
 from chronik.codec import EventRegistry
 from chronik.errors import ChronikError, MigrationError
-from chronik.events import RecordedEvent
+from chronik.events import RecordedEvent, find_non_finite
 from chronik.store.protocol import EventStore, ImportedEvent
 from chronik.upcasting import Upcast, split_event_id
 
@@ -228,6 +228,12 @@ class _Pipeline:
                 raise TypeError(
                     f"the transform returned {type(item).__name__}: expected the event, a "
                     f"dict, an Upcast, a list of these, or None"
+                )
+            where = find_non_finite(msgspec.to_builtins(data))
+            if where is not None:  # JSON has no NaN/Infinity: msgspec would write null
+                raise MigrationError(
+                    f"the transform of {event.stream_id}@{event.version} returned a NaN or "
+                    f"infinite number at {where} (JSON cannot hold it)"
                 )
             out.append(
                 ImportedEvent(

@@ -33,7 +33,7 @@ from typing import Any
 import msgspec
 
 from chronik.context import context
-from chronik.errors import InvalidSubject, StoreUnavailable
+from chronik.errors import InvalidSubject, MissingDependency, StoreUnavailable
 from chronik.events import RecordedEvent
 from chronik.store.capabilities import require
 from chronik.store.port import SqlStore
@@ -130,6 +130,15 @@ async def ensure_stream(
         await js.update_stream(config)
 
 
+def _require_nats(what: str) -> None:
+    """Fail at once, with the install command, when nats-py is missing (a worker would
+    otherwise retry the ImportError forever)."""
+    try:
+        import nats  # noqa: F401
+    except ImportError as exc:
+        raise MissingDependency(what, "nats-py", "nats") from exc
+
+
 class OutboxRelay(Follower):
     """Publishes selected events to JetStream in store order; checkpoints what was acked."""
 
@@ -150,6 +159,7 @@ class OutboxRelay(Follower):
         max_backoff: float = 2.0,
         in_flight: int = 1,
     ) -> None:
+        _require_nats("OutboxRelay")
         if prefix:
             subject_for(prefix, "x", "x")
         super().__init__(
@@ -345,6 +355,7 @@ class Inbox(Poller):
         batch_size: int = 100,
         fetch_timeout: float = 0.5,
     ) -> None:
+        _require_nats("Inbox")
         self.sql = require(store, SqlStore)  # MissingCapability without SQL (memory://)
         if (handler is None) == (append_handler is None):
             raise ValueError("give either handler (effects in the Tx) or append_handler")

@@ -83,3 +83,35 @@ async def test_events_rows_are_immutable(tmp_path: Path) -> None:
     with pytest.raises(sqlite3.IntegrityError, match="immutable"):
         raw.execute("UPDATE events SET data = '{}'")
     raw.close()
+
+
+async def test_refused_appends_leave_the_file_as_it_was(tmp_path: Path) -> None:
+    import math
+    import sqlite3
+
+    def dump() -> list[str]:
+        conn = sqlite3.connect(tmp_path / "d.db")
+        try:
+            return list(conn.iterdump())
+        finally:
+            conn.close()
+
+    refused: list[tuple[list[NewEvent], int]] = [
+        ([NewEvent("E", {"x": math.nan})], chronik.ANY),
+        ([NewEvent("E", {}, event_id="nope")], chronik.ANY),  # type: ignore[arg-type]
+        ([NewEvent("E", b'{"a":"\xff"}')], chronik.ANY),
+        ([NewEvent("E\x00", {})], chronik.ANY),
+        ([NewEvent("E", {}, metadata={"correlation_id": 123})], chronik.ANY),
+        ([NewEvent("E", {}, metadata={"note": "\x00"})], chronik.ANY),
+        ([NewEvent("E", {}, schema_version=0)], chronik.ANY),
+        ([NewEvent("E", {})], 2**31),
+        ([NewEvent("E", {}), NewEvent("E", {"deep": [[[[[[[[[[[[[[[[[[]]]]]]]]]]]]]]]]]]})], 0),
+    ]
+    async with await SqliteEventStore.open(tmp_path / "d.db") as store:
+        store.max_json_depth = 16
+        await store.append("x-1", [NewEvent("E", {"a": 1})])
+        before = dump()
+        for events, expected in refused:
+            with pytest.raises(chronik.ChronikError):
+                await store.append("x-1", events, expected_version=expected)
+        assert dump() == before

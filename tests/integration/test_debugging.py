@@ -509,6 +509,7 @@ EXPECTED_COUNTS = {
     "decode_error": 3,
     "missing_correlation_id": 1,
     "snapshot_ahead": 2,
+    "snapshot_invalid": 0,
     "checkpoint_ahead": 1,
 }
 

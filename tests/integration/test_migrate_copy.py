@@ -362,3 +362,20 @@ def test_cli_copy_prints_progress_and_a_summary(tmp_path: Path) -> None:
     no_app = cli("copy", "--from", source, "--to", f"sqlite:///{tmp_path}/u.db", "--upcast")
     assert no_app.returncode == 1 and "--upcast needs --app" in no_app.stderr
     assert not (tmp_path / "u.db").exists()
+
+
+async def test_a_transform_returning_nan_stops_instead_of_writing_null(tmp_path: Path) -> None:
+    """JSON has no NaN: a transform that makes one must not have it written as ``null``."""
+    source_url, target_url = f"sqlite:///{tmp_path}/s.db", f"sqlite:///{tmp_path}/t.db"
+    async with await chronik.connect(source_url) as source:
+        await source.append("price-1", [chronik.NewEvent("Priced", {"amount": 1.5})])
+        async with await chronik.connect(target_url) as target:
+
+            def broken(event: chronik.RecordedEvent) -> dict[str, object]:
+                return {"amount": float("nan")}
+
+            with pytest.raises(
+                chronik.MigrationError, match=r"NaN or infinite number at \$\.amount"
+            ):
+                await copy_store(source, target, transform=broken)
+            assert [e async for e in target.read_all()] == []

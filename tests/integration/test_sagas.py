@@ -430,6 +430,73 @@ async def test_an_event_the_saga_cannot_handle_is_dead_lettered_and_others_go_on
             await stopper.catch_up()
 
 
+async def test_a_failing_command_is_retried_with_backoff_while_others_go_on(url: str) -> None:
+    """Before, a failed command was released and run again at the next poll (0.2 s): five
+    attempts in about a second, too fast for the other service to come back."""
+    failures = Counter[str]()
+    executed: list[str] = []
+    now = [100.0]
+
+    def react(state: None, event: chronik.RecordedEvent) -> Reaction:
+        return Reaction(
+            commands=[SagaCommand("thing-1", "Flaky", step="a"),
+                      SagaCommand("thing-2", "Fine", step="b")]
+        )  # fmt: skip
+
+    async def execute(cmd: IssuedCommand) -> None:
+        executed.append(cmd.type)
+        if cmd.type == "Flaky" and failures[cmd.type] < 2:
+            failures[cmd.type] += 1
+            raise ConnectionError("the other service is down")
+
+    saga: Saga[None] = Saga(name="flaky", categories=["job"], react=react,
+                            correlate=lambda e: e.stream_id[4:],
+                            initial_state=lambda: None)  # fmt: skip
+    async with await chronik.connect(url) as store:
+        await store.append("job-1", [chronik.NewEvent("Go", {})])
+        await SagaRunner(store, saga).run_once()
+        dispatcher = CommandDispatcher(store, [saga], execute, clock=lambda: now[0])
+        assert [dispatcher.retry_delay(n) for n in range(1, 9)] == [
+            0.5, 1, 2, 4, 8, 16, 30, 30
+        ]  # fmt: skip
+        assert await dispatcher.run_once() == 1  # Flaky failed, Fine done
+        assert executed == ["Flaky", "Fine"]
+        for step, done in [(0.0, 0), (0.49, 0), (0.01, 0), (0.99, 0), (0.01, 1)]:
+            now[0] += step
+            assert await dispatcher.run_once() == done
+        # runs at +0.5 (failed again: waits 1 s) and +1.5 (succeeded)
+        assert executed == ["Flaky", "Fine", "Flaky", "Flaky"]
+        rows = await require(store, SqlStore).query(
+            "SELECT type, status, attempts FROM saga_commands ORDER BY id"
+        )
+        assert [tuple(r) for r in rows] == [("Flaky", "done", 3), ("Fine", "done", 1)]
+
+
+async def test_a_command_that_keeps_failing_is_rejected_after_max_attempts(url: str) -> None:
+    saga: Saga[None] = Saga(
+        name="doomed", categories=["job"], correlate=lambda e: e.stream_id[4:],
+        react=lambda s, e: Reaction(commands=[SagaCommand("thing-1", "Never", step="a")])
+        if e.type == "Go" else Reaction(), initial_state=lambda: None,
+    )  # fmt: skip
+
+    async def execute(cmd: IssuedCommand) -> None:
+        raise RuntimeError("always")
+
+    async with await chronik.connect(url) as store:
+        await store.append("job-1", [chronik.NewEvent("Go", {})])
+        runner = SagaRunner(store, saga)
+        await runner.run_once()
+        dispatcher = CommandDispatcher(store, [saga], execute, max_attempts=3, retry_backoff=0)
+        assert [await dispatcher.run_once() for _ in range(4)] == [0, 0, 1, 0]
+        await runner.run_once()
+        events = {e.type: e async for e in store.read_stream("saga_doomed-1")}
+        assert list(events)[-1] == "SagaCompensated"  # nothing to undo: the saga ends
+        reason = events["SagaCommandRejected"].data["reason"]
+        assert reason == "failed 3 times: RuntimeError('always')"
+        with pytest.raises(ValueError):
+            CommandDispatcher(store, [saga], execute, retry_backoff=2, max_backoff=1)
+
+
 async def test_two_dispatchers_execute_each_command_once(url: str) -> None:
     """A rolling deploy overlaps two `chronik sagas run`: the claim keeps each command to
     one dispatcher (before claims, 150 orders gave 291 executions)."""

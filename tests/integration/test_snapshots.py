@@ -26,6 +26,7 @@ from hypothesis import HealthCheck, given, settings
 from hypothesis import strategies as st
 
 import chronik
+from chronik.integrity import check
 from chronik.snapshots import (
     Adaptive,
     AnyOf,
@@ -279,6 +280,28 @@ def test_state_with_snapshots_equals_a_full_replay(
     check()
 
 
+async def test_adaptive_counts_reads_and_writes_apart(store: EventStore) -> None:
+    """A stream only written gets a snapshot when one load would fold more than the budget.
+    Before, each command's own load counted as a read, and the weighted cost grew with the
+    square of the writes: 40 snapshots per 400 writes with budget_events=100, 57-86 with
+    budget_ms=1 on SQLite."""
+    config = SnapshotConfig(Tally, policy=Adaptive(budget_events=25), keep=1000)
+    handler = chronik.CommandHandler(store, decider, registry=registry, snapshots=config)
+    for i in range(100):
+        await handler.handle("tally-w", Do((Added(i),)))
+    written = await snapshot_store(store).find("tally-w")
+    assert sorted(s.version for s in written) == [24, 49, 74, 99]
+    # read three times after each write: reads pay for snapshots, so they come sooner
+    read = SnapshotConfig(Tally, policy=Adaptive(budget_events=100), keep=1000)
+    handler = chronik.CommandHandler(store, decider, registry=registry, snapshots=read)
+    for i in range(60):
+        await handler.handle("tally-rw", Do((Added(i),)))
+        for _ in range(3):
+            await handler.load("tally-rw")
+    taken = sorted(s.version for s in await snapshot_store(store).find("tally-rw"))
+    assert taken == list(range(5, 60, 6))  # 6 events x 17 reads >= 100
+
+
 # -- aggregates -------------------------------------------------------------------------------
 
 
@@ -404,12 +427,12 @@ async def test_a_corrupt_snapshot_row_falls_back_to_replay(
     handler = chronik.CommandHandler(store, decider, registry=registry, snapshots=config)
     with caplog.at_level(logging.WARNING, logger="chronik.snapshots"):
         loaded = await handler.load("tally-9")
-    assert loaded.snapshot_version is None  # the corrupt one is not used: a full replay
+    assert loaded.snapshot_version == 3  # the corrupt one is skipped: the next older one
     assert loaded.state == (await replay_states(store, "tally-9"))[-1]
     assert "cannot decode" in caplog.text and "tally-9" in caplog.text
     problems = await verify_snapshots(store, {"tally": (decider, config)}, registry=registry)
     assert [(p.version, p.reason.split(":")[0]) for p in problems] == [(7, "cannot be decoded")]
-    # it heals: that load saw no usable snapshot, so the policy wrote a good one at 9
+    # it heals: that load folded 6 events after 3, so the policy wrote a good one at 9
     assert (await handler.load("tally-9")).snapshot_version == 9
     assert await snapshot_store(store).prune(keep=1) == 2
     assert await verify_snapshots(store, {"tally": (decider, config)}, registry=registry) == []
@@ -424,6 +447,180 @@ async def test_a_snapshot_ahead_of_the_committed_stream_is_refused(store: EventS
     with pytest.raises(chronik.ChronikError, match="committed version is None"):
         await snapshot_store(store).save(dataclasses.replace(ahead, stream_id="tally-none"))
     assert await snapshot_store(store).find("tally-2") == []
+
+
+async def _truncate(store: EventStore, stream_id: str, upto: int) -> None:
+    """Cut a stream back to version ``upto``, as restoring an older backup of the events (and
+    not of the snapshots) does."""
+    if isinstance(store, chronik.store.memory.MemoryEventStore):
+        gone = store._streams[stream_id][upto + 1 :]
+        store._streams[stream_id] = store._streams[stream_id][: upto + 1]
+        ids = {e.event_id for e in gone}
+        kept = [i for i, e in enumerate(store._log) if e.event_id not in ids]
+        store._log = [store._log[i] for i in kept]
+        store._positions = [store._positions[i] for i in kept]
+        for event_id in ids:
+            del store._by_id[event_id]
+        return
+    async with store.transaction() as tx:
+        await tx.execute(
+            "DELETE FROM events WHERE stream_id = :s AND version > :v", {"s": stream_id, "v": upto}
+        )
+
+
+async def test_snapshots_ahead_of_a_truncated_stream_are_skipped_and_replaced(
+    store: EventStore, caplog: pytest.LogCaptureFixture
+) -> None:
+    """Before, every command on such a stream failed: ConcurrencyError (expected version 29,
+    actual 14), since the load took the snapshot's version for the stream's."""
+    config = SnapshotConfig(Tally, policy=EveryN(5))
+    await _fill(store, "tally-t", 15, config)  # versions 0..29
+    snapshots = snapshot_store(store)
+    assert [s.version for s in await snapshots.find("tally-t")] == [29, 23, 17]
+    await _truncate(store, "tally-t", 13)
+    assert [(p.version, p.kind) for p in await snapshots.invalid()] == [
+        (17, "ahead"),
+        (23, "ahead"),
+        (29, "ahead"),
+    ]
+    report = await check(store)
+    assert (report.counts["snapshot_ahead"], report.counts["snapshot_invalid"]) == (3, 0)
+    handler = chronik.CommandHandler(store, decider, registry=registry, snapshots=config)
+    with caplog.at_level(logging.DEBUG, logger="chronik.snapshots"):
+        result = await handler.handle("tally-t", Do((Added(100),)))
+    assert result.version == 14 and result.attempts == 1
+    assert result.state == (await replay_states(store, "tally-t"))[-1]
+    warnings = [r for r in caplog.records if r.levelno == logging.WARNING]
+    assert len(warnings) == 3, "each skipped snapshot warns once, then at DEBUG"
+    assert all("ahead of its stream" in r.getMessage() for r in warnings)
+    assert "prune --invalid" in warnings[0].getMessage()
+    # the policy's next snapshot (at 14) deleted those ahead of the stream in the same write
+    assert [s.version for s in await snapshots.find("tally-t")] == [14]
+    assert (await handler.load("tally-t")).snapshot_version == 14
+    assert (await check(store)).ok
+
+
+async def test_the_snapshotter_replaces_snapshots_ahead_of_a_truncated_stream(
+    store: EventStore,
+) -> None:
+    await _fill(store, "tally-s", 15, SnapshotConfig(Tally, policy=EveryN(5)))
+    await _truncate(store, "tally-s", 13)
+    config = SnapshotConfig(Tally, policy=EveryN(5), inline=False)
+    snapshotter = Snapshotter(store, {"tally": (decider, config)}, registry=registry)
+    assert await snapshotter.catch_up() == 1  # its policy did not count from the one at 29
+    assert [s.version for s in await snapshot_store(store).find("tally-s")] == [13]
+    assert await verify_snapshots(store, {"tally": (decider, config)}, registry=registry) == []
+
+
+async def test_snapshots_of_a_rewritten_stream_are_skipped_found_and_pruned(
+    store: EventStore, caplog: pytest.LogCaptureFixture
+) -> None:
+    """The stream has events at the snapshots' versions again, but other ones (a restored
+    backup written on, a stream copied anew): a loader that went by the version alone would
+    return the old state."""
+    await _fill(store, "tally-r", 15, SnapshotConfig(Tally, policy=EveryN(5)))
+    await _truncate(store, "tally-r", 13)
+    config = SnapshotConfig(Tally, policy=OnDemand())  # the same state version
+    await _fill(store, "tally-r", 10, config)  # versions 14..33, other events at 17, 23, 29
+    await _fill(store, "tally-ok", 3, SnapshotConfig(Tally, policy=EveryN(2)))
+    snapshots = snapshot_store(store)
+    problems = await snapshots.invalid()
+    assert [(p.stream_id, p.version, p.kind) for p in problems] == [
+        ("tally-r", 17, "mismatch"),
+        ("tally-r", 23, "mismatch"),
+        ("tally-r", 29, "mismatch"),
+    ]
+    assert all("taken after event" in p.reason for p in problems)
+    handler = chronik.CommandHandler(store, decider, registry=registry, snapshots=config)
+    with caplog.at_level(logging.WARNING, logger="chronik.snapshots"):
+        loaded = await handler.load("tally-r")
+    assert loaded.snapshot_version is None and loaded.version == 33
+    assert loaded.state == (await replay_states(store, "tally-r"))[-1]
+    assert "taken after event" in caplog.text
+    targets = {"tally": (decider, config)}
+    assert [
+        (p.version, p.kind) for p in await verify_snapshots(store, targets, registry=registry)
+    ] == [
+        (17, "mismatch"),
+        (23, "mismatch"),
+        (29, "mismatch"),
+    ]
+    report = await check(store)
+    assert (report.counts["snapshot_ahead"], report.counts["snapshot_invalid"]) == (0, 3)
+    assert "tally-r: snapshot at version 17" in report.details("snapshot_invalid")[0].message
+    for p in problems:  # what `chronik snapshots prune --invalid` does
+        assert await snapshots.delete(p.stream_id, state_version=p.state_version, version=p.version)
+    assert {s.stream_id for s in await snapshots.find()} == {"tally-ok"}
+    assert (await check(store)).ok
+
+
+async def test_a_snapshot_that_decodes_but_is_wrong_is_found_with_the_configs(
+    store: EventStore,
+) -> None:
+    """Its event id matches, so loaders cannot tell: `chronik check` with the snapshot
+    configurations (check(snapshots=...)) and verify_snapshots compare it with a replay."""
+    config = SnapshotConfig(Tally, policy=EveryN(4))
+    await _fill(store, "tally-w", 5, config)  # snapshots at 7 and 3
+    await _corrupt(store, "tally-w", config.encode(Tally(total=-1)))  # the newest, at 7
+    await _corrupt_older(store, "tally-w", b"not json")  # the one at 3
+    assert await snapshot_store(store).invalid() == []
+    assert (await check(store)).ok
+    targets = {"tally": (decider, config)}
+    report = await check(store, snapshots=targets, registry=registry)
+    assert report.counts["snapshot_invalid"] == 2
+    kinds = [(p.version, p.kind) for p in await verify_snapshots(store, targets, registry=registry)]
+    assert kinds == [(3, "undecodable"), (7, "differs")]
+
+
+async def _corrupt_older(store: EventStore, stream_id: str, raw: bytes) -> None:
+    snapshots = snapshot_store(store)
+    if isinstance(store, chronik.store.memory.MemoryEventStore):
+        rows = snapshots._rows[stream_id]  # type: ignore[attr-defined]
+        rows[-1] = dataclasses.replace(rows[-1], state=raw)
+        return
+    async with store.transaction() as tx:
+        await tx.execute(
+            "UPDATE snapshots SET state = :raw WHERE stream_id = :s AND version = "
+            "(SELECT MIN(version) FROM snapshots WHERE stream_id = :s)",
+            {"raw": raw, "s": stream_id},
+        )
+
+
+async def test_save_records_the_event_id_and_refuses_another(store: EventStore) -> None:
+    config = SnapshotConfig(Tally, policy=OnDemand())
+    await _fill(store, "tally-e", 2, config)
+    events = [e async for e in store.read_stream("tally-e")]
+    snap = Snapshot("tally-e", 2, config.state_version, config.encode(Tally()), _now())
+    saved = await snapshot_store(store).save(snap)
+    assert saved.event_id == events[2].event_id
+    assert (await snapshot_store(store).find("tally-e"))[0].event_id == events[2].event_id
+    assert saved.to_dict()["event_id"] == str(events[2].event_id)
+    with pytest.raises(chronik.ChronikError, match="the stream has"):
+        await snapshot_store(store).save(
+            dataclasses.replace(snap, version=1, event_id=events[0].event_id)
+        )
+
+
+async def test_migration_0008_fills_in_the_event_ids_of_existing_snapshots(sql_url: str) -> None:
+    config = SnapshotConfig(Tally, policy=EveryN(5))
+    async with await chronik.connect(sql_url) as store:
+        await _fill(store, "tally-m", 15, config)  # snapshots at 29, 23, 17
+        await _truncate(store, "tally-m", 25)  # the one at 29 is ahead
+        event_17 = (await anext(store.read_stream("tally-m", from_version=17))).event_id
+        async with store.transaction() as tx:  # the table as chronik made it before 0008
+            await tx.execute("ALTER TABLE snapshots DROP COLUMN event_id")
+            await tx.execute("DELETE FROM schema_migrations WHERE version = 8")
+    async with await chronik.connect(sql_url) as store:  # applies 0008 again
+        rows = {s.version: s.event_id for s in await snapshot_store(store).find("tally-m")}
+        assert rows[17] == event_17 and rows[23] is not None
+        assert rows[29] is None  # ahead when migrated: no event to take the id from
+        assert [(p.version, p.kind) for p in await snapshot_store(store).invalid()] == [
+            (29, "ahead")
+        ]
+        loaded = await chronik.load_state(
+            store, "tally-m", evolve, Tally, registry=registry, snapshots=config
+        )
+        assert (loaded.snapshot_version, loaded.version) == (23, 25)
 
 
 async def test_a_state_that_does_not_round_trip_is_not_snapshotted(
@@ -556,7 +753,9 @@ async def _broken_snapshots(
     broken: set[tuple[str, int]] = set()
 
     async def write(stream_id: str, version: int, state: Tally) -> None:
-        snap = Snapshot(stream_id, version, config.state_version, config.encode(state), _now())
+        # it records the id of the committed event at that version, as a real one would
+        at = [e.event_id async for e in store.read_stream(stream_id, from_version=version)][:1]
+        snap = Snapshot(stream_id, version, config.state_version, config.encode(state), _now(), *at)
         await snapshots._write(snap, None)
         broken.add((stream_id, version))
 
@@ -600,8 +799,8 @@ async def test_snapshotter_under_concurrent_writer_processes(sql_url: str, tmp_p
         broken = await _broken_snapshots(store, config, history)
         problems = await verify_snapshots(store, targets, registry=registry)
         assert {(p.stream_id, p.version) for p in problems} == broken
-        assert any("ahead of the committed stream" in p.reason for p in problems)
-        assert any("differs from a replay" in p.reason for p in problems)
+        assert any(p.kind == "ahead" and "ahead of its stream" in p.reason for p in problems)
+        assert any(p.kind == "differs" and "differs from a replay" in p.reason for p in problems)
 
 
 # -- the command line ---------------------------------------------------------------------------
@@ -635,6 +834,41 @@ def test_cli_stats_list_take_prune(tmp_path: Path, capsys: pytest.CaptureFixture
     assert main(["--store", url, "snapshots", "prune", "--stale"]) == 1
     assert main(["--store", url, "snapshots", "stats"]) == 0
     assert "player" in capsys.readouterr().out
+
+
+def test_cli_check_and_prune_invalid(tmp_path: Path, capsys: pytest.CaptureFixture[str]) -> None:
+    from examples import player_profiles
+
+    from chronik.cli.main import main
+
+    url = f"sqlite:///{tmp_path}/games.db"
+    asyncio.run(player_profiles.run(url, say=lambda *_: None, matches=12))
+    app = "examples.player_profiles:app"
+
+    async def damage() -> None:
+        async with await chronik.connect(url) as store:
+            await _truncate(store, "player-ada", 5)  # its snapshots are ahead now
+            await _corrupt(store, "player-grace", b"{not json")  # the newest of grace
+
+    asyncio.run(damage())
+
+    def run(*argv: str, code: int = 0) -> Any:
+        assert main(["--store", url, *argv, "--json"]) == code
+        return json.loads(capsys.readouterr().out)
+
+    report = run("check", code=1)
+    ahead = report["summary"]["snapshot_ahead"]
+    assert ahead >= 1 and report["summary"]["snapshot_invalid"] == 0
+    before = len(run("snapshots", "list", "player-grace"))
+    pruned = run("snapshots", "prune", "--invalid")  # no --app: what needs no state type
+    assert pruned == {"deleted": ahead, "invalid": ahead, "keep": None}
+    assert len(run("snapshots", "list", "player-grace")) == before  # --keep not applied
+    assert run("check")["ok"] is True
+    pruned = run("snapshots", "prune", "--invalid", "--app", app)  # decodes: finds grace's
+    assert pruned["invalid"] == 1
+    assert len(run("snapshots", "list", "player-grace")) == before - 1
+    assert main(["--store", url, "snapshots", "prune", "--invalid"]) == 0
+    assert "deleted 0 snapshot(s) (0 invalid)" in capsys.readouterr().out
 
 
 def test_benchmark_smoke(tmp_path: Path, capsys: pytest.CaptureFixture[str]) -> None:

@@ -31,8 +31,9 @@ def status(
     age: float | None = None,
     replay_ms: float = 0.0,
     reads: int = 0,
+    writes: int = 0,
 ) -> StreamStatus:
-    return StreamStatus("s-1", version, snapshot_version, age, replay_ms, reads)
+    return StreamStatus("s-1", version, snapshot_version, age, replay_ms, reads, writes)
 
 
 def test_every_n_counts_events_since_the_snapshot() -> None:
@@ -78,6 +79,15 @@ def test_adaptive_budget_in_events_weighted_by_reads() -> None:
     assert not capped.due(status(49, reads=50))
     assert capped.due(status(99, reads=1))
     assert not p.due(status(5, snapshot_version=5, reads=1000))  # nothing to fold
+
+
+def test_adaptive_weighs_reads_not_writes() -> None:
+    """Writes alone never make a snapshot due before one load would fold the budget."""
+    p = Adaptive(budget_events=100)
+    assert not p.due(status(98, writes=99))  # 99 writes, no read: 99 events a load
+    assert p.due(status(99, writes=100))
+    assert p.due(status(9, writes=10, reads=10))  # 10 events x 10 reads
+    assert not Adaptive(budget_ms=5.0).due(status(99, replay_ms=4.9, writes=100))
 
 
 def test_adaptive_budget_in_milliseconds() -> None:

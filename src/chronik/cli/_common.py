@@ -9,6 +9,7 @@ from __future__ import annotations
 
 import argparse
 import asyncio
+import importlib
 import signal
 import sys
 from collections.abc import Awaitable, Callable, Mapping, Sequence
@@ -17,12 +18,24 @@ from typing import Any
 import msgspec
 from rich.console import Console
 from rich.table import Table
+from rich.text import Text
 
 from chronik.app import load_object
+from chronik.errors import MissingDependency
 from chronik.store.protocol import EventStore
 from chronik.workers import Worker
 
-__all__ = ["Handler", "Output", "Standalone", "load_object", "run_until_signal"]
+__all__ = [
+    "Handler",
+    "Output",
+    "Part",
+    "Standalone",
+    "at_least",
+    "load_object",
+    "positive_float",
+    "require_extra",
+    "run_until_signal",
+]
 
 Handler = Callable[[EventStore, argparse.Namespace, "Output"], Awaitable[int]]
 """A command that works on the store named by ``--store`` (opened and closed for it)."""
@@ -30,28 +43,54 @@ Handler = Callable[[EventStore, argparse.Namespace, "Output"], Awaitable[int]]
 Standalone = Callable[[argparse.Namespace, "Output"], Awaitable[int]]
 """A command that opens its own stores, or none (``set_defaults(standalone=...)``)."""
 
+Part = str | tuple[str, str]
+"""A piece of a line of output: a plain string, printed as it is, or ``(text, style)``."""
+
 
 class Output:
-    """Writes rich tables for people and JSON for programs; messages go to stderr."""
+    """Writes rich tables for people and JSON for programs; messages go to stderr.
+
+    Nothing is read as rich markup: user data (stream ids, types, JSON data, error messages)
+    prints exactly as stored, ``[vip]`` included. Styles come only from chronik's own
+    labels, given as ``(text, style)`` parts (:meth:`say`, :meth:`note`) or Text objects.
+    """
 
     def __init__(self, as_json: bool) -> None:
         self.as_json = as_json
         probe = Console()
         width = None if probe.is_terminal else 160
-        self.console = Console(highlight=False, soft_wrap=False, width=width)
-        self.err = Console(stderr=True, highlight=False, soft_wrap=True)  # one line a message
+        self.console = Console(
+            soft_wrap=False, width=width, highlight=False, markup=False, emoji=False
+        )
+        self.err = Console(  # one line a message
+            stderr=True, soft_wrap=True, highlight=False, markup=False, emoji=False
+        )
 
     def json(self, value: Any) -> None:
         sys.stdout.write(msgspec.json.encode(value).decode() + "\n")
         sys.stdout.flush()
 
+    def raw(self, text: str) -> None:
+        """``text`` on stdout exactly (a Mermaid or Graphviz picture, say)."""
+        sys.stdout.write(text)
+        sys.stdout.flush()
+
+    def say(self, *parts: Part) -> None:
+        """One line on stdout: strings as they are, ``(text, style)`` pairs styled."""
+        self.console.print(Text.assemble(*parts), soft_wrap=True)
+
+    def note(self, *parts: Part) -> None:
+        """One line on stderr (progress, warnings), like :meth:`say`."""
+        self.err.print(Text.assemble(*parts))
+
     def table(self, title: str, columns: Sequence[str], rows: Sequence[Sequence[Any]]) -> None:
-        table = Table(title=title, title_justify="left")
+        """A table whose title and cells print as given (``str(value)``, never markup)."""
+        table = Table(title=Text(title), title_justify="left")
         for index, col in enumerate(columns):
             last = index == len(columns) - 1
-            table.add_column(col, overflow="fold", no_wrap=not last)
+            table.add_column(Text(col), overflow="fold", no_wrap=not last)
         for row in rows:
-            table.add_row(*(str(v) for v in row))
+            table.add_row(*(v if isinstance(v, Text) else Text(str(v)) for v in row))
         self.console.print(table)
 
     def records(
@@ -67,10 +106,49 @@ class Output:
         if self.as_json:
             self.json(list(rows))
         elif not rows:
-            self.console.print(f"[dim]{empty}[/dim]")
+            self.say((empty, "dim"))
         else:
             columns = list(columns or rows[0])
             self.table(title, columns, [[row[c] for c in columns] for row in rows])
+
+
+def at_least(minimum: int) -> Callable[[str], int]:
+    """An argparse ``type``: an integer >= ``minimum`` (a usage error otherwise)."""
+
+    def parse(text: str) -> int:
+        try:
+            value = int(text)
+        except ValueError:
+            raise argparse.ArgumentTypeError(f"not an integer: {text!r}") from None
+        if value < minimum:
+            raise argparse.ArgumentTypeError(f"must be >= {minimum}, not {value}")
+        return value
+
+    parse.__name__ = f"integer >= {minimum}"
+    return parse
+
+
+def positive_float(text: str) -> float:
+    """An argparse ``type``: a number of seconds > 0."""
+    try:
+        value = float(text)
+    except ValueError:
+        raise argparse.ArgumentTypeError(f"not a number: {text!r}") from None
+    if not value > 0 or value == float("inf"):
+        raise argparse.ArgumentTypeError(f"must be a number > 0, not {text}")
+    return value
+
+
+def require_extra(module: str, what: str, package: str, extra: str) -> None:
+    """Import ``module`` now, or fail at once with the pip command that installs it.
+
+    Raises:
+        MissingDependency: ``module`` cannot be imported.
+    """
+    try:
+        importlib.import_module(module)
+    except ImportError as exc:
+        raise MissingDependency(what, package, extra) from exc
 
 
 async def run_until_signal(workers: Sequence[Worker], out: Output, what: str) -> int:
@@ -89,7 +167,7 @@ async def run_until_signal(workers: Sequence[Worker], out: Output, what: str) ->
     for sig in signals:
         loop.add_signal_handler(sig, stop.set)
     try:
-        out.err.print(f"running {what} (Ctrl-C or SIGTERM stops)")
+        out.note(f"running {what} (Ctrl-C or SIGTERM stops)")
         tasks = [asyncio.ensure_future(w.run_until_stopped(stop)) for w in workers]
         await asyncio.wait(tasks, return_when=asyncio.FIRST_COMPLETED)
         stop.set()
@@ -99,8 +177,8 @@ async def run_until_signal(workers: Sequence[Worker], out: Output, what: str) ->
             loop.remove_signal_handler(sig)
     reasons = [(worker.name, why) for worker in workers if (why := worker.failure())]
     for name, why in reasons:
-        out.err.print(f"[red]worker {name} failed:[/red] {why}")
+        out.note((f"worker {name} failed:", "red"), f" {why}")
     errors = [r for r in results if isinstance(r, BaseException)]
     for err in errors:
-        out.err.print(f"[red]worker failed:[/red] {err!r}")
+        out.note(("worker failed:", "red"), f" {err!r}")
     return 1 if errors or reasons else 0

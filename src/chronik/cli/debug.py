@@ -7,12 +7,11 @@ from datetime import UTC, datetime
 from typing import Any
 
 import msgspec
-from rich.markup import escape
-from rich.table import Table
+from rich.text import Text
 from rich.tree import Tree
 
 from chronik.app import load_app
-from chronik.cli._common import Output
+from chronik.cli._common import Output, at_least
 from chronik.debugging import Replay, Trace, TraceNode, format_delta, replay, to_plain, trace
 from chronik.integrity import CHECKS, Problem, check
 from chronik.store.protocol import EventStore
@@ -92,9 +91,7 @@ def _print_replay(out: Output, result: Replay, args: argparse.Namespace) -> None
         ]
         out.table(title, ["version", "position", "type", "state after"], rows)
     final = result.steps[-1].state if result.steps else result.initial
-    out.console.print(
-        f"state at version {result.version}: {escape(_compact(final, 2000))}", soft_wrap=True
-    )
+    out.say(f"state at version {result.version}: {_compact(final, 2000)}")
 
 
 # -- trace --------------------------------------------------------------------------------------
@@ -105,38 +102,43 @@ async def cmd_trace(store: EventStore, args: argparse.Namespace, out: Output) ->
     if out.as_json:
         out.json(tree.to_dict())
     elif args.format == "mermaid":
-        out.console.print(tree.to_mermaid(), end="", markup=False)
+        out.raw(tree.to_mermaid())
     elif args.format == "dot":
-        out.console.print(tree.to_dot(), end="", markup=False)
+        out.raw(tree.to_dot())
     else:
         _print_tree(out, tree)
     return 0 if tree.events else 1
 
 
-def _label(node: TraceNode) -> str:
+def _label(node: TraceNode) -> Text:
     ev = node.event
-    text = (
-        f"[bold]{escape(ev.stream_id)}[/bold] v{ev.version} [cyan]{escape(ev.type)}[/cyan]  "
-        f"{escape(_compact(ev.data, 60))}  "
-        f"[dim]position {ev.position} · {_time(ev.recorded_at)}[/dim]"
+    text = Text.assemble(
+        (ev.stream_id, "bold"),
+        f" v{ev.version} ",
+        (ev.type, "cyan"),
+        f"  {_compact(ev.data, 60)}  ",
+        (f"position {ev.position} · {_time(ev.recorded_at)}", "dim"),
     )
     if node.parent is not None:
-        text += f"  [green]{format_delta(node.since_parent)}[/green]"
+        text.append("  ").append(format_delta(node.since_parent), "green")
     if node.missing_parent is not None:
-        text += f"  [yellow]orphan: cause {escape(node.missing_parent)} not found[/yellow]"
+        text.append(f"  orphan: cause {node.missing_parent} not found", "yellow")
     elif node.cycle:
-        text += "  [yellow]orphan: its causation ids form a cycle[/yellow]"
+        text.append("  orphan: its causation ids form a cycle", "yellow")
     return text
 
 
 def _print_tree(out: Output, tree: Trace) -> None:
     if not tree.events:
-        out.console.print(f"no events with correlation id {escape(tree.correlation_id)!r}")
+        out.say(f"no events with correlation id {tree.correlation_id!r}")
         return
     streams = len({e.stream_id for e in tree.events})
     root = Tree(
-        f"correlation [bold]{escape(tree.correlation_id)}[/bold]: {len(tree.events)} event(s) "
-        f"in {streams} stream(s), {len(tree.orphans)} orphan(s)"
+        Text.assemble(
+            "correlation ",
+            (tree.correlation_id, "bold"),
+            f": {len(tree.events)} event(s) in {streams} stream(s), {len(tree.orphans)} orphan(s)",
+        )
     )
     branches: dict[int, Tree] = {}
     for node, _depth in tree.walk():
@@ -149,42 +151,42 @@ def _print_tree(out: Output, tree: Trace) -> None:
 
 
 async def cmd_check(store: EventStore, args: argparse.Namespace, out: Output) -> int:
-    registry = load_app(args.app).registry if args.app else None
+    from chronik.snapshots.worker import snapshot_targets
+
+    app = load_app(args.app) if args.app else None
     report = await check(
-        store, registry=registry, decode=not args.no_decode, max_details=args.max_details
+        store,
+        registry=app.registry if app is not None else None,
+        decode=not args.no_decode,
+        max_details=args.max_details,
+        snapshots=snapshot_targets(app) if app and app.extras.get("snapshots") else None,
     )
     if out.as_json:
         out.json(report.to_dict())
         return 0 if report.ok else 1
-    rows = []
+    rows: list[list[Any]] = []
     for name, description in CHECKS.items():
         if name in report.skipped:
-            status = f"[dim]skipped: {escape(report.skipped[name])}[/dim]"
+            status = Text(f"skipped: {report.skipped[name]}", "dim")
         elif report.counts.get(name):
-            status = f"[red]{report.counts[name]:,} problem(s)[/red]"
+            status = Text(f"{report.counts[name]:,} problem(s)", "red")
         else:
-            status = "[green]ok[/green]"
+            status = Text("ok", "green")
         rows.append([name, description, status])
     title = f"check: {report.events:,} events in {report.streams:,} streams" + (
         f", {report.decoded:,} decoded" if report.decoded else ""
     )
-    table = Table(title=title, title_justify="left")
-    for column in ("check", "looks for", "result"):
-        table.add_column(column)
-    for row in rows:
-        table.add_row(*row)
-    out.console.print(table)
+    out.table(title, ["check", "looks for", "result"], rows)
     for name, per_type in report.breakdown.items():
         listed = ", ".join(f"{k}: {v:,}" for k, v in per_type.items())
-        out.console.print(f"{name} by type: {escape(listed)}")
+        out.say(f"{name} by type: {listed}")
     if report.problems:
         out.table(
             "first problems (up to --max-details per check with --json)",
             ["check", "problem"],
             [[p.check, p.message] for p in _first(report.problems, 5)],
         )
-    verdict = "[green]no problems found[/green]" if report.ok else "[red]problems found[/red]"
-    out.console.print(verdict)
+    out.say(("no problems found", "green") if report.ok else ("problems found", "red"))
     return 0 if report.ok else 1
 
 
@@ -207,7 +209,9 @@ def register(sub: Any, common: argparse.ArgumentParser) -> None:
     p.add_argument("stream_id")
     p.add_argument("--app", required=True, help=APP_HELP)
     when = p.add_mutually_exclusive_group()
-    when.add_argument("--to-version", type=int, default=None, help="stop after this version")
+    when.add_argument(
+        "--to-version", type=at_least(0), default=None, help="stop after this version"
+    )
     when.add_argument(
         "--as-of",
         type=parse_time,
@@ -230,7 +234,7 @@ def register(sub: Any, common: argparse.ArgumentParser) -> None:
         default="tree",
         help="tree (default), or a Mermaid / Graphviz picture",
     )
-    p.add_argument("--limit", type=int, default=None, help="at most this many events")
+    p.add_argument("--limit", type=at_least(1), default=None, help="at most this many events")
     p.set_defaults(handler=cmd_trace)
 
     p = sub.add_parser(
@@ -239,6 +243,9 @@ def register(sub: Any, common: argparse.ArgumentParser) -> None:
     p.add_argument("--app", help=APP_HELP + " (needed for the type and decoding checks)")
     p.add_argument("--no-decode", action="store_true", help="do not decode every event (faster)")
     p.add_argument(
-        "--max-details", type=int, default=20, help="problems listed per check (all are counted)"
+        "--max-details",
+        type=at_least(0),
+        default=20,
+        help="problems listed per check (all are counted)",
     )
     p.set_defaults(handler=cmd_check)

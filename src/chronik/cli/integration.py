@@ -5,9 +5,16 @@ from __future__ import annotations
 import argparse
 from typing import Any
 
-from chronik.cli._common import Output, load_object, run_until_signal
+from chronik.cli._common import (
+    Output,
+    at_least,
+    load_object,
+    positive_float,
+    require_extra,
+    run_until_signal,
+)
 from chronik.errors import LoadError
-from chronik.store import EventStore, SqlStore, require
+from chronik.store import EventStore, SqlStore, redact_url, require
 
 __all__ = ["register"]
 
@@ -45,6 +52,7 @@ async def cmd_sagas_status(store: EventStore, args: argparse.Namespace, out: Out
 
 
 async def cmd_relay_run(store: EventStore, args: argparse.Namespace, out: Output) -> int:
+    require_extra("nats", "chronik relay run", "nats-py", "nats")  # fail now, not retry forever
     from chronik.nats import OutboxRelay, ensure_stream
 
     relay = OutboxRelay(
@@ -62,7 +70,9 @@ async def cmd_relay_run(store: EventStore, args: argparse.Namespace, out: Output
         await ensure_stream(
             relay._js, args.stream, [f"{args.prefix}.>"], duplicate_window=args.duplicate_window
         )
-    return await run_until_signal([relay], out, f"relay to {args.stream} at {args.nats}")
+    return await run_until_signal(
+        [relay], out, f"relay to {args.stream} at {redact_url(args.nats)}"
+    )
 
 
 async def cmd_relay_status(store: EventStore, args: argparse.Namespace, out: Output) -> int:
@@ -96,14 +106,20 @@ async def cmd_relay_status(store: EventStore, args: argparse.Namespace, out: Out
     if out.as_json or not rows:
         return 0
     if lag_filter is None:
-        out.console.print(
-            "[dim]lag: every event after the checkpoint (unfiltered); pass the relay's "
-            "--category/--type to count only what it publishes[/dim]"
+        out.say(
+            (
+                "lag: every event after the checkpoint (unfiltered); pass the relay's "
+                "--category/--type to count only what it publishes",
+                "dim",
+            )
         )
     else:
-        out.console.print(
-            f"[dim]lag: events of categories {', '.join(categories or ['any'])}, "
-            f"types {', '.join(types or ['any'])}[/dim]"
+        out.say(
+            (
+                f"lag: events of categories {', '.join(categories or ['any'])}, "
+                f"types {', '.join(types or ['any'])}",
+                "dim",
+            )
         )
     return 0
 
@@ -130,9 +146,14 @@ def register(sub: Any, common: argparse.ArgumentParser) -> None:
     p.add_argument("--name", help="checkpoint name (default: the stream name)")
     p.add_argument("--category", action="append", help="publish this category (repeatable)")
     p.add_argument("--type", action="append", help="publish this event type (repeatable)")
-    p.add_argument("--batch-size", type=int, default=500)
+    p.add_argument("--batch-size", type=at_least(1), default=500, help="events per batch")
     p.add_argument("--create-stream", action="store_true", help="create/update the stream")
-    p.add_argument("--duplicate-window", type=float, default=120.0, help="seconds")
+    p.add_argument(
+        "--duplicate-window",
+        type=positive_float,
+        default=120.0,
+        help="JetStream's duplicate window in seconds",
+    )
     p.set_defaults(handler=cmd_relay_run)
     p = rsub.add_parser(
         "status", parents=[common], help="checkpoint, head, lag and dead letters of each relay"

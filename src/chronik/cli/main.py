@@ -1,8 +1,14 @@
 """``chronik`` — the command line: inspect and operate an event store.
 
-Every command takes ``--store URL`` (default ``$CHRONIK_STORE``, else ``sqlite:///chronik.db``)
-and ``--json`` for machine-readable output. Exit status: 0 success, 1 a chronik error
-(printed as one line naming what was wrong), 2 bad usage.
+Every command takes ``--store URL`` (default ``$CHRONIK_STORE``, else ``sqlite:///chronik.db``),
+``--json`` for machine-readable output and ``--debug`` for tracebacks. Only ``init`` creates
+a store; every other command needs one there (``StoreNotFound`` otherwise).
+
+Every error is one line on stderr (with ``--json``, one JSON object:
+``{"error": {"type": ..., "message": ...}}``) and an exit status of :data:`EXIT_STATUS`:
+0 success, 1 a failure (a chronik error, or problems found), 2 bad usage (arguments or the
+store URL), 3 not found (the store or the stream), 4 the store is unavailable, 130
+interrupted.
 """
 
 from __future__ import annotations
@@ -10,19 +16,68 @@ from __future__ import annotations
 import argparse
 import asyncio
 import importlib
+import re
 import sys
+import traceback
 from collections.abc import Sequence
-from typing import Any
+from typing import Any, NoReturn
 
 import msgspec
 
-from chronik.cli._common import Handler, Output, Standalone
-from chronik.errors import ChronikError
+from chronik.cli._common import Handler, Output, Standalone, at_least, positive_float
+from chronik.errors import (
+    ChronikError,
+    StoreNotFound,
+    StoreUnavailable,
+    StreamNotFound,
+    UnsupportedStoreUrl,
+)
 from chronik.events import RecordedEvent
-from chronik.store import connect, store_url
+from chronik.store import connect, redact_url, store_url
 from chronik.store.protocol import EventStore
 
-__all__ = ["build_parser", "main"]
+__all__ = [
+    "EXIT_STATUS",
+    "ChronikParser",
+    "build_parser",
+    "exit_status",
+    "main",
+    "report_error",
+]
+
+EXIT_STATUS = {
+    "ok": 0,
+    "failure": 1,
+    "usage": 2,
+    "not_found": 3,
+    "unavailable": 4,
+    "interrupted": 130,
+}
+"""The exit statuses of ``chronik`` (documented in docs/cli.md)."""
+
+
+class UsageError(Exception):
+    """The command line does not parse: one line, exit status 2 (see :class:`ChronikParser`)."""
+
+
+class ChronikParser(argparse.ArgumentParser):
+    """An ArgumentParser whose errors are a :class:`UsageError` naming the command, not
+    argparse's usage text and ``sys.exit``; ``main`` prints it as one line."""
+
+    def error(self, message: str) -> NoReturn:
+        raise UsageError(f"{self.prog}: {message} (see {self.prog} --help)")
+
+
+def exit_status(exc: BaseException) -> int:
+    """The exit status for an error (see :data:`EXIT_STATUS`)."""
+    if isinstance(exc, UsageError | UnsupportedStoreUrl):
+        return EXIT_STATUS["usage"]
+    if isinstance(exc, StoreNotFound | StreamNotFound):
+        return EXIT_STATUS["not_found"]
+    if isinstance(exc, StoreUnavailable):
+        return EXIT_STATUS["unavailable"]
+    return EXIT_STATUS["failure"]
+
 
 COMMAND_MODULES = [
     "chronik.cli.projections",
@@ -31,6 +86,7 @@ COMMAND_MODULES = [
     "chronik.cli.schema",
     "chronik.cli.migrate",
     "chronik.cli.integration",
+    "chronik.cli.serve",
 ]
 """Modules adding command groups: each has ``register(subparsers, common_parser)``."""
 
@@ -65,11 +121,11 @@ _EVENT_COLUMNS = [
 
 async def cmd_init(store: EventStore, args: argparse.Namespace, out: Output) -> int:
     stats = await store.stats()
-    url = store_url(args.store)
+    url = redact_url(store_url(args.store))
     if out.as_json:
         out.json({"store": url, "ready": True, "events": stats.events})
     else:
-        out.console.print(f"[green]ready[/green] {url} (schema up to date, {stats.events} events)")
+        out.say(("ready", "green"), f" {url} (schema up to date, {stats.events} events)")
     return 0
 
 
@@ -128,14 +184,17 @@ async def cmd_tail(store: EventStore, args: argparse.Namespace, out: Output) -> 
                 out.json(ev.to_dict())
             else:
                 pos, stream, version, type_, at, _corr, data = _event_row(ev)
-                out.console.print(
-                    f"[dim]{at}[/dim] [bold]{pos}[/bold] {stream}@{version} "
-                    f"[cyan]{type_}[/cyan] {data}",
-                    markup=True,
+                out.say(
+                    (at, "dim"),
+                    " ",
+                    (str(pos), "bold"),
+                    f" {stream}@{version} ",
+                    (type_, "cyan"),
+                    f" {data}",
                 )
         if not args.follow:
             if not out.as_json and shown == 0:
-                out.console.print("[dim]no events[/dim]")
+                out.say(("no events", "dim"))
             return 0
         if not batch:
             await store.wait_for_change(args.interval)
@@ -169,40 +228,51 @@ async def cmd_stats(store: EventStore, args: argparse.Namespace, out: Output) ->
 
 
 def build_parser() -> argparse.ArgumentParser:
-    common = argparse.ArgumentParser(add_help=False)
+    common = ChronikParser(add_help=False)
     common.add_argument(
         "--store",
         default=argparse.SUPPRESS,
         help="store URL (default: $CHRONIK_STORE, else sqlite:///chronik.db)",
     )
     common.add_argument("--json", action="store_true", default=argparse.SUPPRESS, help="print JSON")
-    parser = argparse.ArgumentParser(
+    common.add_argument(
+        "--debug",
+        action="store_true",
+        default=argparse.SUPPRESS,
+        help="show the traceback of an error",
+    )
+    parser = ChronikParser(
         prog="chronik", description="Inspect and operate a chronik event store.", parents=[common]
     )
     sub = parser.add_subparsers(dest="command", required=True, metavar="COMMAND")
 
-    p = sub.add_parser("init", parents=[common], help="create or upgrade the store's schema")
-    p.set_defaults(handler=cmd_init)
+    p = sub.add_parser(
+        "init",
+        parents=[common],
+        help="create the store or upgrade its schema (the one command that creates a store)",
+    )
+    p.set_defaults(handler=cmd_init, create_store=True)
 
     p = sub.add_parser("streams", parents=[common], help="list streams and their versions")
     p.add_argument("--category", help="only streams of this category (the part before '-')")
-    p.add_argument("--limit", type=int, default=None, help="at most this many streams")
+    p.add_argument("--limit", type=at_least(1), default=None, help="at most this many streams")
     p.set_defaults(handler=cmd_streams)
 
     p = sub.add_parser("events", parents=[common], help="show the events of one stream")
     p.add_argument("stream_id")
-    p.add_argument("--from-version", type=int, default=None, help="first version to show")
-    p.add_argument("--limit", type=int, default=None, help="at most this many events")
+    p.add_argument("--from-version", type=at_least(0), default=None, help="first version to show")
+    p.add_argument("--limit", type=at_least(1), default=None, help="at most this many events")
     p.add_argument("--backwards", action="store_true", help="newest first")
     p.set_defaults(handler=cmd_events)
 
     p = sub.add_parser("tail", parents=[common], help="show the global log (--follow: live)")
-    p.add_argument("--after", type=int, default=None, help="start after this position")
-    p.add_argument("--last", type=int, default=0, help="start this many positions back")
+    start = p.add_mutually_exclusive_group()
+    start.add_argument("--after", type=at_least(0), default=None, help="start after this position")
+    start.add_argument("--last", type=at_least(0), default=0, help="start this many positions back")
     p.add_argument("--category", action="append", help="only this category (repeatable)")
     p.add_argument("--type", action="append", help="only this event type (repeatable)")
     p.add_argument("--follow", "-f", action="store_true", help="keep printing new events")
-    p.add_argument("--interval", type=float, default=0.5, help="poll interval in seconds")
+    p.add_argument("--interval", type=positive_float, default=0.5, help="poll interval in seconds")
     p.set_defaults(handler=cmd_tail)
 
     p = sub.add_parser("stats", parents=[common], help="events, streams, categories, size")
@@ -218,29 +288,61 @@ async def _run(args: argparse.Namespace, out: Output) -> int:
     if standalone is not None:  # a command that opens its own stores (or none)
         return await standalone(args, out)
     handler: Handler = args.handler
-    async with await connect(args.store) as store:
+    create = bool(getattr(args, "create_store", False))  # only `init` creates a store
+    async with await connect(args.store, create=create) as store:
         return await handler(store, args, out)
 
 
+def _flag(argv: Sequence[str], flag: str) -> bool:
+    """Whether ``flag`` is on the command line before any ``--`` (known before parsing)."""
+    end = list(argv).index("--") if "--" in argv else len(argv)
+    return flag in argv[:end]
+
+
+def report_error(exc: BaseException, *, as_json: bool, out: Output) -> int:
+    """Print ``exc`` as one line on stderr (JSON with ``as_json``); returns the exit status.
+
+    The line is ``error: TYPE: MESSAGE`` (``error: usage: ...`` for bad arguments); an error
+    that is not chronik's says that ``--debug`` shows its traceback.
+    """
+    kind = "UsageError" if isinstance(exc, UsageError) else type(exc).__name__
+    message = re.sub(r"\s*\n\s*", " ", str(exc).strip()) or repr(exc)
+    if not isinstance(exc, ChronikError | UsageError):
+        message += " (an unexpected error: --debug shows the traceback)"
+    if as_json:
+        error = {"error": {"type": kind, "message": message}}
+        sys.stderr.write(msgspec.json.encode(error).decode() + "\n")
+        sys.stderr.flush()
+    elif isinstance(exc, UsageError):
+        out.note(("error:", "red"), f" usage: {message}")
+    else:
+        out.note(("error:", "red"), f" {kind}: {message}")
+    return exit_status(exc)
+
+
 def main(argv: Sequence[str] | None = None) -> int:
-    parser = build_parser()
-    args = parser.parse_args(argv)
+    """Run ``chronik`` with ``argv`` (default ``sys.argv[1:]``); returns the exit status.
+
+    ``--help`` and a command line that does not parse raise ``SystemExit`` as argparse
+    does (status 0 and 2); the latter is printed as one line first.
+    """
+    argv = list(sys.argv[1:] if argv is None else argv)
+    try:
+        args = build_parser().parse_args(argv)
+    except UsageError as exc:
+        as_json = _flag(argv, "--json")
+        raise SystemExit(report_error(exc, as_json=as_json, out=Output(as_json))) from None
     args.store = getattr(args, "store", None)
     args.json = getattr(args, "json", False)
     out = Output(args.json)
     try:
         return asyncio.run(_run(args, out))
-    except ChronikError as exc:
-        if args.json:
-            sys.stdout.write(
-                msgspec.json.encode({"error": type(exc).__name__, "message": str(exc)}).decode()
-                + "\n"
-            )
-        else:
-            out.err.print(f"[red]error:[/red] {type(exc).__name__}: {exc}", markup=True)
-        return 1
     except KeyboardInterrupt:
-        return 130
+        return EXIT_STATUS["interrupted"]
+    except Exception as exc:
+        if getattr(args, "debug", False):
+            traceback.print_exception(exc)
+        return report_error(exc, as_json=args.json, out=out)
 
 
 if __name__ == "__main__":

@@ -5,7 +5,7 @@ from __future__ import annotations
 import argparse
 from typing import Any
 
-from chronik.cli._common import Output, load_object
+from chronik.cli._common import Output, at_least, load_object
 from chronik.cli.schema import load_registry
 from chronik.codec import EventRegistry
 from chronik.errors import ChronikError, LoadError
@@ -52,7 +52,8 @@ async def cmd_migrate_copy(args: argparse.Namespace, out: Output) -> int:
     )
 
     options = _options(args)
-    async with await connect(args.source) as source, await connect(args.target) as target:
+    source_store = await connect(args.source, create=False)  # a missing source creates nothing
+    async with source_store as source, await connect(args.target) as target:
         if out.as_json:
             report = await copy_store(
                 source,
@@ -87,37 +88,38 @@ async def cmd_migrate_copy(args: argparse.Namespace, out: Output) -> int:
                 **options,
             )
     start = f"after position {report.resumed_after}" if report.resumed_after else "from the start"
-    out.console.print(
-        f"[green]copied[/green] {report.read:,} events ({report.written:,} written) {start} "
+    out.say(
+        ("copied", "green"),
+        f" {report.read:,} events ({report.written:,} written) {start} "
         f"in {report.seconds:.1f}s, {report.rate:,.0f} events/s; checkpoint {report.checkpoint}",
-        markup=True,
     )
     v = report.verification
     if v is not None:
-        out.console.print(
-            f"[green]verified[/green]: {v.target_events:,} events in {v.target_streams:,} "
+        out.say(
+            ("verified", "green"),
+            f": {v.target_events:,} events in {v.target_streams:,} "
             f"streams, ids checksum {v.target_checksum[:16]}",
-            markup=True,
         )
     return 0
 
 
 async def cmd_migrate_verify(args: argparse.Namespace, out: Output) -> int:
     options = _options(args)
-    async with await connect(args.source) as source, await connect(args.target) as target:
+    source_store = await connect(args.source, create=False)
+    async with source_store as source, await connect(args.target, create=False) as target:
         v = await verify_copy(source, target, **options)
     if out.as_json:
         out.json(v.to_dict())
     else:
-        verdict = "[green]ok[/green]" if v.ok else "[red]DIFFERENT[/red]"
-        out.console.print(
-            f"{verdict}: up to source position {v.upto}, expected {v.expected_events:,} events "
+        verdict = ("ok", "green") if v.ok else ("DIFFERENT", "red")
+        out.say(
+            verdict,
+            f": up to source position {v.upto}, expected {v.expected_events:,} events "
             f"in {v.expected_streams:,} streams, found {v.target_events:,} in "
             f"{v.target_streams:,}",
-            markup=True,
         )
         for line in v.differences:
-            out.console.print(f"  {line}", markup=False)
+            out.say(f"  {line}")
     return 0 if v.ok else 1
 
 
@@ -154,7 +156,9 @@ def register(sub: Any, common: argparse.ArgumentParser) -> None:
         help="copy every event, keeping ids, versions, time and metadata; resumable",
     )
     _copy_options(p)
-    p.add_argument("--batch-size", type=int, default=5000, help="events per target transaction")
+    p.add_argument(
+        "--batch-size", type=at_least(1), default=5000, help="events per target transaction"
+    )
     p.add_argument("--no-verify", action="store_true", help="skip the final check")
     p.set_defaults(standalone=cmd_migrate_copy)
 

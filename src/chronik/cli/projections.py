@@ -6,9 +6,9 @@ import argparse
 from typing import Any
 
 from chronik.app import load_app
-from chronik.cli._common import Output, run_until_signal
+from chronik.cli._common import Output, at_least, positive_float, run_until_signal
 from chronik.errors import ChronikError
-from chronik.store import store_url
+from chronik.store import redact_url, store_url
 from chronik.store.protocol import EventStore
 
 __all__ = ["load_projections", "register"]
@@ -47,6 +47,7 @@ async def cmd_projections_status(store: EventStore, args: argparse.Namespace, ou
 
 
 async def cmd_projections_rebuild(store: EventStore, args: argparse.Namespace, out: Output) -> int:
+    from rich.markup import escape
     from rich.progress import BarColumn, Progress, TextColumn, TimeRemainingColumn
 
     from chronik.projections import Progress as RebuildProgress
@@ -65,13 +66,13 @@ async def cmd_projections_rebuild(store: EventStore, args: argparse.Namespace, o
         TimeRemainingColumn(),
         console=out.console,
     ) as bar:
-        task = bar.add_task(f"rebuild {args.name}", total=None, rate=0.0)
+        task = bar.add_task(f"rebuild {escape(args.name)}", total=None, rate=0.0)
 
         def report(p: RebuildProgress) -> None:
             bar.update(task, completed=p.done, total=p.total, rate=p.rate)
 
         applied = await runner.rebuild(args.name, progress=report)
-    out.console.print(f"[green]rebuilt[/green] {args.name}: {applied} events applied")
+    out.say(("rebuilt", "green"), f" {args.name}: {applied} events applied")
     return 0
 
 
@@ -88,7 +89,7 @@ async def cmd_projections_dead_letters(
         if out.as_json:
             out.json({"fixed": fixed, "still_failing": failing})
         else:
-            out.console.print(f"retried dead letters: {fixed} fixed, {failing} still failing")
+            out.say(f"retried dead letters: {fixed} fixed, {failing} still failing")
         return 0 if failing == 0 else 1
     letters = await store.dead_letters()
     if args.name:
@@ -133,12 +134,12 @@ async def cmd_projections_run(store: EventStore, args: argparse.Namespace, out: 
         store, projections, batch_size=args.batch_size, poll_interval=args.interval
     )
     names = ", ".join(p.name for p in projections)
-    code = await run_until_signal([runner], out, f"{names} on {store_url(args.store)}")
+    code = await run_until_signal([runner], out, f"{names} on {redact_url(store_url(args.store))}")
     statuses = [s.to_dict() for s in await runner.status()]
     if out.as_json:
         out.json(statuses)
     else:
-        out.err.print("stopped: " + ", ".join(f"{s['name']}@{s['checkpoint']}" for s in statuses))
+        out.note("stopped: " + ", ".join(f"{s['name']}@{s['checkpoint']}" for s in statuses))
     return code
 
 
@@ -154,7 +155,7 @@ def register(sub: Any, common: argparse.ArgumentParser) -> None:
     p = psub.add_parser("rebuild", parents=[common], help="replay one projection from zero")
     p.add_argument("name")
     p.add_argument("--app", required=True, help=app_help)
-    p.add_argument("--batch-size", type=int, default=500)
+    p.add_argument("--batch-size", type=at_least(1), default=500, help="events per batch")
     p.set_defaults(handler=cmd_projections_rebuild)
 
     p = psub.add_parser("dead-letters", parents=[common], help="list (or --retry) dead letters")
@@ -165,6 +166,6 @@ def register(sub: Any, common: argparse.ArgumentParser) -> None:
 
     p = psub.add_parser("run", parents=[common], help="run projections until SIGTERM/SIGINT")
     p.add_argument("app", help=app_help)
-    p.add_argument("--batch-size", type=int, default=500)
-    p.add_argument("--interval", type=float, default=0.5, help="poll interval in seconds")
+    p.add_argument("--batch-size", type=at_least(1), default=500, help="events per batch")
+    p.add_argument("--interval", type=positive_float, default=0.5, help="poll interval in seconds")
     p.set_defaults(handler=cmd_projections_run)

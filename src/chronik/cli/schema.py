@@ -73,7 +73,7 @@ async def cmd_schema_list(args: argparse.Namespace, out: Output) -> int:
         ],
     )
     for problem in problems:
-        out.err.print(f"[red]problem:[/red] {problem}", markup=True, highlight=False)
+        out.note(("problem:", "red"), f" {problem}")
     return 1 if problems else 0
 
 
@@ -159,7 +159,7 @@ async def cmd_schema_check(store: EventStore, args: argparse.Namespace, out: Out
         )
         return 0 if ok else 1
     for problem in problems:
-        out.err.print(f"[red]problem:[/red] {problem}", markup=True, highlight=False)
+        out.note(("problem:", "red"), f" {problem}")
     if rows:
         out.table(
             f"{total} stored event(s) replayed through their chains",
@@ -176,10 +176,8 @@ async def cmd_schema_check(store: EventStore, args: argparse.Namespace, out: Out
                 for t in rows
             ],
         )
-    verdict = "[green]ok[/green]" if ok else "[red]FAILED[/red]"
-    out.console.print(
-        f"{verdict}: {total} events, {failed} failed, {unknown} of unknown types", markup=True
-    )
+    verdict = ("ok", "green") if ok else ("FAILED", "red")
+    out.say(verdict, f": {total} events, {failed} failed, {unknown} of unknown types")
     return 0 if ok else 1
 
 

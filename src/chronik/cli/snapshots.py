@@ -6,11 +6,11 @@ import argparse
 from datetime import UTC, datetime
 from typing import Any
 
-from chronik.app import load_app
-from chronik.cli._common import Output, run_until_signal
+from chronik.app import App, load_app
+from chronik.cli._common import Output, at_least, positive_float, run_until_signal
 from chronik.errors import ChronikError
 from chronik.events import category_of
-from chronik.store import store_url
+from chronik.store import redact_url, store_url
 from chronik.store.protocol import EventStore
 
 __all__ = ["register"]
@@ -41,7 +41,7 @@ async def cmd_snapshots_stats(store: EventStore, args: argparse.Namespace, out: 
         out.json([s.to_dict(now) for s in stats])
         return 0
     if not stats:
-        out.console.print("[dim]no snapshots[/dim]")
+        out.say(("no snapshots", "dim"))
         return 0
     out.table(
         "snapshots per category",
@@ -105,9 +105,10 @@ async def cmd_snapshots_take(store: EventStore, args: argparse.Namespace, out: O
     if out.as_json:
         out.json(snapshot.to_dict())
     else:
-        out.console.print(
-            f"[green]snapshot[/green] {snapshot.stream_id} at version {snapshot.version} "
-            f"({len(snapshot.state):,} bytes, state version {snapshot.state_version})"
+        out.say(
+            ("snapshot", "green"),
+            f" {snapshot.stream_id} at version {snapshot.version} "
+            f"({len(snapshot.state):,} bytes, state version {snapshot.state_version})",
         )
     return 0
 
@@ -115,20 +116,62 @@ async def cmd_snapshots_take(store: EventStore, args: argparse.Namespace, out: O
 async def cmd_snapshots_prune(store: EventStore, args: argparse.Namespace, out: Output) -> int:
     from chronik.snapshots import snapshot_store, snapshot_targets, stale_versions
 
-    stale = None
-    if args.stale:
-        if not args.app:
-            raise ChronikError("--stale needs --app MODULE:OBJECT (the current state versions)")
-        targets = snapshot_targets(load_app(args.app))
-        stale = stale_versions((cat, config) for cat, (_, config) in targets.items())
-    deleted = await snapshot_store(store).prune(
-        keep=args.keep, stream_id=args.stream, category=args.category, stale=stale
-    )
+    if args.stale and not args.app:
+        raise ChronikError("--stale needs --app MODULE:OBJECT (the current state versions)")
+    app = load_app(args.app) if args.app else None
+    targets = snapshot_targets(app) if app is not None else None
+    snapshots = snapshot_store(store)
+    invalid = 0
+    if args.invalid:
+        invalid = await _prune_invalid(store, app, args, out)
+    keep = args.keep if args.keep is not None else (None if args.invalid else 1)
+    deleted = 0
+    if keep is not None or args.stale:
+        stale = None
+        if args.stale:
+            assert targets is not None
+            stale = stale_versions((cat, config) for cat, (_, config) in targets.items())
+        deleted = await snapshots.prune(
+            keep=keep if keep is not None else 2**31 - 1,
+            stream_id=args.stream,
+            category=args.category,
+            stale=stale,
+        )
     if out.as_json:
-        out.json({"deleted": deleted, "keep": args.keep})
+        out.json({"deleted": deleted + invalid, "invalid": invalid, "keep": keep})
     else:
-        out.console.print(f"deleted {deleted} snapshot(s); at most {args.keep} kept per stream")
+        kept = f"; at most {keep} kept per stream" if keep is not None else ""
+        out.say(f"deleted {deleted + invalid} snapshot(s) ({invalid} invalid){kept}")
     return 0
+
+
+async def _prune_invalid(
+    store: EventStore, app: App | None, args: argparse.Namespace, out: Output
+) -> int:
+    """Delete the snapshots a loader skips: those that do not match their stream, and with
+    ``--app`` also those that do not decode or differ from a replay."""
+    from chronik.snapshots import snapshot_store, snapshot_targets, verify_snapshots
+
+    snapshots = snapshot_store(store)
+    if app is None:
+        problems = await snapshots.invalid()
+    else:
+        problems = await verify_snapshots(store, snapshot_targets(app), registry=app.registry)
+    deleted = 0
+    for problem in problems:
+        if args.stream is not None and problem.stream_id != args.stream:
+            continue
+        if args.category is not None and category_of(problem.stream_id) != args.category:
+            continue
+        if not out.as_json:
+            out.note(
+                ("invalid", "yellow"),
+                f" {problem.stream_id} at version {problem.version}: {problem.reason}",
+            )
+        deleted += await snapshots.delete(
+            problem.stream_id, state_version=problem.state_version, version=problem.version
+        )
+    return deleted
 
 
 async def cmd_snapshots_run(store: EventStore, args: argparse.Namespace, out: Output) -> int:
@@ -143,7 +186,9 @@ async def cmd_snapshots_run(store: EventStore, args: argparse.Namespace, out: Ou
     )
     categories = ", ".join(sorted(snapshotter.targets))
     code = await run_until_signal(
-        [snapshotter], out, f"the snapshotter of {categories} on {store_url(args.store)}"
+        [snapshotter],
+        out,
+        f"the snapshotter of {categories} on {redact_url(store_url(args.store))}",
     )
     result: dict[str, Any] = {
         "name": snapshotter.name,
@@ -155,7 +200,7 @@ async def cmd_snapshots_run(store: EventStore, args: argparse.Namespace, out: Ou
     if out.as_json:
         out.json(result)
     else:
-        out.err.print(
+        out.note(
             f"stopped at position {result['checkpoint']}: {result['taken']} snapshot(s) taken, "
             f"{result['failed']} failed"
         )
@@ -180,12 +225,27 @@ def register(sub: Any, common: argparse.ArgumentParser) -> None:
     p.add_argument("--app", required=True, help=APP_HELP)
     p.set_defaults(handler=cmd_snapshots_take)
 
-    p = ssub.add_parser("prune", parents=[common], help="keep only the newest K per stream")
-    p.add_argument("--keep", type=int, default=1, help="snapshots kept per stream (default 1)")
+    p = ssub.add_parser(
+        "prune",
+        parents=[common],
+        help="keep only the newest K per stream; delete stale or invalid ones",
+    )
+    p.add_argument(
+        "--keep",
+        type=at_least(1),
+        default=None,
+        help="snapshots kept per stream (default 1; with --invalid alone: every valid one)",
+    )
     p.add_argument("--stream", help="only this stream")
     p.add_argument("--category", help="only this category")
     p.add_argument(
         "--stale", action="store_true", help="also delete snapshots of old state versions"
+    )
+    p.add_argument(
+        "--invalid",
+        action="store_true",
+        help="delete snapshots that no longer match their stream (ahead of it, another event "
+        "at their version); with --app also those that do not decode or differ from a replay",
     )
     p.add_argument("--app", help=APP_HELP + " (needed with --stale)")
     p.set_defaults(handler=cmd_snapshots_prune)
@@ -193,6 +253,6 @@ def register(sub: Any, common: argparse.ArgumentParser) -> None:
     p = ssub.add_parser("run", parents=[common], help="run the snapshotter until SIGTERM/SIGINT")
     p.add_argument("app", help=APP_HELP)
     p.add_argument("--name", default="default", help="checkpoint name (snapshotter:NAME)")
-    p.add_argument("--batch-size", type=int, default=500)
-    p.add_argument("--interval", type=float, default=0.5, help="poll interval in seconds")
+    p.add_argument("--batch-size", type=at_least(1), default=500, help="events per batch")
+    p.add_argument("--interval", type=positive_float, default=0.5, help="poll interval in seconds")
     p.set_defaults(handler=cmd_snapshots_run)

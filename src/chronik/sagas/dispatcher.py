@@ -6,12 +6,21 @@ inside ``chronik.context`` with the saga's correlation id, the trigger as causat
 (``SagaCommandSucceeded``/``SagaCommandRejected``) to the instance's stream with an event id
 derived from the command id, and marks the command done. After a crash, a command with
 attempts is first looked up in its target stream by ``command_id``: found means executed.
+
+A command whose executor raises something else than ``rejected_by`` (a lost connection to
+another service, a bug) is retried, up to ``max_attempts`` runs in all (default 5), after a
+backoff that doubles from ``retry_backoff`` (0.5 s) to at most ``max_backoff`` (30 s): 0.5,
+1, 2, 4 s between the five runs. Meanwhile the other pending commands go on. After the last
+attempt the command counts as rejected (``SagaCommandRejected``, reason ``"failed 5 times:
+..."``) and the saga compensates. A :class:`~chronik.errors.StoreUnavailable` is no attempt:
+the whole round is retried when the store is back.
 """
 
 from __future__ import annotations
 
 import dataclasses
 import logging
+import time
 import uuid
 from collections.abc import Awaitable, Callable, Sequence
 from typing import Any
@@ -40,7 +49,21 @@ CommandExecutor = Callable[[IssuedCommand], Awaitable[None]]
 
 
 class CommandDispatcher(Poller):
-    """Executes the saga outbox's pending commands, in order, each at most once."""
+    """Executes the saga outbox's pending commands, in order, each at most once.
+
+    Args:
+        store: the store of the sagas' outbox (SQLite or PostgreSQL).
+        sagas: the sagas whose commands this dispatcher runs.
+        execute: runs one command (usually through a :class:`~chronik.CommandHandler`).
+        rejected_by: errors of ``execute`` that mean "refused": recorded at once as
+            ``SagaCommandRejected``, never retried.
+        max_attempts: runs of a command that fails otherwise, before it counts as rejected.
+        retry_backoff, max_backoff: the wait before a failed command runs again, in
+            seconds: ``retry_backoff`` after the first failure, doubling up to
+            ``max_backoff``. Other commands are dispatched meanwhile.
+        lookback, poll_interval, remote, claim_timeout: see the attributes.
+        clock: a monotonic clock in seconds, for the backoff (tests move it).
+    """
 
     def __init__(
         self,
@@ -54,6 +77,9 @@ class CommandDispatcher(Poller):
         poll_interval: float = 0.2,
         remote: bool = False,
         claim_timeout: float = 10.0,
+        retry_backoff: float = 0.5,
+        max_backoff: float = 30.0,
+        clock: Callable[[], float] = time.monotonic,
     ) -> None:
         self.sql = require(store, SqlStore)  # MissingCapability without SQL (memory://)
         if not sagas:
@@ -67,8 +93,17 @@ class CommandDispatcher(Poller):
         """``execute`` only sends each command to another service (idempotently: e.g. an
         append with an event id derived from the command id, relayed through JetStream);
         the outcome is recorded later by :func:`record_outcome`."""
+        if max_attempts < 1:
+            raise ValueError("max_attempts must be >= 1")
+        if retry_backoff < 0 or max_backoff < retry_backoff:
+            raise ValueError("need 0 <= retry_backoff <= max_backoff")
         self.rejected_by = rejected_by
         self.max_attempts = max_attempts
+        self.retry_backoff = retry_backoff
+        self.max_backoff = max_backoff
+        self._clock = clock
+        self._retry_at: dict[str, float] = {}
+        """Command id → when (on ``clock``) a failed command may run again."""
         self.lookback = lookback
         self.claim_timeout = claim_timeout
         """A command claimed by another dispatcher longer ago than this (seconds, on the
@@ -89,8 +124,14 @@ class CommandDispatcher(Poller):
                 ),
                 {**params, "me": self.id},
             )  # fmt: skip
+        if len(rows) < limit:  # every pending command is here: forget the others' backoff
+            pending = {str(row[0]) for row in rows}
+            self._retry_at = {c: at for c, at in self._retry_at.items() if c in pending}
+        now = self._clock()
         finished = 0
         for row in rows:
+            if self._retry_at.get(str(row[0]), now) > now:
+                continue  # failed recently: waits out its backoff, the others go on
             command = await self._claim(_issued(row))
             if command is not None and await self._dispatch(
                 command, has_compensation=row[11] is not None
@@ -150,14 +191,29 @@ class CommandDispatcher(Poller):
             except StoreUnavailable:
                 raise  # an outage is no failed attempt: the poller retries the round
             except Exception as exc:
-                if command.attempts + 1 < self.max_attempts:
-                    logger.warning("command %s failed (retrying): %r", cid, exc)
+                failures = command.attempts + 1
+                if failures < self.max_attempts:
+                    delay = self.retry_delay(failures)
+                    logger.warning(
+                        "command %s failed (attempt %d of %d; retrying in %.1fs): %r",
+                        cid, failures, self.max_attempts, delay, exc,
+                    )  # fmt: skip
+                    self._retry_at[cid] = self._clock() + delay
                     async with self.store.transaction() as tx:
                         await tx.execute(sql.RELEASE_COMMAND, {"cid": cid, "err": repr(exc)})
                     return False
-                reason = f"failed {command.attempts + 1} times: {exc!r}"
+                reason = f"failed {failures} times: {exc!r}"
         await _record(self.store, self.sagas[command.saga], command, has_compensation, reason)
+        self._retry_at.pop(cid, None)
         return True
+
+    def retry_delay(self, failures: int) -> float:
+        """The wait after a command's ``failures``-th failed run: ``retry_backoff`` doubled
+        per earlier failure, at most ``max_backoff`` (the doubling of
+        :class:`~chronik.subscriptions.Backoff`, counted from the attempts stored with the
+        command: a restarted dispatcher runs a waiting command at once, then goes on
+        doubling)."""
+        return float(min(self.retry_backoff * 2 ** max(failures - 1, 0), self.max_backoff))
 
 
 async def _record(

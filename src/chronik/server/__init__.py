@@ -3,6 +3,6 @@
 Needs the ``server`` extra (``pip install 'chronik[server]'``): Starlette and uvicorn.
 """
 
-from chronik.server.app import DEFAULT_MAX_BODY_BYTES, create_app
+from chronik.server.app import DEFAULT_MAX_BODY_BYTES, create_app, create_app_for_url
 
-__all__ = ["DEFAULT_MAX_BODY_BYTES", "create_app"]
+__all__ = ["DEFAULT_MAX_BODY_BYTES", "create_app", "create_app_for_url"]

@@ -2,20 +2,25 @@
 
 from __future__ import annotations
 
+import asyncio
 import contextlib
 from collections.abc import AsyncIterator, Sequence
-from typing import Any, cast
+from typing import Any
 
 import msgspec
 from starlette.applications import Starlette
 from starlette.requests import Request
 from starlette.responses import Response
 from starlette.routing import BaseRoute, Route
+from starlette.types import Message, Receive, Scope, Send
 
 from chronik.app import App
 from chronik.errors import StoreUnavailable
 from chronik.server.api import Api
+from chronik.server.console import console_routes
+from chronik.server.live import live_routes
 from chronik.server.openapi import openapi_document
+from chronik.server.operations import Operations
 from chronik.server.routing import (
     ApiError,
     Call,
@@ -26,10 +31,10 @@ from chronik.server.routing import (
     json_response,
     read_body,
 )
-from chronik.store import connect
+from chronik.store import connect, redact_url
 from chronik.store.protocol import EventStore
 
-__all__ = ["DEFAULT_MAX_BODY_BYTES", "create_app"]
+__all__ = ["DEFAULT_MAX_BODY_BYTES", "ServeUrl", "create_app", "create_app_for_url"]
 
 DEFAULT_MAX_BODY_BYTES = 4 * 1024 * 1024
 """Largest request body read (413 above it, before parsing)."""
@@ -57,44 +62,63 @@ def _route(endpoint: Endpoint, max_body: int) -> Route:
     return Route(endpoint.path, handle, methods=[endpoint.method], name=endpoint.operation_id)
 
 
-class _OpenedAtStartup:
-    """Stands for the store a server opens when it starts (in the server's event loop):
-    every attribute is the opened store's."""
+class ServeUrl:
+    """The ASGI app for a store URL: the store is opened when the server starts (in the
+    server's event loop, by the lifespan startup), then the app of :func:`create_app` is
+    built on it and serves everything; the store is closed when the server stops."""
 
-    def __init__(self, url: str) -> None:
+    def __init__(self, url: str, create: bool, options: dict[str, Any]) -> None:
         self.url = url
-        self.target: EventStore | None = None
+        self.create = create
+        self.options = options
+        self.app: Starlette | None = None
 
-    def __getattr__(self, name: str) -> Any:
-        target = self.__dict__.get("target")
-        if target is None:
-            raise StoreUnavailable(f"the server has not opened {self.__dict__['url']} yet")
-        return getattr(target, name)
+    async def __call__(self, scope: Scope, receive: Receive, send: Send) -> None:
+        if self.app is not None:
+            await self.app(scope, receive, send)
+            return
+        if scope["type"] != "lifespan":  # not started (a server without lifespan)
+            response = error_response(StoreUnavailable(f"{redact_url(self.url)} is not open"))
+            await response(scope, receive, send)
+            return
+        message = await receive()  # lifespan.startup
+        try:
+            store = await connect(self.url, create=self.create)
+        except Exception as exc:
+            await send({"type": "lifespan.startup.failed", "message": str(exc)})
+            return
+        self.app = create_app(store, close_store=True, **self.options)
+        replayed = False
+
+        async def receive_again() -> Message:
+            nonlocal replayed
+            if not replayed:
+                replayed = True
+                return message
+            return await receive()
+
+        await self.app(scope, receive_again, send)
 
 
 def create_app(
-    store: EventStore | str,
+    store: EventStore,
     *,
     app: App | None = None,
     max_body_bytes: int = DEFAULT_MAX_BODY_BYTES,
     close_store: bool = False,
     extra_routes: Sequence[BaseRoute] = (),
+    stopping: asyncio.Event | None = None,
 ) -> Starlette:
-    """The HTTP API (and, where installed, the console) over ``store``.
+    """The HTTP API, live push and the console over ``store``.
 
     Args:
-        store: an open store (closed with the app when ``close_store``), or a store URL,
-            opened when the server starts (in its event loop) and closed when it stops.
+        store: an open store (closed with the app when ``close_store``); for a URL, see
+            :func:`create_app_for_url`.
         app: the application's registry and deciders (unknown types refused on append,
             state replays).
         max_body_bytes: largest request body (413 above it, refused before parsing).
     """
-    opener: _OpenedAtStartup | None = None
-    if isinstance(store, str):
-        opener = _OpenedAtStartup(store)
-        store = cast(EventStore, opener)
-        close_store = True
-    endpoints = Api(store, app).endpoints()
+    endpoints = [*Api(store, app).endpoints(), *Operations(store, app).endpoints()]
     document = msgspec.json.encode(openapi_document(endpoints))
 
     async def openapi(request: Request) -> Response:
@@ -102,8 +126,6 @@ def create_app(
 
     @contextlib.asynccontextmanager
     async def lifespan(_: Starlette) -> AsyncIterator[None]:
-        if opener is not None:
-            opener.target = await connect(opener.url)
         try:
             yield
         finally:
@@ -112,6 +134,8 @@ def create_app(
 
     routes: list[BaseRoute] = [Route("/openapi.json", openapi, methods=["GET"])]
     routes.extend(_route(ep, max_body_bytes) for ep in endpoints)
+    routes.extend(live_routes(store, stopping=stopping))
+    routes.extend(console_routes(store, app))
     routes.extend(extra_routes)
 
     async def not_found(request: Request, exc: Exception) -> Response:
@@ -125,3 +149,24 @@ def create_app(
     web.state.store = store
     web.state.endpoints = endpoints
     return web
+
+
+def create_app_for_url(
+    url: str,
+    *,
+    create: bool = True,
+    app: App | None = None,
+    max_body_bytes: int = DEFAULT_MAX_BODY_BYTES,
+    extra_routes: Sequence[BaseRoute] = (),
+    stopping: asyncio.Event | None = None,
+) -> ServeUrl:
+    """The app of :func:`create_app` for a store URL: the store is opened when the server
+    starts (in its event loop; ``create=False``: :class:`StoreNotFound` if it is not there)
+    and closed when it stops. What ``chronik serve`` runs."""
+    options = {
+        "app": app,
+        "max_body_bytes": max_body_bytes,
+        "extra_routes": extra_routes,
+        "stopping": stopping,
+    }
+    return ServeUrl(url, create, options)

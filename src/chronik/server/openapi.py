@@ -21,6 +21,7 @@ _REF = "#/components/schemas/{name}"
 _PATH_PARAM = re.compile(r"{([a-zA-Z_][a-zA-Z0-9_]*)(?::[a-z]+)?}")
 _TEXT = {"type": "string", "minLength": 1}
 _PATH_SCHEMAS: dict[str, dict[str, Any]] = {
+    "id": {"type": "integer", "minimum": 0, "maximum": 2**63 - 1},
     "stream_id": {
         "type": "string",
         "minLength": 1,

@@ -22,8 +22,7 @@ from starlette.responses import Response
 
 from chronik import errors
 
-__all__ = [
-    "ApiError",
+__all__ = [  # ApiError is the layer's own signal (never raised to users): not exported
     "Call",
     "Endpoint",
     "ErrorBody",

@@ -1,9 +1,11 @@
 """Snapshots: a stream's state at one of its versions, so a load folds only the later events.
 
 Snapshots are an optimisation only. A loader uses the newest snapshot whose *state version*
-matches its code and folds the events after it; a snapshot of another state version, or one
-that cannot be decoded, is ignored (and logged with the reason) and the state is rebuilt from
-the events. So the state with or without snapshots is always the same.
+matches its code and folds the events after it; a snapshot of another state version is
+ignored, and one that does not decode or no longer matches its stream (its stream has no
+event at its version, or another one than it was taken after: a restored backup, a
+re-copied stream) is skipped with a warning; the state is then rebuilt from an older
+snapshot or from the events. So the state with or without snapshots is always the same.
 
 - :class:`SnapshotConfig` says how one kind of stream is snapshotted: the state type (a
   dataclass, a ``msgspec.Struct`` or any type msgspec encodes), its state version (a hash of
@@ -14,7 +16,9 @@ the events. So the state with or without snapshots is always the same.
 - :func:`snapshot_store` gives the :class:`SnapshotStore` of an event store (a table beside
   the events on SQLite and PostgreSQL, a dict for ``memory://``; :mod:`.store`).
 - :class:`Snapshotter` takes them in the background, from committed events only, and
-  :func:`verify_snapshots` checks every stored snapshot against a replay (:mod:`.worker`).
+  :func:`verify_snapshots` checks every stored snapshot against its stream and a replay
+  (:mod:`.worker`); :meth:`SnapshotStore.invalid` finds those that no longer match their
+  stream without one.
 
 Example::
 
@@ -49,6 +53,7 @@ from chronik.snapshots.policies import (
 from chronik.snapshots.store import (
     MemorySnapshotStore,
     Snapshot,
+    SnapshotProblem,
     SnapshotStats,
     SnapshotStore,
     SqlSnapshotStore,
@@ -57,7 +62,6 @@ from chronik.snapshots.store import (
 
 if TYPE_CHECKING:
     from chronik.snapshots.worker import (
-        SnapshotProblem,
         Snapshotter,
         Targets,
         snapshot_targets,
@@ -65,7 +69,6 @@ if TYPE_CHECKING:
     )
 
 _WORKER_NAMES = {
-    "SnapshotProblem",
     "Snapshotter",
     "Targets",
     "snapshot_targets",

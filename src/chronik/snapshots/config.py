@@ -73,7 +73,9 @@ class SnapshotConfig:
         inline: evaluate the policy in the request path (after loads and appends of a
             :class:`~chronik.CommandHandler` or :class:`~chronik.Repository`); ``False``
             leaves it to a :class:`~chronik.snapshotter.Snapshotter` and ``take_snapshot``.
-        clock: seconds since the epoch (tests and examples move time with it).
+        clock: seconds since the epoch, read when a policy is evaluated (the age of the
+            newest snapshot, for :class:`Periodic`) and for ``created_at`` of a snapshot
+            written; ``time.time`` by default (tests and examples move time with it).
 
     The state must survive a msgspec JSON round trip and compare by value (dataclasses and
     Structs do): a state that does not (``NaN``, a field holding a value of another type

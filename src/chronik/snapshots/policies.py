@@ -3,7 +3,8 @@
 - :class:`EveryN` — every ``n`` events;
 - :class:`Periodic` — at most once per interval per stream;
 - :class:`OnDemand` — never automatically (``take_snapshot``, ``chronik snapshots take``);
-- :class:`Adaptive` — when the measured replay cost, weighted by reads, exceeds a budget;
+- :class:`Adaptive` — when the replay of a load, weighted by the reads (not the writes)
+  since the last snapshot, exceeds a budget;
 - :class:`AnyOf` — any of several.
 
 docs/snapshots.md explains how to choose, with measured numbers.
@@ -41,7 +42,10 @@ class StreamStatus:
     """Measured cost of folding the events since the snapshot (ms per event at the last
     load in this process, times the events since the snapshot; 0 when not measured yet)."""
     reads: int = 0
-    """Loads of the stream in this process since its last snapshot."""
+    """Loads that read the stream (``load()`` of a handler or repository) in this process
+    since its last snapshot; the load a command makes before it writes is not counted."""
+    writes: int = 0
+    """Commands that appended to the stream in this process since its last snapshot."""
 
     @property
     def events_since(self) -> int:
@@ -107,14 +111,16 @@ class OnDemand:
 
 @dataclass(frozen=True, slots=True)
 class Adaptive:
-    """A snapshot when the replay cost since the last one, weighted by reads, exceeds a budget.
+    """A snapshot when the replay since the last one, weighted by reads, exceeds a budget.
 
-    The cost is the events since the snapshot (``budget_events``) and the measured fold time
-    (``budget_ms``); either over its budget makes a snapshot due. It is multiplied by
-    ``1 + read_weight * (reads - 1)``, where ``reads`` counts the loads since the snapshot in
-    this process: ``read_weight=0`` caps the replay of any single load; ``1`` caps the replay
-    work summed over the reads (a stream read often is snapshotted sooner, one written often
-    and read rarely later).
+    The replay is what one load folds: the events since the snapshot (``budget_events``)
+    or their measured fold time (``budget_ms``); either over its budget makes a snapshot
+    due. It is multiplied by ``1 + read_weight * (reads - 1)``, where ``reads`` counts the
+    loads that *read* the stream (``load()``) since the snapshot in this process, not the
+    load each command makes before it writes. So a stream that is only written gets a
+    snapshot when a single load would fold more than the budget (4 per 400 writes with
+    ``budget_events=100``), and one read often, sooner: ``read_weight=0`` caps the replay of
+    any single load; ``1`` caps the replay work summed over the reads.
     """
 
     budget_ms: float | None = None

@@ -4,27 +4,35 @@
 when the store has the :class:`~chronik.store.SqlStore` capability, else one in this
 process. The SQL implementation writes through ``transaction()`` and reads through
 ``query()`` with ``:name`` parameters, so one class serves SQLite and PostgreSQL; the table
-comes from migration ``0003_snapshots.sql`` of each backend.
+comes from migration ``0003_snapshots.sql`` of each backend (``0008_snapshot_event_id.sql``
+adds the id of the event a snapshot was taken after).
+
+:meth:`SnapshotStore.invalid` lists the snapshots that no longer match their stream (ahead of
+it, or another event at their version); loaders skip those, ``chronik check`` reports them
+and ``chronik snapshots prune --invalid`` deletes them.
 """
 
 from __future__ import annotations
 
 import abc
 import contextlib
+import dataclasses
+import uuid
 import weakref
 from collections import OrderedDict
 from dataclasses import dataclass
 from datetime import UTC, datetime, timedelta
 from typing import Any
 
-from chronik.errors import ChronikError
-from chronik.events import category_of
+from chronik.errors import ChronikError, StreamNotFound
+from chronik.events import RecordedEvent, category_of
 from chronik.store.capabilities import require, supports
 from chronik.store.port import EventStore, SqlStore
 
 __all__ = [
     "MemorySnapshotStore",
     "Snapshot",
+    "SnapshotProblem",
     "SnapshotStats",
     "SnapshotStore",
     "SqlSnapshotStore",
@@ -44,6 +52,10 @@ class Snapshot:
     state: bytes
     """msgspec JSON of the state (of its field record, for an :class:`~chronik.Aggregate`)."""
     created_at: datetime
+    event_id: uuid.UUID | None = None
+    """The id of the stream's event at ``version`` when the snapshot was taken (filled in by
+    :meth:`SnapshotStore.save`). A loader uses the snapshot only while that event is still
+    there: a restored backup or a re-copied stream has other events at the same versions."""
 
     @property
     def category(self) -> str:
@@ -57,7 +69,37 @@ class Snapshot:
             "state_version": self.state_version,
             "bytes": len(self.state),
             "created_at": self.created_at.isoformat(),
+            "event_id": None if self.event_id is None else str(self.event_id),
         }
+
+    def mismatch(self, event_id: uuid.UUID | None) -> str | None:
+        """Why this snapshot does not belong to a stream whose event at ``version`` has id
+        ``event_id`` (``None``: the stream has no event there); ``None`` when it does."""
+        if event_id is None:
+            return "ahead of its stream (no event at its version)"
+        if self.event_id is None:
+            return "no event id recorded (written by hand, or by a chronik before 0008)"
+        if event_id != self.event_id:
+            return (
+                f"taken after event {self.event_id}, but the stream has event {event_id} at "
+                f"version {self.version} (a restored backup, a re-copied stream?)"
+            )
+        return None
+
+
+@dataclass(frozen=True, slots=True)
+class SnapshotProblem:
+    """A stored snapshot that a loader must not trust (:meth:`SnapshotStore.invalid`,
+    :func:`~chronik.snapshots.verify_snapshots`)."""
+
+    stream_id: str
+    version: int
+    state_version: str
+    reason: str
+    kind: str = "mismatch"
+    """``"ahead"`` (the stream has no event at its version), ``"mismatch"`` (another event
+    there, or no event id recorded), ``"undecodable"`` or ``"differs"`` (from a replay; these
+    two need the snapshot configuration)."""
 
 
 @dataclass(frozen=True, slots=True)
@@ -96,8 +138,13 @@ class _Track:
     snapshot_version: int = -1
     snapshot_at: float | None = None
     reads: int = 0
+    """Loads to read the stream since the last snapshot (not those of commands)."""
+    writes: int = 0
+    """Commands that appended to the stream since the last snapshot."""
     ms_per_event: float = 0.0
     warned: bool = False
+    rejected: set[tuple[int, str]] = dataclasses.field(default_factory=set)
+    """``(version, reason)`` of snapshots skipped already (warned once, then at DEBUG)."""
 
 
 class _Tracks:
@@ -126,23 +173,45 @@ class SnapshotStore(abc.ABC):
         self.events = events
         self._tracks = _Tracks()
 
-    async def save(self, snapshot: Snapshot, *, keep: int | None = None) -> None:
+    async def save(self, snapshot: Snapshot, *, keep: int | None = None) -> Snapshot:
         """Store ``snapshot`` (replacing one of the same stream, state version and version),
         then delete all but the newest ``keep`` of its stream.
 
+        The id of the stream's event at ``snapshot.version`` is recorded with it (the one
+        given must be that one). Snapshots of the stream ahead of its committed version are
+        deleted in the same write: no loader can use them, and they would outrank the new one
+        in ``keep``. Returns the snapshot as stored.
+
         Raises:
-            ChronikError: ``snapshot.version`` is not a committed version of the stream.
+            ChronikError: ``snapshot.version`` is not a committed version of the stream, or
+                the event there is not ``snapshot.event_id``.
         """
         committed = await self.events.stream_version(snapshot.stream_id)
-        if committed is None or not 0 <= snapshot.version <= committed:
+        event = None
+        if committed is not None and 0 <= snapshot.version <= committed:
+            event = await _event_at(self.events, snapshot.stream_id, snapshot.version)
+        if event is None:
             raise ChronikError(
                 f"refusing snapshot of {snapshot.stream_id!r} at version {snapshot.version}: "
                 f"the stream's committed version is {committed}"
             )
-        await self._write(snapshot, keep)
+        if snapshot.event_id is None:
+            snapshot = dataclasses.replace(snapshot, event_id=event.event_id)
+        elif snapshot.event_id != event.event_id:
+            raise ChronikError(
+                f"refusing snapshot of {snapshot.stream_id!r} at version {snapshot.version}: "
+                f"taken after event {snapshot.event_id}, the stream has {event.event_id} there"
+            )
+        assert committed is not None
+        await self._write(snapshot, keep, committed)
+        return snapshot
 
     @abc.abstractmethod
-    async def _write(self, snapshot: Snapshot, keep: int | None) -> None: ...
+    async def _write(
+        self, snapshot: Snapshot, keep: int | None, committed: int | None = None
+    ) -> None:
+        """Upsert ``snapshot``, delete the stream's rows above ``committed`` (if given),
+        apply ``keep``."""
 
     @abc.abstractmethod
     async def newest(
@@ -182,8 +251,57 @@ class SnapshotStore(abc.ABC):
         """
 
     @abc.abstractmethod
-    async def delete(self, stream_id: str) -> int:
-        """Delete every snapshot of a stream (the next load replays from the events)."""
+    async def delete(
+        self, stream_id: str, *, state_version: str | None = None, version: int | None = None
+    ) -> int:
+        """Delete the snapshots of a stream (all, or those of one state version and/or one
+        version); returns how many went. The next load replays from the events."""
+
+    async def invalid(self) -> list[SnapshotProblem]:
+        """The snapshots that do not match their stream, by stream id and version.
+
+        Each is ``"ahead"`` (its stream has no event at its version: a restored backup, a
+        truncated stream) or a ``"mismatch"`` (the event there is not the one it was taken
+        after, or it records none). Loaders skip them; whether a snapshot's *state* is right
+        needs its configuration: :func:`~chronik.snapshots.verify_snapshots`.
+        """
+        problems: list[SnapshotProblem] = []
+        heads: dict[str, int | None] = {}
+        for snap in sorted(await self.find(), key=lambda s: (s.stream_id, s.version)):
+            if snap.stream_id not in heads:
+                heads[snap.stream_id] = await self.events.stream_version(snap.stream_id)
+            head = heads[snap.stream_id]
+            event = None
+            if head is not None and snap.version <= head:
+                event = await _event_at(self.events, snap.stream_id, snap.version)
+            problem = _problem(snap, None if event is None else event.event_id, head)
+            if problem is not None:
+                problems.append(problem)
+        return problems
+
+
+def _problem(
+    snap: Snapshot, event_id: uuid.UUID | None, head: int | None
+) -> SnapshotProblem | None:
+    reason = snap.mismatch(event_id)
+    if reason is None:
+        return None
+    if event_id is None:
+        has = "no events" if head is None else f"version {head}"
+        return SnapshotProblem(
+            snap.stream_id, snap.version, snap.state_version,
+            f"ahead of its stream (the stream has {has})", "ahead",
+        )  # fmt: skip
+    return SnapshotProblem(snap.stream_id, snap.version, snap.state_version, reason, "mismatch")
+
+
+async def _event_at(events: EventStore, stream_id: str, version: int) -> RecordedEvent | None:
+    try:
+        async for event in events.read_stream(stream_id, from_version=version, limit=1):
+            return event if event.version == version else None
+    except StreamNotFound:
+        return None
+    return None
 
 
 class MemorySnapshotStore(SnapshotStore):
@@ -193,11 +311,14 @@ class MemorySnapshotStore(SnapshotStore):
         super().__init__(events)
         self._rows: dict[str, list[Snapshot]] = {}
 
-    async def _write(self, snapshot: Snapshot, keep: int | None) -> None:
+    async def _write(
+        self, snapshot: Snapshot, keep: int | None, committed: int | None = None
+    ) -> None:
         rows = [
             s
             for s in self._rows.get(snapshot.stream_id, [])
             if (s.state_version, s.version) != (snapshot.state_version, snapshot.version)
+            and (committed is None or s.version <= committed)
         ]
         rows.append(snapshot)
         rows.sort(key=lambda s: (s.version, s.created_at), reverse=True)
@@ -256,8 +377,21 @@ class MemorySnapshotStore(SnapshotStore):
             self._rows[sid] = kept
         return deleted
 
-    async def delete(self, stream_id: str) -> int:
-        return len(self._rows.pop(stream_id, []))
+    async def delete(
+        self, stream_id: str, *, state_version: str | None = None, version: int | None = None
+    ) -> int:
+        rows = self._rows.get(stream_id, [])
+        kept = [
+            s
+            for s in rows
+            if (state_version is not None and s.state_version != state_version)
+            or (version is not None and s.version != version)
+        ]
+        if kept:
+            self._rows[stream_id] = kept
+        else:
+            self._rows.pop(stream_id, None)
+        return len(rows) - len(kept)
 
 
 def _as_bytes(value: Any) -> bytes:
@@ -274,19 +408,42 @@ def _as_datetime(value: Any) -> datetime:
     return _EPOCH + timedelta(microseconds=int(value))
 
 
+def _as_uuid(value: Any) -> uuid.UUID | None:
+    if value is None or isinstance(value, uuid.UUID):
+        return value
+    try:
+        return uuid.UUID(str(value))
+    except ValueError:  # a hand-edited row: matches no event
+        return uuid.UUID(int=0)
+
+
 def _snapshot(row: tuple[Any, ...]) -> Snapshot:
-    stream_id, state_version, version, state, created_at = row
+    stream_id, state_version, version, state, created_at, event_id = row
     return Snapshot(
-        stream_id, int(version), state_version, _as_bytes(state), _as_datetime(created_at)
+        stream_id,
+        int(version),
+        state_version,
+        _as_bytes(state),
+        _as_datetime(created_at),
+        _as_uuid(event_id),
     )
 
 
-_COLUMNS = "stream_id, state_version, version, state, created_at"
+_COLUMNS = "stream_id, state_version, version, state, created_at, event_id"
 _UPSERT = (
-    "INSERT INTO snapshots (stream_id, state_version, version, category, state, created_at) "
-    "VALUES (:stream_id, :state_version, :version, :category, :state, :created_at) "
-    "ON CONFLICT (stream_id, state_version, version) "
-    "DO UPDATE SET state = excluded.state, created_at = excluded.created_at"
+    "INSERT INTO snapshots (stream_id, state_version, version, category, state, created_at, "
+    "event_id) VALUES (:stream_id, :state_version, :version, :category, :state, :created_at, "
+    ":event_id) ON CONFLICT (stream_id, state_version, version) DO UPDATE SET "
+    "state = excluded.state, created_at = excluded.created_at, event_id = excluded.event_id"
+)
+_AHEAD = "DELETE FROM snapshots WHERE stream_id = :stream_id AND version > :committed"
+# every snapshot with its stream's head and the id of the event at its version
+_INVALID = (
+    f"SELECT {_COLUMNS}, "
+    "(SELECT max(e.version) FROM events e WHERE e.stream_id = s.stream_id), "
+    "(SELECT e.event_id FROM events e WHERE e.stream_id = s.stream_id "
+    "AND e.version = s.version LIMIT 1) "
+    "FROM snapshots s ORDER BY stream_id, version"
 )
 _PRUNE = (
     "DELETE FROM snapshots WHERE (stream_id, state_version, version) IN ("
@@ -312,8 +469,12 @@ class SqlSnapshotStore(SnapshotStore):
         self.sql = require(events, SqlStore)
         super().__init__(events)
 
-    async def _write(self, snapshot: Snapshot, keep: int | None) -> None:
+    async def _write(
+        self, snapshot: Snapshot, keep: int | None, committed: int | None = None
+    ) -> None:
         async with self.sql.transaction() as tx:
+            if committed is not None:
+                await tx.execute(_AHEAD, {"stream_id": snapshot.stream_id, "committed": committed})
             await tx.execute(
                 _UPSERT,
                 {
@@ -323,6 +484,7 @@ class SqlSnapshotStore(SnapshotStore):
                     "category": snapshot.category,
                     "state": snapshot.state,
                     "created_at": tx.timestamp(snapshot.created_at),
+                    "event_id": None if snapshot.event_id is None else str(snapshot.event_id),
                 },
             )
             if keep is not None:
@@ -405,13 +567,32 @@ class SqlSnapshotStore(SnapshotStore):
             after = await tx.fetchone(f"SELECT COUNT(*) FROM snapshots WHERE {filters}", params)
         return int(before[0] if before else 0) - int(after[0] if after else 0)
 
-    async def delete(self, stream_id: str) -> int:
+    async def delete(
+        self, stream_id: str, *, state_version: str | None = None, version: int | None = None
+    ) -> int:
+        where = "stream_id = :s"
+        params: dict[str, Any] = {"s": stream_id}
+        if state_version is not None:
+            where += " AND state_version = :sv"
+            params["sv"] = state_version
+        if version is not None:
+            where += " AND version = :v"
+            params["v"] = version
         async with self.sql.transaction() as tx:
-            row = await tx.fetchone(
-                "SELECT COUNT(*) FROM snapshots WHERE stream_id = :s", {"s": stream_id}
-            )
-            await tx.execute("DELETE FROM snapshots WHERE stream_id = :s", {"s": stream_id})
+            row = await tx.fetchone(f"SELECT COUNT(*) FROM snapshots WHERE {where}", params)
+            await tx.execute(f"DELETE FROM snapshots WHERE {where}", params)
         return int(row[0]) if row else 0
+
+    async def invalid(self) -> list[SnapshotProblem]:
+        # one query: each row with its stream's head and the event id at its version
+        problems: list[SnapshotProblem] = []
+        for row in await self.sql.query(_INVALID):
+            snap = _snapshot(row[:6])
+            head = None if row[6] is None else int(row[6])
+            problem = _problem(snap, _as_uuid(row[7]), head)
+            if problem is not None:
+                problems.append(problem)
+        return problems
 
 
 _stores: weakref.WeakKeyDictionary[Any, SnapshotStore] = weakref.WeakKeyDictionary()

@@ -21,7 +21,6 @@ from __future__ import annotations
 import asyncio
 import logging
 from collections.abc import Callable, Mapping
-from dataclasses import dataclass
 from typing import Any
 
 from chronik.app import App
@@ -31,7 +30,7 @@ from chronik.errors import ChronikError, StoreUnavailable, StreamNotFound
 from chronik.events import category_of
 from chronik.snapshots.config import SnapshotConfig
 from chronik.snapshots.load import stream_status, take_snapshot
-from chronik.snapshots.store import snapshot_store
+from chronik.snapshots.store import Snapshot, SnapshotProblem, snapshot_store
 from chronik.store.protocol import EventStore
 from chronik.subscriptions import Page, describe
 from chronik.workers import Follower
@@ -165,72 +164,65 @@ class Snapshotter(Follower):
 # -- checking -------------------------------------------------------------------------------
 
 
-@dataclass(frozen=True, slots=True)
-class SnapshotProblem:
-    """A stored snapshot that a loader must not trust."""
-
-    stream_id: str
-    version: int
-    state_version: str
-    reason: str
-
-
 async def verify_snapshots(
     store: EventStore, targets: Targets, *, registry: EventRegistry = default_registry
 ) -> list[SnapshotProblem]:
-    """Check every snapshot of the targets' categories against the events.
+    """Every stored snapshot a loader must not trust, by stream id and version.
 
-    A snapshot of the current state version must be at a committed version of its stream
-    and hold exactly the state a replay of the stream up to that version gives. Snapshots of
-    other state versions are not checked (no loader uses them). Reads each stream once.
+    First those that do not match their stream, of any category and state version
+    (:meth:`~chronik.snapshots.SnapshotStore.invalid`: ahead of it, or another event at
+    their version). Then each other snapshot of a target category and its current state
+    version must decode and hold exactly the state a replay of its stream up to its version
+    gives (``"undecodable"``, ``"differs"``). Snapshots of other state versions are not
+    decoded (no loader uses them; ``prune --stale`` deletes them). Reads each stream once.
     """
-    problems: list[SnapshotProblem] = []
-    by_stream: dict[str, list[Any]] = {}
-    for snap in await snapshot_store(store).find():
+    snapshots = snapshot_store(store)
+    problems = await snapshots.invalid()
+    unusable = {(p.stream_id, p.state_version, p.version) for p in problems}
+    by_stream: dict[str, list[Snapshot]] = {}
+    for snap in await snapshots.find():
         target = targets.get(snap.category)
+        if (snap.stream_id, snap.state_version, snap.version) in unusable:
+            continue
         if target is not None and snap.state_version == target[1].state_version:
             by_stream.setdefault(snap.stream_id, []).append(snap)
     for stream_id, snaps in sorted(by_stream.items()):
         decider, config = targets[category_of(stream_id)]
-        snaps.sort(key=lambda s: s.version)
-        committed = await store.stream_version(stream_id)
-        wanted: dict[int, list[Any]] = {}
+        wanted: dict[int, list[Snapshot]] = {}
         for snap in snaps:
-            if committed is None or snap.version > committed:
-                problems.append(
-                    SnapshotProblem(
-                        stream_id,
-                        snap.version,
-                        snap.state_version,
-                        f"ahead of the committed stream (version {committed})",
-                    )
-                )
-            else:
-                wanted.setdefault(snap.version, []).append(snap)
-        if not wanted:
-            continue
+            wanted.setdefault(snap.version, []).append(snap)
         state = decider.initial_state()
-        last = max(wanted)
         try:
-            async for recorded in store.read_stream(stream_id, limit=last + 1):
+            async for recorded in store.read_stream(stream_id, limit=max(wanted) + 1):
                 for event in registry.decode_many(recorded):  # upcast: may split or drop
                     state = decider.evolve(state, event)
                 for snap in wanted.get(recorded.version, []):
                     problem = _compare(config, snap, state)
                     if problem is not None:
-                        problems.append(
-                            SnapshotProblem(stream_id, snap.version, snap.state_version, problem)
-                        )
+                        problems.append(problem)
         except StreamNotFound:
             pass
+    problems.sort(key=lambda p: (p.stream_id, p.version, p.state_version))
     return problems
 
 
-def _compare(config: SnapshotConfig, snap: Any, state: Any) -> str | None:
+def _compare(config: SnapshotConfig, snap: Snapshot, state: Any) -> SnapshotProblem | None:
     try:
         stored = config.decode_record(snap.state)
     except Exception as exc:
-        return f"cannot be decoded: {describe(exc)}"
+        return SnapshotProblem(
+            snap.stream_id,
+            snap.version,
+            snap.state_version,
+            f"cannot be decoded: {describe(exc)}",
+            "undecodable",
+        )
     if stored != config.record(state):
-        return "differs from a replay of the stream to its version"
+        return SnapshotProblem(
+            snap.stream_id,
+            snap.version,
+            snap.state_version,
+            "differs from a replay of the stream to its version",
+            "differs",
+        )
     return None

@@ -40,6 +40,10 @@ from chronik.store.protocol import (
     StoreStats,
     StreamInfo,
     check_expected,
+    check_read_all,
+    check_read_correlation,
+    check_read_stream,
+    check_streams,
     plan_import,
     resolve_duplicate,
 )
@@ -119,7 +123,7 @@ class MemoryTx:
             for ev in events
             if (stream := store._streams.get(ev.stream_id))
         }
-        planned = plan_import(events, current, store.max_event_bytes)
+        planned = plan_import(events, current, store.max_event_bytes, store.max_json_depth)
         for ev, _ in planned:
             if ev.event_id in store._by_id:
                 raise DuplicateEventId(ev.stream_id, ev.event_id, "is stored already")
@@ -280,6 +284,7 @@ class MemoryEventStore(EventStoreBase):
     ) -> AsyncIterator[RecordedEvent]:
         self._check_open()
         validate_stream_id(stream_id)
+        from_version, limit = check_read_stream(from_version, limit, backwards)
         stream = self._streams.get(stream_id)
         if not stream:
             raise StreamNotFound(stream_id)
@@ -305,6 +310,7 @@ class MemoryEventStore(EventStoreBase):
         limit: int | None = None,
     ) -> AsyncIterator[RecordedEvent]:
         self._check_open()
+        after, categories, types, limit = check_read_all(after, categories, types, limit)
         cats = set(categories) if categories is not None else None
         kinds = set(types) if types is not None else None
         if limit is not None and limit <= 0:
@@ -330,6 +336,7 @@ class MemoryEventStore(EventStoreBase):
     ) -> list[RecordedEvent]:
         """Events with this correlation id, by position (a scan: memory stores are small)."""
         self._check_open()
+        correlation_id, limit = check_read_correlation(correlation_id, limit)
         found = [e for e in self._log if e.correlation_id == correlation_id]
         return found if limit is None else found[: max(limit, 0)]
 
@@ -343,6 +350,7 @@ class MemoryEventStore(EventStoreBase):
         self, *, category: str | None = None, limit: int | None = None
     ) -> AsyncIterator[StreamInfo]:
         self._check_open()
+        category, limit = check_streams(category, limit)
         count = 0
         for stream_id in sorted(self._streams):
             if category is not None and category_of(stream_id) != category:

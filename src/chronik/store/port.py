@@ -217,7 +217,11 @@ class EventLog(Protocol):
             ConcurrencyError: the stream is not at ``expected_version``; nothing written.
             DuplicateEventId: an event id is stored already at another place or with other
                 content (the same events at the same place return the original result).
-            InvalidStreamId, InvalidExpectedVersion, PayloadTooLarge, SerializationError.
+            InvalidEvent: an event breaks a rule of docs/limits.md (its id, type, data,
+                metadata, schema version); names the field and the event's index.
+            InvalidStreamId, InvalidExpectedVersion, PayloadTooLarge, BatchTooLarge,
+            InvalidArgument (``events`` is not a sequence of ``NewEvent``),
+            SerializationError. Every refusal leaves the store unchanged.
         """
         ...
 

@@ -47,6 +47,7 @@ from chronik.errors import (
     ConcurrencyError,
     DuplicateEventId,
     SerializationError,
+    StoreNotFound,
     StoreUnavailable,
     StreamNotFound,
 )
@@ -89,6 +90,11 @@ from chronik.store.protocol import (
     StoreStats,
     StreamInfo,
     check_expected,
+    check_read_all,
+    check_read_correlation,
+    check_read_page,
+    check_read_stream,
+    check_streams,
     pages_reading_ahead,
     plan_import,
     resolve_duplicate,
@@ -248,7 +254,9 @@ class PostgresTx:
         streams = sorted({ev.stream_id for ev in events})
         cur = await self._conn.execute(sql.stream_versions, (streams,))
         current = {str(sid): int(v) for sid, v in await cur.fetchall()}
-        planned = plan_import(events, current, self._store.max_event_bytes)
+        planned = plan_import(
+            events, current, self._store.max_event_bytes, self._store.max_json_depth
+        )
         if not planned:
             return
         if self._imported + len(planned) > MAX_EVENTS_PER_APPEND:
@@ -365,6 +373,7 @@ class PostgresEventStore(EventStoreBase):
         pool_max: int = 10,
         pool_timeout: float = 30.0,
         idle_in_transaction_timeout: float = 60.0,
+        create: bool = True,
     ) -> PostgresEventStore:
         """Connect, create ``schema`` if missing, apply migrations, and open the pool.
 
@@ -377,16 +386,21 @@ class PostgresEventStore(EventStoreBase):
             pool_timeout: seconds to wait for a connection (also the connect timeout).
             idle_in_transaction_timeout: set on every pooled connection, so a transaction
                 left open cannot stall readers' horizon for longer than this.
+            create: create the schema and its tables when missing; with ``False`` a schema
+                without chronik's tables raises :class:`StoreNotFound` and nothing is
+                created (what read-only tools use).
 
         Raises:
             StoreUnavailable: the database cannot be reached or refused the setup.
             SchemaError: the schema was migrated by a newer chronik.
+            StoreNotFound: ``create=False`` and the schema holds no chronik store.
             ValueError: the schema name is not a plain identifier.
         """
         conninfo, url_schema = split_schema(conninfo)
         if schema is not None and url_schema is not None and schema != url_schema:
             raise ValueError(f"schema {schema!r} given, but the URL says {url_schema!r}")
-        name = validate_schema_name(schema or url_schema or DEFAULT_SCHEMA)
+        given = schema if schema is not None else url_schema
+        name = validate_schema_name(DEFAULT_SCHEMA if given is None else given)
         try:
             conn = await psycopg.AsyncConnection.connect(
                 conninfo, autocommit=True, connect_timeout=max(2, int(pool_timeout))
@@ -395,6 +409,15 @@ class PostgresEventStore(EventStoreBase):
             raise _unavailable(exc) from exc
         try:
             async with conn:
+                if not create:
+                    cur = await conn.execute(
+                        "SELECT to_regclass(%s) IS NOT NULL", (f'"{name}".schema_migrations',)
+                    )
+                    row = await cur.fetchone()
+                    if not (row and row[0]):
+                        raise StoreNotFound(
+                            f"PostgreSQL schema {name!r}", "no chronik tables there"
+                        )
                 await _migrate(conn, name)
         except psycopg.Error as exc:
             raise _unavailable(exc) from exc
@@ -831,6 +854,7 @@ class PostgresEventStore(EventStoreBase):
         """Events of one stream by version, in pages (see ``EventStore.read_stream``)."""
         self._check_open()
         validate_stream_id(stream_id)
+        from_version, limit = check_read_stream(from_version, limit, backwards)
         remaining = None if limit is None else max(limit, 0)
         if backwards:
             cursor: int | None = from_version
@@ -882,6 +906,7 @@ class PostgresEventStore(EventStoreBase):
         consumes this one (at most two pages are held).
         """
         self._check_open()
+        after, categories, types, limit = check_read_all(after, categories, types, limit)
         remaining = None if limit is None else max(limit, 0)
         if categories is not None or types is not None:
             cursor = int(after)
@@ -933,6 +958,7 @@ class PostgresEventStore(EventStoreBase):
         head and the page come from one snapshot.
         """
         self._check_open()
+        after, limit, categories, types = check_read_page(after, limit, categories, types)
         limit = max(int(limit), 0)
         if limit == 0:  # nothing read, nothing known beyond `after`
             return [], int(after), False
@@ -985,6 +1011,7 @@ class PostgresEventStore(EventStoreBase):
         not for subscriptions.
         """
         self._check_open()
+        correlation_id, limit = check_read_correlation(correlation_id, limit)
         rows = await self._fetchall(
             self._sql.read_correlation, (correlation_id, None if limit is None else max(limit, 0))
         )
@@ -1002,6 +1029,7 @@ class PostgresEventStore(EventStoreBase):
     ) -> AsyncIterator[StreamInfo]:
         """The streams by stream id, paged by stream id (see ``EventStore.streams``)."""
         self._check_open()
+        category, limit = check_streams(category, limit)
         remaining = None if limit is None else max(limit, 0)
         last = ""
         while True:
@@ -1049,6 +1077,7 @@ class PostgresEventStore(EventStoreBase):
     ) -> int:
         """How many events ``read_all`` with these arguments would yield now."""
         self._check_open()
+        after, categories, types, _ = check_read_all(after, categories, types, None)
         sql = self._sql.count_events(categories=categories, types=types)
         params: dict[str, Any] = {"after": int(after)}
         if categories is not None:

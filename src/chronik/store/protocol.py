@@ -4,10 +4,11 @@ The port itself (the capabilities a backend may have) is :mod:`chronik.store.por
 types are re-exported here. A backend derives from :class:`EventStoreBase`, which brings
 ``append`` (validated, encoded, traced: the backend writes the encoded batch in ``_write``),
 ``read_page``, ``wait_for_change`` and ``async with``; and it uses :func:`check_expected`,
-:func:`resolve_duplicate`, :func:`plan_import` and :func:`pages_reading_ahead` instead of
-writing them again. A backend is done when it passes :mod:`chronik.testing.contract` for
-each capability it declares. The memory backend is the reference; sqlite and postgres follow
-it name for name.
+:func:`resolve_duplicate`, :func:`plan_import`, the ``check_read_*`` helpers and
+:func:`pages_reading_ahead` instead of writing them again. What a store accepts (every
+limit, every check) is :mod:`chronik.store.validation`, re-exported here. A backend is done
+when it passes :mod:`chronik.testing.contract` for each capability it declares. The memory
+backend is the reference; sqlite and postgres follow it name for name.
 """
 
 from __future__ import annotations
@@ -22,12 +23,10 @@ from typing import Any, ClassVar, NamedTuple, Self, TypeVar
 
 import msgspec
 
-from chronik.context import metadata_for_append
 from chronik.errors import (
     ConcurrencyError,
     DuplicateEventId,
-    PayloadTooLarge,
-    SerializationError,
+    InvalidArgument,
 )
 from chronik.events import (
     ANY,
@@ -36,8 +35,6 @@ from chronik.events import (
     AppendResult,
     NewEvent,
     RecordedEvent,
-    validate_expected_version,
-    validate_stream_id,
 )
 from chronik.store.port import (
     DeadLetter,
@@ -49,10 +46,23 @@ from chronik.store.port import (
     StreamInfo,
     Tx,
 )
+from chronik.store.validation import (
+    DEFAULT_MAX_JSON_DEPTH,
+    MAX_JSON_DEPTH,
+    EncodedEvent,
+    check_read_all,
+    check_read_correlation,
+    check_read_page,
+    check_read_stream,
+    check_streams,
+    encode_batch,
+    plan_import,
+)
 from chronik.telemetry import traced_append
 
 __all__ = [
     "DEFAULT_MAX_EVENT_BYTES",
+    "DEFAULT_MAX_JSON_DEPTH",
     "READ_PAGE_SIZE",
     "DeadLetter",
     "EncodedEvent",
@@ -65,6 +75,11 @@ __all__ = [
     "StreamInfo",
     "Tx",
     "check_expected",
+    "check_read_all",
+    "check_read_correlation",
+    "check_read_page",
+    "check_read_stream",
+    "check_streams",
     "encode_batch",
     "pages_reading_ahead",
     "plan_import",
@@ -84,8 +99,8 @@ class EventStoreBase(abc.ABC):
 
     A backend sets ``capabilities`` (the protocols of :mod:`chronik.store.port` it has: a
     promise to pass their contract suites) and ``max_event_bytes``, and gives
-    ``_check_open()``, ``_write(stream_id, expected, batch)`` and the rest of the port. In
-    return it gets:
+    ``_check_open()``, ``_write(stream_id, expected, batch)`` and the rest of the port; its
+    reads start with the ``check_read_*`` helper of their arguments. In return it gets:
 
     - ``append``: checks the store is open, validates and encodes the batch
       (:func:`encode_batch`, the context's metadata), opens the ``chronik.append`` span
@@ -94,10 +109,31 @@ class EventStoreBase(abc.ABC):
     - ``read_page``: the head, then a page of ``read_all`` (:func:`read_page_from_head`); a
       backend that can do it in one round trip overrides it (PostgreSQL).
     - ``wait_for_change`` (on ``change_marker()``) and ``async with``.
+
+    ``max_event_bytes`` (type, data and metadata of one event) and ``max_json_depth`` (how
+    deep data and metadata may nest, at most
+    :data:`~chronik.store.validation.MAX_JSON_DEPTH`) are the limits a store may be given;
+    the others are fixed (docs/limits.md).
     """
 
     capabilities: ClassVar[frozenset[object]]
     max_event_bytes: int
+    _max_json_depth: int = DEFAULT_MAX_JSON_DEPTH
+
+    @property
+    def max_json_depth(self) -> int:
+        """How deep an event's data or metadata may nest (default 64)."""
+        return self._max_json_depth
+
+    @max_json_depth.setter
+    def max_json_depth(self, depth: int) -> None:
+        if (
+            isinstance(depth, bool)
+            or not isinstance(depth, int)
+            or not 1 <= depth <= MAX_JSON_DEPTH
+        ):
+            raise InvalidArgument("max_json_depth", f"must be an int from 1 to {MAX_JSON_DEPTH}")
+        self._max_json_depth = depth
 
     @abc.abstractmethod
     def _check_open(self) -> None:
@@ -117,7 +153,7 @@ class EventStoreBase(abc.ABC):
         :meth:`chronik.store.port.EventLog.append`)."""
         self._check_open()
         stream_id, expected, batch = encode_batch(
-            stream_id, events, expected_version, self.max_event_bytes
+            stream_id, events, expected_version, self.max_event_bytes, self.max_json_depth
         )
         return await self._write(stream_id, expected, batch)
 
@@ -149,6 +185,7 @@ class EventStoreBase(abc.ABC):
         types: Sequence[str] | None = None,
     ) -> PageRead:
         """One page for a follower (see :meth:`chronik.store.port.EventLog.read_page`)."""
+        after, limit, categories, types = check_read_page(after, limit, categories, types)
         return await read_page_from_head(
             self, after=after, limit=limit, categories=categories, types=types
         )
@@ -200,82 +237,6 @@ async def read_page_from_head(
     return events, max(caught_up_to, head), False
 
 
-class EncodedEvent(NamedTuple):
-    """A :class:`NewEvent` validated and encoded, ready for a backend to write."""
-
-    event_id: uuid.UUID
-    type: str
-    schema_version: int
-    data: bytes
-    metadata: bytes
-
-
-_encode = msgspec.json.encode
-
-
-def encode_batch(
-    stream_id: str,
-    events: Sequence[NewEvent],
-    expected_version: object,
-    max_event_bytes: int,
-) -> tuple[str, int, list[EncodedEvent]]:
-    """Validate one append's arguments and encode its events (shared by every backend).
-
-    Metadata starts from :func:`chronik.context.metadata_for_append`; an event's own
-    metadata merges over it.
-    """
-    validate_stream_id(stream_id)
-    expected = validate_expected_version(expected_version)
-    if isinstance(events, NewEvent) or not isinstance(events, Sequence):
-        raise TypeError("events must be a sequence of NewEvent")
-    base_meta = metadata_for_append()
-    base_meta_bytes = _encode(base_meta)
-    out: list[EncodedEvent] = []
-    seen: set[uuid.UUID] = set()
-    for index, ev in enumerate(events):
-        if not isinstance(ev, NewEvent):
-            raise TypeError(f"events[{index}] is {type(ev).__name__}, not NewEvent")
-        if not isinstance(ev.type, str) or not ev.type:
-            raise SerializationError(f"events[{index}] has no type", stream_id=stream_id)
-        if ev.event_id in seen:
-            raise DuplicateEventId(stream_id, ev.event_id, "appears twice in one append")
-        seen.add(ev.event_id)
-        data = ev.data
-        if isinstance(data, bytes):
-            raw = data
-        elif isinstance(data, Mapping):
-            try:
-                raw = _encode(data)
-            except (TypeError, ValueError) as exc:
-                raise SerializationError(
-                    f"events[{index}] data cannot be encoded as JSON: {exc}",
-                    event_type=ev.type,
-                    stream_id=stream_id,
-                ) from exc
-        else:
-            raise SerializationError(
-                f"events[{index}] data must be a mapping or JSON bytes, not {type(data).__name__}",
-                event_type=ev.type,
-                stream_id=stream_id,
-            )
-        if ev.metadata:
-            try:
-                meta = _encode({**base_meta, **ev.metadata})
-            except (TypeError, ValueError) as exc:
-                raise SerializationError(
-                    f"events[{index}] metadata cannot be encoded as JSON: {exc}",
-                    event_type=ev.type,
-                    stream_id=stream_id,
-                ) from exc
-        else:
-            meta = base_meta_bytes
-        size = len(raw) + len(meta)
-        if size > max_event_bytes:
-            raise PayloadTooLarge(stream_id, index, ev.type, size, max_event_bytes)
-        out.append(EncodedEvent(ev.event_id, ev.type, ev.schema_version, raw, meta))
-    return stream_id, expected, out
-
-
 def check_expected(stream_id: str, expected: int, current: int) -> None:
     """Raise :class:`ConcurrencyError` unless ``current`` (``-1``: no stream) fits ``expected``."""
     if expected == ANY:
@@ -288,41 +249,6 @@ def check_expected(stream_id: str, expected: int, current: int) -> None:
         ok = current == expected
     if not ok:
         raise ConcurrencyError(stream_id, expected, current)
-
-
-def plan_import(
-    events: Sequence[ImportedEvent], current: Mapping[str, int], max_event_bytes: int
-) -> list[tuple[ImportedEvent, int]]:
-    """Check one import batch and give each event its version (shared by every backend).
-
-    ``current`` maps the batch's stream ids to their version in the target (absent: no
-    events yet).
-    """
-    following: dict[str, int] = {}
-    seen: set[uuid.UUID] = set()
-    out: list[tuple[ImportedEvent, int]] = []
-    for index, ev in enumerate(events):
-        if not isinstance(ev, ImportedEvent):
-            raise TypeError(f"events[{index}] is {type(ev).__name__}, not ImportedEvent")
-        stream_id = ev.stream_id
-        nxt = following.get(stream_id)
-        if nxt is None:  # first of its stream in this batch
-            validate_stream_id(stream_id)
-            nxt = current.get(stream_id, -1) + 1
-        if ev.event_id in seen:
-            raise DuplicateEventId(stream_id, ev.event_id, "appears twice in one import")
-        seen.add(ev.event_id)
-        if not isinstance(ev.type, str) or not ev.type:
-            raise SerializationError(f"events[{index}] has no type", stream_id=stream_id)
-        version = nxt if ev.version is None else ev.version
-        if version != nxt:
-            raise ConcurrencyError(stream_id, version - 1, nxt - 1)
-        following[stream_id] = version + 1
-        size = len(ev.data) + len(ev.metadata)
-        if size > max_event_bytes:
-            raise PayloadTooLarge(stream_id, index, ev.type, size, max_event_bytes)
-        out.append((ev, version))
-    return out
 
 
 class StoredCopy(NamedTuple):

@@ -30,6 +30,7 @@ from chronik.errors import (
     ConcurrencyError,
     DuplicateEventId,
     SchemaError,
+    StoreNotFound,
     StoreUnavailable,
     StreamNotFound,
 )
@@ -52,6 +53,10 @@ from chronik.store.protocol import (
     StoreStats,
     StreamInfo,
     check_expected,
+    check_read_all,
+    check_read_correlation,
+    check_read_stream,
+    check_streams,
     pages_reading_ahead,
     plan_import,
     resolve_duplicate,
@@ -185,11 +190,13 @@ class SqliteTx:
         # thousands of rows at a time: on the writer thread, off the event loop
         store = self._store
         conn = store._conn(store._writer)
-        limit = store.max_event_bytes
-        await store._writer.run(lambda: _import_sync(conn, events, limit))
+        limit, depth = store.max_event_bytes, store.max_json_depth
+        await store._writer.run(lambda: _import_sync(conn, events, limit, depth))
 
 
-def _import_sync(conn: sqlite3.Connection, events: Sequence[ImportedEvent], limit: int) -> None:
+def _import_sync(
+    conn: sqlite3.Connection, events: Sequence[ImportedEvent], limit: int, depth: int
+) -> None:
     """``Tx.import_events`` on the writer connection, inside the caller's transaction."""
     streams = sorted({ev.stream_id for ev in events})
     current: dict[str, int] = {}
@@ -208,7 +215,7 @@ def _import_sync(conn: sqlite3.Connection, events: Sequence[ImportedEvent], limi
             ev.metadata,
             (ev.recorded_at - _EPOCH) // timedelta(microseconds=1),
         )
-        for ev, version in plan_import(events, current, limit)
+        for ev, version in plan_import(events, current, limit, depth)
     ]
     conn.execute("SAVEPOINT chronik_import")
     try:
@@ -404,6 +411,28 @@ def _unavailable_error(exc: sqlite3.OperationalError) -> bool:
     return exc.sqlite_errorcode & 0xFF in (5, 6, 10, 11, 13, 14)
 
 
+def _require_store(path: str) -> None:
+    """Raise StoreNotFound unless ``path`` is a SQLite file with chronik's migration table.
+
+    Looks through a read-only connection of its own: nothing is created or changed.
+    """
+    file = Path(path).absolute()
+    if not file.is_file():
+        raise StoreNotFound(str(file), "no such file" if not file.exists() else "not a file")
+    try:
+        conn = sqlite3.connect(f"{file.as_uri()}?mode=ro", uri=True, timeout=5)
+        try:
+            conn.execute(_SQL.applied_migrations).fetchone()
+        finally:
+            conn.close()
+    except sqlite3.OperationalError as exc:
+        if "no such table" not in str(exc):
+            raise StoreUnavailable(f"SQLite {path}: {exc}") from exc
+        raise StoreNotFound(str(file), "a SQLite database without chronik's tables") from exc
+    except sqlite3.DatabaseError as exc:
+        raise StoreNotFound(str(file), f"not a SQLite database ({exc})") from exc
+
+
 class SqliteEventStore(EventStoreBase):
     """Event store on one SQLite file; create with :meth:`open` or ``chronik.connect``."""
 
@@ -449,10 +478,18 @@ class SqliteEventStore(EventStoreBase):
         synchronous: str = "FULL",
         busy_timeout_ms: int = 30_000,
         migrate: bool = True,
+        create: bool = True,
     ) -> SqliteEventStore:
-        """Open (creating if needed) the store in ``path`` and apply pending migrations."""
+        """Open the store in ``path`` and apply pending migrations.
+
+        With ``create`` (the default) a missing file becomes a new store. With
+        ``create=False`` the file must hold a chronik store already, else
+        :class:`~chronik.errors.StoreNotFound` is raised and nothing is written.
+        """
         path = str(path)
         if path != ":memory:":
+            if not create:
+                _require_store(path)
             parent = Path(path).parent
             if not parent.is_dir():
                 raise StoreUnavailable(f"SQLite: folder {parent} does not exist")
@@ -801,6 +838,7 @@ class SqliteEventStore(EventStoreBase):
         types: Sequence[str] | None = None,
     ) -> int:
         self._check_open()
+        after, categories, types, _ = check_read_all(after, categories, types, None)
         sql = _SQL.count_events(categories=categories, types=types)
         params = [after, *(categories or ()), *(types or ())]
 
@@ -826,6 +864,7 @@ class SqliteEventStore(EventStoreBase):
     ) -> AsyncIterator[RecordedEvent]:
         self._check_open()
         validate_stream_id(stream_id)
+        from_version, limit = check_read_stream(from_version, limit, backwards)
         remaining = limit
         cursor = from_version if backwards else max(from_version or 0, 0)
 
@@ -844,7 +883,9 @@ class SqliteEventStore(EventStoreBase):
             return fetch(page[-1].version - 1 if backwards else page[-1].version + 1, size)
 
         size = READ_PAGE_SIZE if remaining is None else min(READ_PAGE_SIZE, remaining)
-        if size <= 0:
+        if size <= 0:  # nothing to read, but a missing stream is missing whatever the limit
+            if await self.stream_version(stream_id) is None:
+                raise StreamNotFound(stream_id)
             return
         first = await fetch(cursor, size)
         if not first and await self.stream_version(stream_id) is None:
@@ -868,6 +909,7 @@ class SqliteEventStore(EventStoreBase):
         limit: int | None = None,
     ) -> AsyncIterator[RecordedEvent]:
         self._check_open()
+        after, categories, types, limit = check_read_all(after, categories, types, limit)
         sql = _SQL.read_all(categories=categories, types=types)
         filters = (*(categories or ()), *(types or ()))
 
@@ -894,6 +936,7 @@ class SqliteEventStore(EventStoreBase):
     ) -> list[RecordedEvent]:
         """Events with this correlation id, by position (index ``events_correlation_id_idx``)."""
         self._check_open()
+        correlation_id, limit = check_read_correlation(correlation_id, limit)
         params = (correlation_id, -1 if limit is None else max(limit, 0))
         return await self._reader.run(lambda: self._query(_SQL.read_correlation, params))
 
@@ -911,6 +954,7 @@ class SqliteEventStore(EventStoreBase):
         self, *, category: str | None = None, limit: int | None = None
     ) -> AsyncIterator[StreamInfo]:
         self._check_open()
+        category, limit = check_streams(category, limit)
         cursor = ""
         remaining = limit
         sql = _SQL.streams_all if category is None else _SQL.streams_category

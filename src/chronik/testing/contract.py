@@ -6,6 +6,9 @@
 - :class:`SqlStoreContract` — :class:`~chronik.store.port.SqlStore`;
 - :class:`EventStoreContract` — the first three: what every backend of chronik has.
 
+The log and inspection suites include :mod:`chronik.testing.hostile`: every rule of what a
+store accepts (docs/limits.md), by example and property-tested against the memory store.
+
 A backend's test file subclasses the suites of the capabilities it declares and gives each
 test a fresh, empty ``store``::
 
@@ -15,7 +18,7 @@ test a fresh, empty ``store``::
             async with await MyStore.open(...) as s:
                 yield s
 
-Needs pytest and an asyncio plugin (pytest-asyncio in auto mode).
+Needs pytest, hypothesis and an asyncio plugin (pytest-asyncio in auto mode).
 """
 
 from __future__ import annotations
@@ -55,6 +58,11 @@ from chronik.store.port import (
     SqlStore,
     WorkerState,
 )
+from chronik.testing.hostile import (
+    HostileAppendContract,
+    HostileInspectionContract,
+    HostileReadContract,
+)
 
 __all__ = [
     "EventLogContract",
@@ -73,8 +81,9 @@ async def collect(it: Any) -> list[RecordedEvent]:
     return [e async for e in it]
 
 
-class EventLogContract:
-    """:class:`~chronik.store.port.EventLog`: append, read, versions, the head, pages."""
+class EventLogContract(HostileAppendContract, HostileReadContract):
+    """:class:`~chronik.store.port.EventLog`: append, read, versions, the head, pages; and
+    bad input of every kind (:mod:`chronik.testing.hostile`)."""
 
     async def test_declares_the_event_log(self, store: EventLog) -> None:
         assert supports(store, EventLog)
@@ -424,8 +433,9 @@ class EventLogContract:
         assert not store.change_marker().is_set()  # a fresh one for the next change
 
 
-class InspectableContract:
-    """:class:`~chronik.store.port.Inspectable`: streams, stats, counts, correlations."""
+class InspectableContract(HostileInspectionContract):
+    """:class:`~chronik.store.port.Inspectable`: streams, stats, counts, correlations; and
+    their arguments of every kind (:mod:`chronik.testing.hostile`)."""
 
     async def test_declares_inspection(self, store: EventStore) -> None:
         assert supports(store, Inspectable)

@@ -1,0 +1,225 @@
+"""The operators' endpoints: projections and their lag, dead letters (list, retry, skip),
+saga instances, snapshot statistics and ``chronik check``."""
+
+from __future__ import annotations
+
+from datetime import datetime
+from typing import Annotated, Any
+
+import msgspec
+
+from chronik.app import App
+from chronik.server.routing import ApiError, Call, Endpoint, Reply
+from chronik.store.capabilities import require
+from chronik.store.port import SqlStore
+from chronik.store.protocol import EventStore
+
+__all__ = ["Operations"]
+
+
+class ProjectionOut(msgspec.Struct):
+    name: str
+    checkpoint: str
+    """The stored checkpoint (``name:vN``) and the position it has applied."""
+    checkpoint_name: str
+    version: int | None = None
+    kind: str | None = None
+    """Known only with ``--app`` (the projection's code); else only the checkpoint."""
+    head: str | None = None
+    lag_events: int | None = None
+    lag_seconds: float | None = None
+    dead_letters: int = 0
+
+
+class ProjectionList(msgspec.Struct):
+    projections: list[ProjectionOut]
+
+
+class DeadLettersQuery(msgspec.Struct, forbid_unknown_fields=True):
+    subscription: str | None = None
+    limit: Annotated[int, msgspec.Meta(ge=1, le=1000)] = 100
+
+
+class DeadLetterOut(msgspec.Struct):
+    id: int
+    subscription: str
+    position: str
+    event_id: str
+    stream_id: str
+    version: int
+    type: str
+    error: str
+    attempts: int
+    created_at: str
+
+
+class DeadLetterList(msgspec.Struct):
+    dead_letters: list[DeadLetterOut]
+    total: int
+
+
+class RetryOut(msgspec.Struct):
+    fixed: int
+    still_failing: int
+
+
+class SagaCount(msgspec.Struct):
+    saga: str
+    status: str
+    count: int
+
+
+class SagaSummary(msgspec.Struct):
+    instances: list[SagaCount]
+    commands: list[SagaCount]
+    deadlines: dict[str, int]
+
+
+class SnapshotCategory(msgspec.Struct):
+    category: str
+    snapshots: int
+    streams: int
+    bytes: int
+    oldest: datetime | None
+    newest: datetime | None
+
+
+class SnapshotSummary(msgspec.Struct):
+    categories: list[SnapshotCategory]
+
+
+class CheckQuery(msgspec.Struct, forbid_unknown_fields=True):
+    decode: bool = False
+    """Also decode (and upcast) every event of a registered type (slow on a big store)."""
+
+
+class CheckOut(msgspec.Struct):
+    ok: bool
+    events: int
+    streams: int
+    summary: dict[str, int]
+    skipped: dict[str, str]
+    problems: list[dict[str, Any]]
+
+
+class Operations:
+    """Operators' endpoints over one store (and the app's projections, where given)."""
+
+    def __init__(self, store: EventStore, app: App | None) -> None:
+        self.store = store
+        self.app = app
+
+    def endpoints(self) -> list[Endpoint]:
+        return [
+            Endpoint("GET", "/projections", self.projections,
+                     "Projections: checkpoint, lag, dead letters", {200: ProjectionList},
+                     tag="projections"),
+            Endpoint("GET", "/dead-letters", self.dead_letters,
+                     "Events a worker gave up on", {200: DeadLetterList},
+                     query=DeadLettersQuery, tag="projections"),
+            Endpoint("POST", "/projections/{name}/dead-letters/retry", self.retry,
+                     "Run a projection's dead letters through its handlers again (needs --app)",
+                     {200: RetryOut}, errors=(400, 404, 422), tag="projections"),
+            Endpoint("DELETE", "/dead-letters/{id:int}", self.skip,
+                     "Skip a dead letter: delete it (the event stays in the log)",
+                     {204: None}, errors=(400, 404), tag="projections"),
+            Endpoint("GET", "/sagas", self.sagas, "Saga instances and commands by status",
+                     {200: SagaSummary}, errors=(400, 501), tag="sagas"),
+            Endpoint("GET", "/snapshots", self.snapshots, "Snapshots per category",
+                     {200: SnapshotSummary}, tag="operations"),
+            Endpoint("GET", "/check", self.check, "Run `chronik check` (read-only)",
+                     {200: CheckOut}, query=CheckQuery, tag="operations"),
+        ]  # fmt: skip
+
+    def _projection(self, name: str) -> Any:
+        for p in self.app.projections if self.app is not None else ():
+            if p.name == name:
+                return p
+        if self.app is None:
+            raise ApiError(422, "NoApp", "this needs the projection's code: start the "
+                           "server with --app MODULE:OBJECT")  # fmt: skip
+        raise ApiError(404, "ProjectionNotFound", f"no projection {name!r} in --app")
+
+    async def projections(self, call: Call[None, None]) -> ProjectionList:
+        from chronik.projections.status import projection_status
+
+        out: list[ProjectionOut] = []
+        checkpoints = await self.store.checkpoints()
+        seen: set[str] = set()
+        for p in self.app.projections if self.app is not None else ():
+            s = await projection_status(self.store, p, None)
+            seen.add(p.checkpoint_name)
+            out.append(ProjectionOut(s.name, str(s.checkpoint), p.checkpoint_name, s.version,
+                                     s.kind, str(s.head), s.lag_events,
+                                     round(s.lag_seconds, 3), s.dead_letters))  # fmt: skip
+        letters = await self.store.dead_letters()
+        for checkpoint_name, position in sorted(checkpoints.items()):
+            if checkpoint_name in seen:
+                continue
+            name, _, version = checkpoint_name.partition(":v")
+            count = sum(1 for d in letters if d.subscription == checkpoint_name)
+            out.append(ProjectionOut(name, str(position), checkpoint_name,
+                                     int(version) if version.isdigit() else None,
+                                     dead_letters=count))  # fmt: skip
+        return ProjectionList(out)
+
+    async def dead_letters(self, call: Call[DeadLettersQuery, None]) -> DeadLetterList:
+        q = call.query
+        letters = await self.store.dead_letters(q.subscription)
+        shown = [
+            DeadLetterOut(d.id, d.subscription, str(d.position), str(d.event_id), d.stream_id,
+                          d.version, d.type, d.error, d.attempts, str(d.created_at))
+            for d in letters[: q.limit]
+        ]  # fmt: skip
+        return DeadLetterList(shown, len(letters))
+
+    async def retry(self, call: Call[None, None]) -> RetryOut:
+        from chronik.projections import ProjectionRunner
+
+        projection = self._projection(call.path["name"])
+        runner = ProjectionRunner(self.store, [projection])
+        fixed, failing = await runner.retry_dead_letters(projection.name)
+        return RetryOut(fixed, failing)
+
+    async def skip(self, call: Call[None, None]) -> Reply:
+        letter_id = int(call.path["id"])
+        if not any(d.id == letter_id for d in await self.store.dead_letters()):
+            raise ApiError(404, "DeadLetterNotFound", f"no dead letter {letter_id}")
+        async with self.store.transaction() as tx:
+            await tx.delete_dead_letter(letter_id)
+        return Reply(None, 204)
+
+    async def sagas(self, call: Call[None, None]) -> SagaSummary:
+        sql = require(self.store, SqlStore)
+        instances = await sql.query(
+            "SELECT saga, status, count(*) FROM saga_instances GROUP BY saga, status "
+            "ORDER BY saga, status"
+        )
+        commands = await sql.query(
+            "SELECT saga, status, count(*) FROM saga_commands GROUP BY saga, status "
+            "ORDER BY saga, status"
+        )
+        deadlines = await sql.query("SELECT saga, count(*) FROM saga_deadlines GROUP BY saga")
+        return SagaSummary(
+            [SagaCount(str(s), str(st), int(n)) for s, st, n in instances],
+            [SagaCount(str(s), str(st), int(n)) for s, st, n in commands],
+            {str(s): int(n) for s, n in deadlines},
+        )
+
+    async def snapshots(self, call: Call[None, None]) -> SnapshotSummary:
+        from chronik.snapshots import snapshot_store
+
+        stats = await snapshot_store(self.store).stats()
+        return SnapshotSummary(
+            [SnapshotCategory(s.category, s.snapshots, s.streams, s.bytes, s.oldest, s.newest)
+             for s in stats]
+        )  # fmt: skip
+
+    async def check(self, call: Call[CheckQuery, None]) -> CheckOut:
+        from chronik.integrity import check
+
+        registry = self.app.registry if self.app is not None else None
+        report = await check(self.store, registry=registry, decode=call.query.decode)
+        plain = report.to_dict()
+        return CheckOut(plain["ok"], plain["events"], plain["streams"], plain["summary"],
+                        plain["skipped"], plain["problems"])  # fmt: skip
