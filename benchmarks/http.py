@@ -113,7 +113,7 @@ async def _notify_round_trip(samples: int) -> list[float]:
         for _ in range(samples):
             t = time.perf_counter()
             await sender.execute("NOTIFY chronik_bench")
-            await anext(gen)
+            await asyncio.wait_for(anext(gen), 5)
             out.append(time.perf_counter() - t)
             await asyncio.sleep(0.01)
     return out
@@ -135,6 +135,11 @@ def _serve(url: str) -> tuple[subprocess.Popen[bytes], str]:
             time.sleep(0.05)
     proc.kill()
     raise RuntimeError("chronik serve did not start")
+
+
+def _row(rows: list[str], text: str) -> None:
+    rows.append(text)
+    print(text, flush=True)  # as it comes: a later failure loses nothing
 
 
 def main(argv: list[str] | None = None) -> None:
@@ -171,15 +176,17 @@ def main(argv: list[str] | None = None) -> None:
                     hi = max(x["per_s"] for x in runs)
                     med[kind]["range"] = f"{lo:,.0f}-{hi:,.0f}"
                 h, i = med["http"], med["in-process"]
-                rows.append(
+                _row(
+                    rows,
                     f"| {backend} | {clients} | {i['per_s']:,.0f} ({i['range']}) | "
                     f"{i['p50_ms']:.2f} / {i['p99_ms']:.2f} | {h['per_s']:,.0f} ({h['range']}) | "
-                    f"{h['p50_ms']:.2f} / {h['p99_ms']:.2f} | {h['per_s'] / i['per_s']:.2f}x |"
+                    f"{h['p50_ms']:.2f} / {h['p99_ms']:.2f} | {h['per_s'] / i['per_s']:.2f}x |",
                 )
             push = asyncio.run(_push_latency(url, base, args.samples))
-            rows.append(
+            _row(
+                rows,
                 f"| {backend} | push to SSE client, ms p50 / p99 | "
-                f"{_pct(push, 0.5) * 1e3:.2f} / {_pct(push, 0.99) * 1e3:.2f} | | | | |"
+                f"{_pct(push, 0.5) * 1e3:.2f} / {_pct(push, 0.99) * 1e3:.2f} | | | | |",
             )
         finally:
             proc.terminate()
@@ -191,9 +198,10 @@ def main(argv: list[str] | None = None) -> None:
                     conn.execute(f'DROP SCHEMA IF EXISTS "{schema}" CASCADE')
         if backend == "postgres":
             bare = asyncio.run(_notify_round_trip(args.samples))
-            rows.append(
+            _row(
+                rows,
                 f"| postgres | bare LISTEN/NOTIFY round trip, ms p50 / p99 | "
-                f"{_pct(bare, 0.5) * 1e3:.2f} / {_pct(bare, 0.99) * 1e3:.2f} | | | | |"
+                f"{_pct(bare, 0.5) * 1e3:.2f} / {_pct(bare, 0.99) * 1e3:.2f} | | | | |",
             )
     print(
         "| backend | clients | in-process appends/s (range) | p50 / p99 ms | HTTP appends/s "

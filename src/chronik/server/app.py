@@ -26,6 +26,7 @@ from chronik.server.routing import (
     Call,
     Endpoint,
     Reply,
+    check_encoding,
     decode_query,
     error_response,
     json_response,
@@ -45,6 +46,7 @@ def _route(endpoint: Endpoint, max_body: int) -> Route:
 
     async def handle(request: Request) -> Response:
         try:
+            check_encoding(request)
             query = decode_query(request, endpoint.query) if endpoint.query else None
             if endpoint.query is None and request.query_params:
                 raise ApiError(400, "InvalidQuery", "this endpoint takes no query parameters")

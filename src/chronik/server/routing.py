@@ -12,12 +12,13 @@ from __future__ import annotations
 import logging
 import types
 import typing
+import urllib.parse
 from collections.abc import Awaitable, Callable, Mapping
 from dataclasses import dataclass, field
 from typing import Any, Generic, TypeVar
 
 import msgspec
-from starlette.requests import Request
+from starlette.requests import ClientDisconnect, Request
 from starlette.responses import Response
 
 from chronik import errors
@@ -134,6 +135,9 @@ _STATUS: list[tuple[type[Exception], int]] = [
 def error_response(exc: Exception) -> Response:
     """The typed JSON error for ``exc`` (a chronik error, an :class:`ApiError`, or a bug,
     which is logged and answered 500 without its details)."""
+    if isinstance(exc, ClientDisconnect):  # the client left mid-body: nobody to answer
+        detail = ErrorDetail(type="ClientDisconnect", message="the client went away")
+        return json_response(ErrorBody(detail), 400, {})
     if isinstance(exc, ApiError):
         detail = ErrorDetail(type=exc.type, message=exc.message, limit=exc.limit)
         return json_response(ErrorBody(detail), exc.status, {})
@@ -151,6 +155,20 @@ def error_response(exc: Exception) -> Response:
     logger.exception("unexpected error in the HTTP API", exc_info=exc)
     detail = ErrorDetail(type="InternalError", message="internal error (logged by the server)")
     return json_response(ErrorBody(detail), 500, {})
+
+
+def check_encoding(request: Request) -> None:
+    """Refuse a path or query whose percent-escapes are not UTF-8 (``%FF``, an encoded lone
+    surrogate): Starlette would turn them into U+FFFD, silently changing a stream id."""
+    raw_path = request.scope.get("raw_path") or request.url.path.encode()
+    parts = [raw_path, *request.scope.get("query_string", b"").replace(b"+", b" ").split(b"&")]
+    for part in parts:
+        try:
+            urllib.parse.unquote_to_bytes(part).decode("utf-8")
+        except UnicodeDecodeError:
+            raise ApiError(
+                400, "InvalidEncoding", "the URL holds percent-escapes that are not UTF-8"
+            ) from None
 
 
 def _is_list(annotation: Any) -> bool:

@@ -57,7 +57,9 @@ DEFAULT_STORE_URL = "sqlite:///chronik.db"
 
 def store_url(url: str | None = None) -> str:
     """``url``, else ``$CHRONIK_STORE``, else ``sqlite:///chronik.db``."""
-    return url or os.environ.get("CHRONIK_STORE") or DEFAULT_STORE_URL
+    if url is not None:
+        return url  # an empty or odd URL is refused by parse_store_url, not defaulted
+    return os.environ.get("CHRONIK_STORE") or DEFAULT_STORE_URL
 
 
 async def connect(url: str | None = None, *, create: bool = True, **options: Any) -> EventStore:

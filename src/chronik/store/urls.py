@@ -16,6 +16,7 @@ allowed. Passwords never appear in these messages (:func:`redact_url`).
 
 from __future__ import annotations
 
+import re
 from collections.abc import Callable
 from dataclasses import dataclass, field
 from typing import Any
@@ -110,8 +111,8 @@ def redact_url(url: str) -> str:
     """
     try:
         parts = urlsplit(url)
-    except ValueError:  # not even a URL: shown as given (no password can be found in it)
-        return url
+    except ValueError:  # not even a URL: hide whatever could be a user:password@ part
+        return re.sub(r"//[^/@]*@", "//***@", url)
     user, at, host = parts.netloc.rpartition("@")
     secret_user = bool(at) and ":" in user
     pairs = parse_qsl(parts.query, keep_blank_values=True)
@@ -142,6 +143,12 @@ def parse_store_url(url: str) -> StoreUrl:
             that libpq does not know), a parameter given twice, a value out of range.
         MissingDependency: a ``postgresql://`` URL without psycopg installed.
     """
+    if not isinstance(url, str):
+        raise UnsupportedStoreUrl(f"a store URL is a str, not {type(url).__name__}")
+    if not url:
+        raise UnsupportedStoreUrl(f"the store URL is empty; write {_HOW}")
+    if "\x00" in url or any("\ud800" <= ch <= "\udfff" for ch in url):
+        raise _bad(url, "contains a NUL or an unpaired surrogate character")
     try:
         parts = urlsplit(url)
     except ValueError as exc:
