@@ -28,20 +28,13 @@ async def cmd_sagas_run(store: EventStore, args: argparse.Namespace, out: Output
 
 
 async def cmd_sagas_status(store: EventStore, args: argparse.Namespace, out: Output) -> int:
-    sql = require(store, SqlStore)
-    instances = await sql.query(
-        "SELECT saga, status, count(*) FROM saga_instances GROUP BY saga, status "
-        "ORDER BY saga, status"
-    )
-    commands = await sql.query(
-        "SELECT saga, status, count(*) FROM saga_commands GROUP BY saga, status "
-        "ORDER BY saga, status"
-    )
-    deadlines = await sql.query("SELECT saga, count(*) FROM saga_deadlines GROUP BY saga")
+    from chronik.sagas.status import saga_counts
+
+    counts = await saga_counts(require(store, SqlStore))
     data = {
-        "instances": [{"saga": s, "status": st, "count": int(n)} for s, st, n in instances],
-        "commands": [{"saga": s, "status": st, "count": int(n)} for s, st, n in commands],
-        "deadlines": [{"saga": s, "count": int(n)} for s, n in deadlines],
+        "instances": [{"saga": s, "status": st, "count": n} for s, st, n in counts.instances],
+        "commands": [{"saga": s, "status": st, "count": n} for s, st, n in counts.commands],
+        "deadlines": [{"saga": s, "count": n} for s, n in counts.deadlines.items()],
     }
     if out.as_json:
         out.json(data)

@@ -190,20 +190,13 @@ class Operations:
         return Reply(None, 204)
 
     async def sagas(self, call: Call[None, None]) -> SagaSummary:
-        sql = require(self.store, SqlStore)
-        instances = await sql.query(
-            "SELECT saga, status, count(*) FROM saga_instances GROUP BY saga, status "
-            "ORDER BY saga, status"
-        )
-        commands = await sql.query(
-            "SELECT saga, status, count(*) FROM saga_commands GROUP BY saga, status "
-            "ORDER BY saga, status"
-        )
-        deadlines = await sql.query("SELECT saga, count(*) FROM saga_deadlines GROUP BY saga")
+        from chronik.sagas.status import saga_counts
+
+        counts = await saga_counts(require(self.store, SqlStore))
         return SagaSummary(
-            [SagaCount(str(s), str(st), int(n)) for s, st, n in instances],
-            [SagaCount(str(s), str(st), int(n)) for s, st, n in commands],
-            {str(s): int(n) for s, n in deadlines},
+            [SagaCount(*row) for row in counts.instances],
+            [SagaCount(*row) for row in counts.commands],
+            counts.deadlines,
         )
 
     async def snapshots(self, call: Call[None, None]) -> SnapshotSummary:
