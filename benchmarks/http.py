@@ -58,24 +58,51 @@ async def _in_process(url: str, n: int, clients: int) -> dict[str, float]:
     return {"per_s": len(lat) / dt, "p50_ms": _pct(lat, 0.5) * 1e3, "p99_ms": _pct(lat, 0.99) * 1e3}
 
 
+async def _post(
+    reader: asyncio.StreamReader, writer: asyncio.StreamWriter, host: str, path: str, body: bytes
+) -> tuple[int, bytes]:
+    """One HTTP/1.1 keep-alive POST on an open connection: the status and the body."""
+    writer.write(
+        f"POST {path} HTTP/1.1\r\nHost: {host}\r\nContent-Type: application/json\r\n"
+        f"Content-Length: {len(body)}\r\n\r\n".encode()
+        + body
+    )
+    head = await reader.readuntil(b"\r\n\r\n")
+    status = int(head.split(b" ", 2)[1])
+    length = 0
+    for line in head.split(b"\r\n")[1:]:
+        name, _, value = line.partition(b":")
+        if name.strip().lower() == b"content-length":
+            length = int(value)
+    return status, await reader.readexactly(length)
+
+
 async def _over_http(base: str, n: int, clients: int) -> dict[str, float]:
+    """``clients`` keep-alive connections, one request in flight on each.
+
+    A minimal HTTP/1.1 client on asyncio streams, not httpx: with 32 connections httpx's
+    pool spent a whole core in this process (12 s of CPU in a 12 s run, profiled 2026-12-05),
+    so the figure measured the client, not the server.
+    """
     lat: list[float] = []
-    limits = httpx.Limits(max_connections=clients, max_keepalive_connections=clients)
-    async with httpx.AsyncClient(base_url=base, limits=limits, timeout=30) as http:
+    parts = httpx.URL(base)
+    host = f"{parts.host}:{parts.port}"
 
-        async def one(c: int) -> None:
+    async def one(c: int) -> None:
+        reader, writer = await asyncio.open_connection(parts.host, parts.port)
+        try:
             for i in range(n // clients):
+                body = b'{"events":[{"type":"Placed","data":{"n":%d}}]}' % i
                 t = time.perf_counter()
-                r = await http.post(
-                    f"/streams/http{c}-{i % 50}",
-                    json={"events": [{"type": "Placed", "data": {"n": i}}]},
-                )
-                assert r.status_code == 201, r.text
+                status, text = await _post(reader, writer, host, f"/streams/http{c}-{i % 50}", body)
+                assert status == 201, text
                 lat.append(time.perf_counter() - t)
+        finally:
+            writer.close()
 
-        t0 = time.perf_counter()
-        await asyncio.gather(*(one(c) for c in range(clients)))
-        dt = time.perf_counter() - t0
+    t0 = time.perf_counter()
+    await asyncio.gather(*(one(c) for c in range(clients)))
+    dt = time.perf_counter() - t0
     return {"per_s": len(lat) / dt, "p50_ms": _pct(lat, 0.5) * 1e3, "p99_ms": _pct(lat, 0.99) * 1e3}
 
 
@@ -109,11 +136,14 @@ async def _notify_round_trip(samples: int) -> list[float]:
         await psycopg.AsyncConnection.connect(PG, autocommit=True) as sender,
     ):
         await listener.execute("LISTEN chronik_bench")
-        gen = listener.notifies()
         for _ in range(samples):
             t = time.perf_counter()
             await sender.execute("NOTIFY chronik_bench")
-            await asyncio.wait_for(anext(gen), 5)
+            # a fresh generator per sample, ended by psycopg itself: cancelling a shared
+            # notifies() generator from outside (wait_for) hung the first version of this
+            got = [n async for n in listener.notifies(timeout=5, stop_after=1)]
+            if not got:
+                raise RuntimeError("NOTIFY was not delivered within 5 s")
             out.append(time.perf_counter() - t)
             await asyncio.sleep(0.01)
     return out
