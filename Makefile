@@ -4,7 +4,7 @@ VENV   := .venv
 BIN    := $(VENV)/bin
 STAMP  := $(VENV)/.installed
 
-.PHONY: demo test check lint types format bench bench-full soak clean
+.PHONY: demo test check lint types format bench bench-full soak clean conformance
 
 $(STAMP): pyproject.toml
 	@test -x $(BIN)/python || $(PYTHON) -m venv $(VENV)
@@ -59,6 +59,11 @@ bench-full: $(BENCH_STAMP)
 
 soak: $(STAMP)  ## long concurrency runs, not part of make test
 	$(BIN)/pytest -q -m soak
+
+conformance: $(STAMP)  ## KurrentDB protocol features (tests/kurrent): passed/failed per feature
+	@rm -f $(VENV)/conformance.jsonl
+	-CHRONIK_CONFORMANCE_OUT=$(CURDIR)/$(VENV)/conformance.jsonl $(BIN)/pytest -q -p no:cacheprovider tests/kurrent
+	$(BIN)/python -m tests.kurrent.conformance $(VENV)/conformance.jsonl
 
 clean:
 	rm -rf $(VENV) .mypy_cache .ruff_cache .pytest_cache .hypothesis chronik-demo.db*

@@ -11,12 +11,18 @@ transition period the CRM dual-writes:
 - a secondary store in the old shape, for the legacy reporting that reads it directly
   (appended with the same event ids, so a retried append writes nothing twice).
 
-Once every consumer reads v2, the v1 channel and the legacy store are switched off, and an
-offline ``chronik migrate copy --upcast`` can rewrite history in the new shape.
+Then history is rewritten in the new shape without stopping the CRM (the zero-downtime
+migration of docs/schema-evolution.md): a :class:`~chronik.migrate.CopyFollower` copies
+the store into a new one, upcast, while the CRM keeps writing through a
+:class:`~chronik.migrate.MigratingStore`; :func:`~chronik.migrate.cutover` fences the old
+store, copies its last events, verifies and marks the migration complete; the CRM's next
+write lands in the new store, and the projections move there with their checkpoints mapped
+(:func:`~chronik.migrate.map_checkpoint`).
 
 Run it::
 
-    python examples/crm_contacts.py --store sqlite:///crm.db --legacy sqlite:///crm-v1.db
+    python examples/crm_contacts.py --store sqlite:///crm.db --legacy sqlite:///crm-v1.db \
+        --new sqlite:///crm-v2.db
 """
 
 from __future__ import annotations
@@ -30,6 +36,14 @@ from typing import Any
 
 import chronik
 from chronik import NewEvent, RecordedEvent
+from chronik.migrate import (
+    CopyFollower,
+    CopyProgress,
+    MigratingStore,
+    copy_store,
+    cutover,
+    map_checkpoint,
+)
 from chronik.projections import ExternalProjection, ProjectionRunner
 
 registry = chronik.EventRegistry()
@@ -124,7 +138,10 @@ class LegacyMirror(ExternalProjection):
 app = chronik.App(registry=registry)
 
 
-async def run(url: str, legacy_url: str, say: Any = print) -> dict[str, Any]:
+async def run(
+    url: str, legacy_url: str, say: Any = print, *, new_url: str | None = None
+) -> dict[str, Any]:
+    new_url = new_url or url.replace(".db", "-v2.db")
     async with await chronik.connect(url) as store, await chronik.connect(legacy_url) as legacy:
         # last year's CRM wrote v1
         await store.append(
@@ -155,11 +172,82 @@ async def run(url: str, legacy_url: str, say: Any = print) -> dict[str, Any]:
         )
         loaded = [registry.decode(e) async for e in store.read_all()]
         say(f"the CRM itself reads only v2: {loaded}")
+        messages = len(bus.messages)
+        migration = await migrate_without_downtime(store, new_url, bus, legacy, say)
         return {
             "v2": new_shape,
             "v1": old_shape,
             "legacy": [(e.stream_id, e.schema_version, e.data) for e in mirrored],
-            "messages": len(bus.messages),
+            "messages": messages,
+            **migration,
+        }
+
+
+async def migrate_without_downtime(
+    store: chronik.EventStore, new_url: str, bus: Bus, legacy: chronik.EventStore, say: Any
+) -> dict[str, Any]:
+    """Rewrite history in the v2 shape into ``new_url`` while the CRM keeps writing."""
+    async with await chronik.connect(new_url) as new:
+        crm = MigratingStore(store, new, target_url=new_url)  # the CRM's writes go here
+        copied, wanted = asyncio.Event(), [1 << 62]
+
+        def progress(p: CopyProgress) -> None:
+            if p.checkpoint >= wanted[0]:
+                copied.set()
+
+        follower = CopyFollower(
+            store, new, registry=registry, upcast=True, poll_interval=0.05, progress=progress
+        )
+        async with follower:  # `chronik migrate copy --follow --upcast`
+            written = await crm.append(
+                "contact-3",
+                registry.to_new_events([ContactRegistered("Alan", "Turing", ["at@x.org"])]),
+                expected_version=chronik.NO_STREAM,
+            )
+            wanted[0] = written.position
+            if follower.checkpoint < written.position:  # copied, upcast, as it happens
+                await asyncio.wait_for(copied.wait(), 10)
+            # `chronik migrate cutover --upcast`: fence, copy the last events, verify, mark
+            report = await cutover(store, new, moved_to=new_url, registry=registry, upcast=True)
+            # the old store refuses the next write; the wrapper moves it to the new store
+            await crm.append(
+                "contact-4",
+                registry.to_new_events([ContactRegistered("Edsger", "Dijkstra", ["ewd@x.org"])]),
+                expected_version=chronik.NO_STREAM,
+            )
+            await follower.wait()  # it retires by itself: the migration is complete
+        assert crm.switch is not None and report.verification is not None
+        say(
+            f"cut over at position {report.fence.position}: verified "
+            f"{report.verification.target_events} events; write pause "
+            f"{crm.switch.pause_seconds:.3f}s"
+        )
+        try:  # running the copy again says why there is nothing to do
+            await copy_store(store, new, registry=registry, upcast=True)
+            complete = ""
+        except chronik.MigrationComplete as done:
+            complete = str(done)
+        say(complete)
+        # the projections move with their checkpoints mapped to the new store's positions
+        moved = {}
+        for name, position in (await store.checkpoints()).items():
+            if not name.startswith("chronik."):
+                moved[name] = await map_checkpoint(store, new, position)
+        async with new.transaction() as tx:
+            for name, position in moved.items():
+                await tx.set_checkpoint(name, position)
+        runner = ProjectionRunner(new, [IntegrationPublisher(bus), LegacyMirror(legacy)])
+        await runner.catch_up()  # only contacts 3 and 4: nothing published twice
+        migrated = [e async for e in new.read_all()]
+        say(
+            "new store: "
+            + ", ".join(f"{e.stream_id} v{e.schema_version} {e.data}" for e in migrated)
+        )
+        return {
+            "migrated": [(e.stream_id, e.schema_version) for e in migrated],
+            "pause_seconds": crm.switch.pause_seconds,
+            "complete": complete,
+            "messages_after": len(bus.messages),
         }
 
 
@@ -167,8 +255,9 @@ def main(argv: Sequence[str] | None = None) -> int:
     parser = argparse.ArgumentParser(description=__doc__)
     parser.add_argument("--store", default="sqlite:///crm.db")
     parser.add_argument("--legacy", default="sqlite:///crm-v1.db")
+    parser.add_argument("--new", default="sqlite:///crm-v2.db", help="the migrated store")
     args = parser.parse_args(argv)
-    asyncio.run(run(args.store, args.legacy))
+    asyncio.run(run(args.store, args.legacy, new_url=args.new))
     return 0
 
 

@@ -14,7 +14,7 @@ import re
 from pathlib import Path
 
 from chronik.store.capabilities import BACKENDS
-from chronik.store.port import EventLog, Inspectable, SqlStore, WorkerState
+from chronik.store.port import EventLog, Fencing, Inspectable, SqlStore, WorkerState
 
 SRC = Path(__file__).parent.parent / "src" / "chronik"
 TESTS = Path(__file__).parent
@@ -93,6 +93,7 @@ SUITES = {
     Inspectable: {"InspectableContract", "EventStoreContract"},
     WorkerState: {"WorkerStateContract", "EventStoreContract"},
     SqlStore: {"SqlStoreContract"},
+    Fencing: {"FencingContract"},
 }
 
 

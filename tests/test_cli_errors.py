@@ -68,6 +68,11 @@ def _arguments(parser: argparse.ArgumentParser, url: str, tmp: Path) -> list[str
             value = SPEC
         else:
             value = "order-1"
+            if callable(action.type):
+                try:
+                    action.type(value)
+                except (ValueError, TypeError, argparse.ArgumentTypeError):
+                    value = "2"  # a number (`workers resize PARTITIONS`)
         if not action.option_strings and action.nargs in (None, 1):
             argv.append(value)
         elif action.option_strings and action.required:

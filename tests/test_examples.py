@@ -178,6 +178,11 @@ def test_crm_contacts_dual_write_serves_both_shapes(tmp_path: Path) -> None:
     assert result["v2"][1]["emails"] == ["grace@navy.mil", "gh@x.org"]
     assert result["messages"] == 4  # two contacts, two shapes, nothing twice
     assert [(s, v) for s, v, _ in result["legacy"]] == [("contact-1", 1), ("contact-2", 1)]
+    # the zero-downtime migration: history upcast into the new store, writes moved there
+    assert result["migrated"] == [(f"contact-{n}", 2) for n in (1, 2, 3, 4)]
+    assert result["pause_seconds"] > 0
+    assert "this migration is complete (cut over at position" in result["complete"]
+    assert result["messages_after"] == 8  # contacts 3 and 4 published once, both shapes
 
 
 def test_funds_transfer_completes_and_compensates(tmp_path: Path) -> None:

@@ -1,6 +1,7 @@
 """Dependencies point one way: each module imports only its own layer and the layers below.
 
-    faces        chronik (the re-exporting package), chronik.__main__, chronik.cli.*
+    faces        chronik (the re-exporting package), chronik.__main__, chronik.cli.*,
+                 chronik.kurrent.*
     tools        debugging, integrity, migrate, testing.*
     workers      workers, subscriptions, projections, sagas, nats, snapshots.worker,
                  and the chronik.snapshots package (it re-exports the Snapshotter)
@@ -28,13 +29,16 @@ LAYERS = [
                 "_version"]),
     ("store", ["store"]),
     ("application", ["aggregate", "app", "snapshots.config", "snapshots.load",
-                     "snapshots.policies", "snapshots.store", "projections.kinds"]),
+                     "snapshots.policies", "snapshots.store", "projections.kinds",
+                     "projections.control",
+                     "security"]),
     ("workers", ["workers", "subscriptions", "projections", "sagas", "nats", "snapshots.worker",
-                 "snapshots"]),
-    ("tools", ["debugging", "integrity", "migrate", "testing"]),
-    ("faces", ["", "__main__", "cli", "server"]),
+                 "snapshots", "scaleout"]),
+    ("tools", ["debugging", "integrity", "migrate", "testing", "ops"]),
+    ("faces", ["", "__main__", "cli", "server", "kurrent"]),
 ]  # fmt: skip
-WORKER_MODULES = ["workers", "subscriptions", "projections", "sagas", "nats", "snapshots.worker"]
+WORKER_MODULES = ["workers", "subscriptions", "projections", "sagas", "nats", "snapshots.worker",
+                  "scaleout"]  # fmt: skip
 
 
 def _module_name(path: Path) -> str:

@@ -15,6 +15,9 @@
     ├── BatchTooLarge (ValueError)  more events in one append than a backend can number
     ├── PayloadTooLarge (ValueError)
     ├── UnknownEventType (LookupError)
+    ├── UnknownProjection           no projection of that name was set up in this store
+    ├── ProjectionPaused            an operator paused the projection: the batch rolled back
+    │                               and its runner holds until resumed (runners handle it)
     ├── SerializationError (ValueError)
     │   ├── InvalidEvent            an event to append or import breaks a rule of what the
     │   │                           store holds (its id, type, schema version, data or
@@ -23,6 +26,8 @@
     │                               or a schema version newer than the code)
     ├── RegistryError (ValueError)  an event type declared twice or malformed; broken chains
     ├── StoreUnavailable (ConnectionError)
+    │   └── StoreFenced             writes here were moved to another store (a migration's
+    │                               cut-over); retry against the store it names
     ├── StoreNotFound (LookupError) no chronik store where the URL points, and none was to be
     │                               created (``connect(url, create=False)``)
     ├── UnsupportedStoreUrl (ValueError)
@@ -34,15 +39,28 @@
     │                               a store lacks a capability asked of it (SQL on memory://);
     │                               says which backends have it
     ├── MigrationError              an offline copy stopped (failing transform, failed check)
+    ├── BackupError                 a backup cannot be taken or restored (target exists, store
+    │   │                           not empty, an incremental continues another base, ...)
+    │   └── BackupCorrupted         a backup is missing a file, truncated or altered
+    │   └── MigrationComplete       the migration was cut over: writers use the new store
     ├── SchemaError                 the database schema is newer than this code
     ├── LoadError                   ``MODULE:OBJECT`` names no module, no attribute, or the
     │                               wrong kind of object (``--app``, ``--transform``, ...)
     ├── WaitTimeout (TimeoutError)  a projection did not reach a position in time
     ├── FollowerFailed              a worker stopped for good (a poison event with "stop")
+    ├── LeaseLost                   a partition's lease has a newer owner (epoch): the batch
+    │                               rolled back and the stale owner stops handling it
+    ├── WorkOwned                   SQLite: another live process already runs that worker
     ├── CommandRejected             a saga's command was refused by its aggregate
     ├── InvalidDecision (TypeError) ``decide`` returned no list of events (``None``, one
     │                               event); names the decider, the command and the stream
-    └── InvalidSubject (ValueError) a NATS subject token would be empty or a wildcard
+    ├── InvalidSubject (ValueError) a NATS subject token would be empty or a wildcard
+    ├── AuthenticationFailed (PermissionError)
+    │                               no, malformed, unknown, expired or revoked credentials
+    ├── AccessDenied (PermissionError)
+    │                               the principal may not do that operation on that category
+    ├── RateLimited                 a token sent more requests than its rate allows
+    └── PolicyError (ValueError)    a security policy (TOML) is invalid; names the bad key
 
 Driver exceptions never leak: each backend raises one of these ``from`` the driver's error.
 The core knows no HTTP status codes; the HTTP layer maps them. This module imports nothing
@@ -52,6 +70,10 @@ of chronik: it is the bottom of the layers (see docs/architecture.md).
 from __future__ import annotations
 
 __all__ = [
+    "AccessDenied",
+    "AuthenticationFailed",
+    "BackupCorrupted",
+    "BackupError",
     "BatchTooLarge",
     "CheckpointMoved",
     "ChronikError",
@@ -65,18 +87,26 @@ __all__ = [
     "InvalidExpectedVersion",
     "InvalidStreamId",
     "InvalidSubject",
+    "LeaseLost",
     "LoadError",
+    "MigrationComplete",
     "MigrationError",
     "MissingCapability",
     "MissingDependency",
     "PayloadTooLarge",
+    "PolicyError",
+    "ProjectionPaused",
+    "RateLimited",
     "RegistryError",
     "SchemaError",
     "SerializationError",
+    "StoreFenced",
     "StoreNotFound",
     "StoreUnavailable",
     "StreamNotFound",
     "UnknownEventType",
+    "WorkOwned",
+    "UnknownProjection",
     "UnsupportedStoreUrl",
     "UpcastError",
     "WaitTimeout",
@@ -120,6 +150,27 @@ class ConcurrencyError(ChronikError):
             f"stream {stream_id!r}: expected version {_describe_version(expected)}, "
             f"actual {_describe_version(actual)}"
         )
+
+
+class UnknownProjection(ChronikError):
+    """No projection of that name has been set up in this store (pause, resume)."""
+
+    def __init__(self, name: str) -> None:
+        super().__init__(
+            f"no projection {name!r} in this store (a projection is known once a runner set "
+            "it up: `chronik projections status` lists them)"
+        )
+        self.name = name
+
+
+class ProjectionPaused(ChronikError):
+    """An operator paused the projection (``chronik projections pause``): the batch's
+    transaction rolled back before its checkpoint moved. Its runner catches it and holds
+    until the projection is resumed; it reaches callers of a runner only through bugs."""
+
+    def __init__(self, name: str) -> None:
+        super().__init__(f"projection {name!r} is paused")
+        self.name = name
 
 
 class CheckpointMoved(ChronikError):
@@ -290,10 +341,38 @@ class UpcastError(SerializationError):
     """
 
 
+class BackupError(ChronikError):
+    """A backup cannot be taken or restored (``chronik backup``/``restore``): the backup
+    folder exists, the store is in memory, the target is not empty or holds a half restore,
+    an incremental backup continues another base than the target holds. Nothing written."""
+
+
+class BackupCorrupted(BackupError):
+    """A backup does not check: a file is missing, truncated or altered. Names the backup
+    folder (``path``) and what does not match (``reason``); nothing was restored from it."""
+
+    def __init__(self, path: object, reason: str) -> None:
+        self.path = str(path)
+        self.reason = reason
+        super().__init__(f"backup {self.path} is corrupted or incomplete: {reason}")
+
+
 class MigrationError(ChronikError):
     """``chronik migrate copy`` stopped: a transform failed on an event, the target holds
     other events, or the final check found a difference. What was copied stays consistent
     and the copy resumes from its checkpoint."""
+
+
+class MigrationComplete(MigrationError):
+    """The migration was cut over (``chronik migrate cutover``): the old store is fenced and
+    writers use the new one, so there is nothing left to copy."""
+
+    def __init__(self, position: int) -> None:
+        self.position = position
+        super().__init__(
+            f"this migration is complete (cut over at position {position}): writers use the "
+            f"target now; copy into a fresh store to migrate again"
+        )
 
 
 class RegistryError(ChronikError, ValueError):
@@ -303,6 +382,20 @@ class RegistryError(ChronikError, ValueError):
 
 class StoreUnavailable(ChronikError, ConnectionError):
     """The database could not be reached or failed in a way that says nothing about data."""
+
+
+class StoreFenced(StoreUnavailable):
+    """This store takes no more events: a migration fenced it and writes go to ``moved_to``
+    (the new store's URL, password hidden). Nothing of the refused append was written, so
+    it is safe to retry it there (``chronik.migrate.MigratingStore`` does it for you)."""
+
+    retryable = True
+
+    def __init__(self, moved_to: str, position: int | None = None) -> None:
+        self.moved_to = moved_to
+        self.position = position
+        at = "" if position is None else f" at position {position}"
+        super().__init__(f"this store was fenced{at} by a migration: write to {moved_to} instead")
 
 
 class UnsupportedStoreUrl(ChronikError, ValueError):
@@ -368,6 +461,28 @@ class FollowerFailed(ChronikError):
     def __init__(self, reason: str) -> None:
         self.reason = reason
         super().__init__(reason)
+
+
+class LeaseLost(ChronikError):
+    """A partitioned worker's lease was taken over (its epoch is no longer current): the
+    batch's writes and checkpoint rolled back, and the stale owner stops handling the
+    partition (see docs/scale-out.md)."""
+
+    def __init__(self, lease: str, detail: str = "") -> None:
+        self.lease = lease
+        super().__init__(f"lease {lease} lost" + (f" ({detail})" if detail else ""))
+
+
+class WorkOwned(ChronikError):
+    """SQLite runs one process per worker group: another live process owns ``name``."""
+
+    def __init__(self, name: str, owner: str) -> None:
+        self.name = name
+        self.owner = owner
+        super().__init__(
+            f"worker group {name!r} is already run by {owner} on this SQLite store; SQLite "
+            "runs one process per worker group (use PostgreSQL to run several)"
+        )
 
 
 class CommandRejected(ChronikError):
@@ -438,3 +553,40 @@ class InvalidDecision(ChronikError, TypeError):
             f"decide of {decider} returned {got} for command {type(command).__name__}{where}: "
             "it must return a list of events ([] when nothing happens)"
         )
+
+
+class AuthenticationFailed(ChronikError, PermissionError):
+    """No credentials where they are required, or credentials that are malformed, unknown,
+    expired or revoked. The message says which, never the secret."""
+
+
+class AccessDenied(ChronikError, PermissionError):
+    """The principal's roles do not grant ``operation`` on ``category`` (``None``: the store
+    as a whole). Decided from the principal and the request alone, never from what exists."""
+
+    def __init__(self, principal: str, operation: str, category: str | None) -> None:
+        self.principal = principal
+        self.operation = operation
+        self.category = category
+        on = "the whole store" if category is None else f"category {category!r}"
+        super().__init__(f"{principal} may not {operation} on {on}")
+
+
+class RateLimited(ChronikError):
+    """More requests than the policy's rate allows for one principal; retry after
+    ``retry_after`` seconds."""
+
+    def __init__(self, principal: str, retry_after: float) -> None:
+        self.principal = principal
+        self.retry_after = retry_after
+        super().__init__(f"{principal}: too many requests; retry after {retry_after:.1f}s")
+
+
+class PolicyError(ChronikError, ValueError):
+    """A security policy is invalid: ``key`` is the dotted path of the bad entry
+    (``roles.reader.read``), ``reason`` what is wrong with it."""
+
+    def __init__(self, key: str, reason: str) -> None:
+        self.key = key
+        self.reason = reason
+        super().__init__(f"policy: {key}: {reason}")

@@ -36,6 +36,7 @@ from chronik.decider import Decider
 from chronik.errors import ChronikError, RegistryError, UnknownEventType
 from chronik.events import RecordedEvent
 from chronik.store.capabilities import require, supports
+from chronik.store.horizon import read_horizon
 from chronik.store.port import EventStore, SqlStore
 
 __all__ = ["CHECKS", "CheckReport", "Problem", "check"]
@@ -92,6 +93,9 @@ class CheckReport:
     streams: int = 0
     decoded: int = 0
     max_details: int = DEFAULT_MAX_DETAILS
+    warnings: list[str] = field(default_factory=list)
+    """What is not a problem of the stored data but stalls its readers (a held read
+    horizon: ``read horizon held back since T by PID/xid ...``); ``ok`` stays true."""
 
     @property
     def ok(self) -> bool:
@@ -120,6 +124,7 @@ class CheckReport:
             "skipped": dict(self.skipped),
             "breakdown": {k: dict(v) for k, v in self.breakdown.items()},
             "problems": [p.to_dict() for p in self.problems],
+            "warnings": list(self.warnings),
         }
 
 
@@ -215,6 +220,9 @@ async def check(
                     position=position,
                 )
             )
+    horizon = await read_horizon(store)
+    if horizon is not None and horizon.held:
+        report.warnings.append(horizon.describe())
     return report
 
 

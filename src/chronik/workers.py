@@ -47,7 +47,9 @@ __all__ = ["Backoff", "Follower", "FollowerFailed", "Poller", "Worker", "WorkerS
 
 logger = logging.getLogger("chronik.workers")
 
-WorkerState = Literal["idle", "running", "retrying", "stopped", "failed", "rebuilding", "retired"]
+WorkerState = Literal[
+    "idle", "running", "retrying", "paused", "stopped", "failed", "rebuilding", "retired"
+]
 
 
 class Worker:
@@ -120,7 +122,7 @@ class Worker:
             for t in late:
                 t.cancel()
             await asyncio.gather(task, return_exceptions=True)
-        if self.state in ("running", "retrying"):
+        if self.state in ("running", "retrying", "paused"):
             await self._set_state("stopped")
         await self._stopped()
 
@@ -321,11 +323,17 @@ class Follower(Worker):
             return await self._caught_up_by_task(head)  # no second reader racing the first
         await self._ready()
         done = 0
-        async for page in self._subscribe().pages(follow=False, until=head):
-            done += await self._take(page)
-            if progress is not None:
-                progress(done)
-        return done
+        while True:
+            try:
+                async for page in self._subscribe().pages(follow=False, until=head):
+                    done += await self._take(page)
+                    if progress is not None:
+                        progress(done)
+                return done
+            except CheckpointMoved:
+                # another runner (another process, say) committed first: go on from its
+                # checkpoint; what it applied is not counted here
+                await self.load_checkpoint()
 
     async def _caught_up_by_task(self, head: int) -> int:
         """Wait until the running task has handled everything up to ``head``."""

@@ -10,10 +10,10 @@ from chronik.errors import ChronikError, MissingCapability
 from chronik.store import SqlStore, require, supports
 from chronik.store.memory import MemoryEventStore
 from chronik.store.protocol import EventStore
-from chronik.testing.contract import EventStoreContract
+from chronik.testing.contract import EventStoreContract, FencingContract
 
 
-class TestMemoryStore(EventStoreContract):
+class TestMemoryStore(EventStoreContract, FencingContract):
     @pytest.fixture
     async def store(self) -> AsyncIterator[EventStore]:
         async with MemoryEventStore(max_event_bytes=64 * 1024) as store:

@@ -9,10 +9,10 @@ import chronik
 from chronik.events import NO_STREAM, NewEvent
 from chronik.store.protocol import EventStore
 from chronik.store.sqlite import SqliteEventStore
-from chronik.testing.contract import EventStoreContract, SqlStoreContract, collect
+from chronik.testing.contract import EventStoreContract, FencingContract, SqlStoreContract, collect
 
 
-class TestSqliteStore(EventStoreContract, SqlStoreContract):
+class TestSqliteStore(EventStoreContract, SqlStoreContract, FencingContract):
     @pytest.fixture
     async def store(self, tmp_path: Path) -> AsyncIterator[EventStore]:
         async with await SqliteEventStore.open(

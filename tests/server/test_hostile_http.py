@@ -31,6 +31,19 @@ async def test_percent_escapes_that_are_not_utf8_are_refused_not_rewritten(path:
         assert await store.head_position() == 0  # nothing stored under U+FFFD
 
 
+@pytest.mark.parametrize(
+    "path",
+    ["/live/streams/a%FF", "/live/categories/%ED%A0%80", "/live/sagas/%FF",
+     "/live/events?types=%FF"],
+)  # fmt: skip
+async def test_live_routes_refuse_percent_escapes_that_are_not_utf8(path: str) -> None:
+    async with await chronik.connect("memory://") as store:
+        transport = httpx.ASGITransport(app=create_app(store))
+        async with httpx.AsyncClient(transport=transport, base_url="http://t") as http:
+            answer = await http.get(path)
+        assert answer.status_code == 400 and answer.json()["error"]["type"] == "InvalidEncoding"
+
+
 def test_a_client_that_leaves_mid_body_is_not_logged_as_a_bug(
     caplog: pytest.LogCaptureFixture,
 ) -> None:

@@ -100,3 +100,35 @@ async def test_sql_only_endpoints_on_memory_say_which_backends_have_it() -> None
     assert answer.status_code == 501
     assert answer.json()["error"]["type"] == "MissingCapability"
     assert "sqlite" in answer.json()["error"]["message"]
+
+
+async def test_pause_and_resume_over_http(store: chronik.EventStore) -> None:
+    projection = Totals()
+    projection.broken = False
+    await store.append("order-1", [chronik.NewEvent("Placed", {})])
+    runner = ProjectionRunner(store, [projection])
+    await runner.catch_up()
+    web = create_app(store)  # no --app needed: the projection is known to the store
+    transport = httpx.ASGITransport(app=web)
+    async with httpx.AsyncClient(transport=transport, base_url="http://t") as http:
+        r = await http.post("/projections/totals/pause", params={"by": "ops"})
+        assert r.status_code == 200, r.text
+        body = r.json()
+        assert body["name"] == "totals" and body["paused"] is True and body["paused_by"] == "ops"
+        (row,) = (await http.get("/projections")).json()["projections"]
+        assert row["paused_at"] == body["paused_at"] and row["paused_by"] == "ops"
+
+        r = await http.post("/projections/nope/pause")
+        assert r.status_code == 404 and r.json()["error"]["type"] == "UnknownProjection"
+        r = await http.post("/projections/totals/pause", params={"by": "x" * 501})
+        assert r.status_code == 400
+        r = await http.post("/projections/totals/pause", params={"whom": "x"})
+        assert r.status_code == 400  # unknown parameter
+
+        r = await http.post("/projections/totals/resume")
+        assert r.json() == {"name": "totals", "paused": False, "paused_at": None,
+                            "paused_by": None, "was_paused": True}  # fmt: skip
+        (row,) = (await http.get("/projections")).json()["projections"]
+        assert row["paused_at"] is None
+        r = await http.post("/projections/nope/resume")
+        assert r.status_code == 404

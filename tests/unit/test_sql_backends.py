@@ -29,6 +29,8 @@ POSTGRES_ONLY = {
     "never sorts the whole tail; SQLite's planner uses the category index",
     "lock_checkpoint": "a checkpoint's transaction lock; on SQLite the write transaction "
     "already holds the only write lock",
+    "lock_events_share": "the fence waits for inserting transactions in flight (0009); on "
+    "SQLite the write transaction already holds the only write lock",
     "advance_checkpoint": "compares and moves a checkpoint in the server "
     "(chronik_advance_checkpoint, migration 0006); SQLite does it inside its transaction",
     "migrate_lock": _SCHEMA,

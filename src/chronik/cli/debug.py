@@ -186,6 +186,8 @@ async def cmd_check(store: EventStore, args: argparse.Namespace, out: Output) ->
             ["check", "problem"],
             [[p.check, p.message] for p in _first(report.problems, 5)],
         )
+    for warning in report.warnings:
+        out.say(("warning:", "yellow"), f" {warning}")
     out.say(("no problems found", "green") if report.ok else ("problems found", "red"))
     return 0 if report.ok else 1
 

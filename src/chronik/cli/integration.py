@@ -13,6 +13,7 @@ from chronik.cli._common import (
     require_extra,
     run_until_signal,
 )
+from chronik.cli.ops import add_metrics_port, serving_metrics
 from chronik.errors import LoadError
 from chronik.store import EventStore, SqlStore, redact_url, require
 
@@ -24,7 +25,8 @@ async def cmd_sagas_run(store: EventStore, args: argparse.Namespace, out: Output
     if not callable(factory):
         raise LoadError(args.workers, "sagas run", "not a function taking the store")
     workers = list(factory(store))
-    return await run_until_signal(workers, out, f"{len(workers)} saga workers")
+    async with serving_metrics(store, args.metrics_port):
+        return await run_until_signal(workers, out, f"{len(workers)} saga workers")
 
 
 async def cmd_sagas_status(store: EventStore, args: argparse.Namespace, out: Output) -> int:
@@ -63,9 +65,10 @@ async def cmd_relay_run(store: EventStore, args: argparse.Namespace, out: Output
         await ensure_stream(
             relay._js, args.stream, [f"{args.prefix}.>"], duplicate_window=args.duplicate_window
         )
-    return await run_until_signal(
-        [relay], out, f"relay to {args.stream} at {redact_url(args.nats)}"
-    )
+    async with serving_metrics(store, args.metrics_port):
+        return await run_until_signal(
+            [relay], out, f"relay to {args.stream} at {redact_url(args.nats)}"
+        )
 
 
 async def cmd_relay_status(store: EventStore, args: argparse.Namespace, out: Output) -> int:
@@ -126,6 +129,7 @@ def register(sub: Any, common: argparse.ArgumentParser) -> None:
         help="MODULE:OBJECT, a function taking the store and returning workers "
         "(SagaRunner, CommandDispatcher, DeadlineWorker)",
     )
+    add_metrics_port(p)
     p.set_defaults(handler=cmd_sagas_run)
     p = ssub.add_parser("status", parents=[common], help="instances, commands and deadlines")
     p.set_defaults(handler=cmd_sagas_status)
@@ -147,6 +151,7 @@ def register(sub: Any, common: argparse.ArgumentParser) -> None:
         default=120.0,
         help="JetStream's duplicate window in seconds",
     )
+    add_metrics_port(p)
     p.set_defaults(handler=cmd_relay_run)
     p = rsub.add_parser(
         "status", parents=[common], help="checkpoint, head, lag and dead letters of each relay"

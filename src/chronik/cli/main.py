@@ -87,6 +87,9 @@ COMMAND_MODULES = [
     "chronik.cli.migrate",
     "chronik.cli.integration",
     "chronik.cli.serve",
+    "chronik.cli.tokens",
+    "chronik.cli.ops",
+    "chronik.cli.workers",
 ]
 """Modules adding command groups: each has ``register(subparsers, common_parser)``."""
 
@@ -201,7 +204,10 @@ async def cmd_tail(store: EventStore, args: argparse.Namespace, out: Output) -> 
 
 
 async def cmd_stats(store: EventStore, args: argparse.Namespace, out: Output) -> int:
+    from chronik.store.horizon import read_horizon
+
     stats = await store.stats()
+    horizon = await read_horizon(store)  # PostgreSQL: what readers cannot see yet, and why
     if out.as_json:
         out.json(
             {
@@ -210,9 +216,12 @@ async def cmd_stats(store: EventStore, args: argparse.Namespace, out: Output) ->
                 "head_position": stats.head_position,
                 "categories": stats.categories,
                 "size_bytes": stats.size_bytes,
+                "horizon": horizon.to_dict() if horizon is not None else None,
             }
         )
         return 0
+    if horizon is not None and horizon.held:
+        out.say(("warning:", "yellow"), f" {horizon.describe()}")
     size = "n/a" if stats.size_bytes is None else f"{stats.size_bytes / 1024:,.1f} KiB"
     out.table(
         "store",

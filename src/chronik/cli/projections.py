@@ -7,8 +7,10 @@ from typing import Any
 
 from chronik.app import load_app
 from chronik.cli._common import Output, at_least, positive_float, run_until_signal
+from chronik.cli.ops import add_metrics_port, serving_metrics
 from chronik.errors import ChronikError
 from chronik.store import redact_url, store_url
+from chronik.store.horizon import events_after, read_horizon
 from chronik.store.protocol import EventStore
 
 __all__ = ["load_projections", "register"]
@@ -29,20 +31,28 @@ async def cmd_projections_status(store: EventStore, args: argparse.Namespace, ou
         runner = ProjectionRunner(store, load_projections(args.app))
         statuses = [s.to_dict() for s in await runner.status()]
     else:
+        from chronik.projections.control import paused_projections
+
         head = await store.head_position()
+        paused = await paused_projections(store)
         statuses = []
         for name, position in sorted((await store.checkpoints()).items()):
             letters = await store.dead_letters(name)
+            pause = paused.get(name.partition(":v")[0])
             statuses.append(
                 {
                     "name": name,
                     "checkpoint": position,
                     "head": head,
-                    "lag_events": await store.count_events(after=position),
+                    "lag_events": (await events_after(store, position)).events,
                     "dead_letters": len(letters),
+                    "paused_at": pause.paused_at.isoformat() if pause else None,
                 }
             )
     out.records("projections", statuses, empty="no projections have a checkpoint yet")
+    horizon = await read_horizon(store)
+    if horizon is not None and horizon.held and not out.as_json:
+        out.note(("warning:", "yellow"), f" {horizon.describe()}")
     return 0
 
 
@@ -126,6 +136,31 @@ async def cmd_projections_dead_letters(
     return 0
 
 
+async def cmd_projections_pause(store: EventStore, args: argparse.Namespace, out: Output) -> int:
+    from chronik.projections.control import pause_projection
+
+    done = await pause_projection(store, args.name, by=args.by)
+    if out.as_json:
+        out.json({"name": done.name, "paused": True, "paused_at": done.paused_at.isoformat(),
+                  "paused_by": done.by})  # fmt: skip
+    else:
+        by = f" ({done.by})" if done.by else ""
+        out.say(("paused", "yellow"), f" {done.name} since {done.paused_at:%Y-%m-%d %H:%M:%S} "
+                f"UTC{by}: its runners hold after the batch in flight")  # fmt: skip
+    return 0
+
+
+async def cmd_projections_resume(store: EventStore, args: argparse.Namespace, out: Output) -> int:
+    from chronik.projections.control import resume_projection
+
+    was = await resume_projection(store, args.name)
+    if out.as_json:
+        out.json({"name": args.name, "paused": False, "was_paused": was})
+    else:
+        out.say(("resumed", "green") if was else ("not paused", "yellow"), f" {args.name}")
+    return 0
+
+
 async def cmd_projections_run(store: EventStore, args: argparse.Namespace, out: Output) -> int:
     from chronik.projections import ProjectionRunner
 
@@ -134,7 +169,10 @@ async def cmd_projections_run(store: EventStore, args: argparse.Namespace, out: 
         store, projections, batch_size=args.batch_size, poll_interval=args.interval
     )
     names = ", ".join(p.name for p in projections)
-    code = await run_until_signal([runner], out, f"{names} on {redact_url(store_url(args.store))}")
+    async with serving_metrics(store, args.metrics_port, projections=runner.status):
+        code = await run_until_signal(
+            [runner], out, f"{names} on {redact_url(store_url(args.store))}"
+        )
     statuses = [s.to_dict() for s in await runner.status()]
     if out.as_json:
         out.json(statuses)
@@ -164,8 +202,18 @@ def register(sub: Any, common: argparse.ArgumentParser) -> None:
     p.add_argument("--app", help=app_help + " (needed with --retry)")
     p.set_defaults(handler=cmd_projections_dead_letters)
 
+    p = psub.add_parser("pause", parents=[common], help="pause a projection in every process")
+    p.add_argument("name")
+    p.add_argument("--by", default="", help="who or why (shown in statuses)")
+    p.set_defaults(handler=cmd_projections_pause)
+
+    p = psub.add_parser("resume", parents=[common], help="resume a paused projection")
+    p.add_argument("name")
+    p.set_defaults(handler=cmd_projections_resume)
+
     p = psub.add_parser("run", parents=[common], help="run projections until SIGTERM/SIGINT")
     p.add_argument("app", help=app_help)
     p.add_argument("--batch-size", type=at_least(1), default=500, help="events per batch")
     p.add_argument("--interval", type=positive_float, default=0.5, help="poll interval in seconds")
+    add_metrics_port(p)
     p.set_defaults(handler=cmd_projections_run)

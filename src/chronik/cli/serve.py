@@ -5,18 +5,73 @@ from __future__ import annotations
 import argparse
 import asyncio
 import contextlib
+import ipaddress
+import os
 import signal
 from collections.abc import Iterator
-from typing import Any
+from typing import TYPE_CHECKING, Any
 
-from chronik.cli._common import Output, at_least, require_extra
+from chronik.cli._common import Output, at_least, positive_float, require_extra
 from chronik.errors import ChronikError
 from chronik.store import connect, redact_url, store_url
+
+if TYPE_CHECKING:
+    from chronik.security import Policy
 
 __all__ = ["register"]
 
 
 async def cmd_serve(args: argparse.Namespace, out: Output) -> int:
+    kurrent_listen = getattr(args, "kurrent_grpc", None)
+    if getattr(args, "no_http", False) and kurrent_listen is None:
+        raise ChronikError("--no-http serves nothing without --kurrent-grpc [HOST:]PORT")
+    if kurrent_listen is None:
+        return await _serve_http(args, out)
+    require_extra("grpc", "chronik serve --kurrent-grpc", "grpcio", "kurrent")
+    require_extra("kurrentdbclient", "chronik serve --kurrent-grpc", "kurrentdbclient", "kurrent")
+    from chronik.kurrent.serving import start_kurrent
+
+    # the gRPC face has no authentication yet: fail closed rather than serve it open beside
+    # an HTTP face that enforces a policy, or on an address others can reach
+    if getattr(args, "policy", None) or getattr(args, "anonymous", None):
+        raise ChronikError(
+            "--kurrent-grpc cannot be combined with --policy/--anonymous yet: the KurrentDB "
+            "face does not enforce a policy (docs/security.md); serve it without them on "
+            "the loopback, or serve only HTTP"
+        )
+    if not _is_loopback(kurrent_listen[0]):
+        raise ChronikError(
+            f"refusing to serve the KurrentDB protocol on {kurrent_listen[0]} without "
+            "authentication (not implemented on that face yet): listen on 127.0.0.1"
+        )
+    url = store_url(getattr(args, "store", None))
+    kurrent = await start_kurrent(url, kurrent_listen)
+    out.say(
+        f"serving the KurrentDB protocol for {redact_url(url)} on "
+        f"{kurrent.server.connection_string}"
+    )
+    try:
+        if not args.no_http:
+            return await _serve_http(args, out)
+        await _wait_for_stop_signal()
+        return 0
+    finally:
+        await kurrent.close()
+
+
+async def _wait_for_stop_signal() -> None:
+    loop = asyncio.get_running_loop()
+    stop = asyncio.Event()
+    for sig in (signal.SIGINT, signal.SIGTERM):
+        loop.add_signal_handler(sig, stop.set)
+    try:
+        await stop.wait()
+    finally:
+        for sig in (signal.SIGINT, signal.SIGTERM):
+            loop.remove_signal_handler(sig)
+
+
+async def _serve_http(args: argparse.Namespace, out: Output) -> int:
     require_extra("starlette", "chronik serve", "starlette", "server")
     require_extra("uvicorn", "chronik serve", "uvicorn", "server")
     require_extra("jinja2", "chronik serve", "jinja2", "server")
@@ -27,13 +82,20 @@ async def cmd_serve(args: argparse.Namespace, out: Output) -> int:
 
     url = store_url(getattr(args, "store", None))
     app = load_app(args.app) if args.app else None
+    tls = _tls(args)
     # the store must be there (`chronik init` creates one): a typo in the URL must not
     # serve an empty store; checked now, so the error is one line before the server starts
     async with await connect(url, create=False):
         pass
+    policy = _policy(args, out)
     stopping = asyncio.Event()  # set on SIGINT/SIGTERM: live streams end at once
     web = create_app_for_url(
-        url, app=app, max_body_bytes=args.max_body_bytes, create=False, stopping=stopping
+        url,
+        app=app,
+        max_body_bytes=args.max_body_bytes,
+        create=False,
+        stopping=stopping,
+        policy=policy,
     )
     config = uvicorn.Config(
         web,
@@ -45,9 +107,11 @@ async def cmd_serve(args: argparse.Namespace, out: Output) -> int:
         # live clients (SSE, WebSocket) never end their requests: after this long the
         # stop closes them; EventSource clients reconnect with their Last-Event-ID
         timeout_graceful_shutdown=5,
+        **tls,
     )
     server = _server_class(stopping)(config)
-    out.say(f"serving {redact_url(url)} on http://{args.host}:{args.port} (Ctrl-C stops)")
+    scheme = "https" if tls else "http"
+    out.say(f"serving {redact_url(url)} on {scheme}://{args.host}:{args.port} (Ctrl-C stops)")
     try:
         await server.serve()
     except OSError as exc:  # the port is taken, the host is not ours
@@ -55,6 +119,59 @@ async def cmd_serve(args: argparse.Namespace, out: Output) -> int:
     if not server.started:
         raise ChronikError(f"the server did not start on {args.host}:{args.port} (see above)")
     return 0
+
+
+def _is_loopback(host: str) -> bool:
+    if host == "localhost":
+        return True
+    try:
+        return ipaddress.ip_address(host).is_loopback
+    except ValueError:
+        return False
+
+
+def _policy(args: argparse.Namespace, out: Output) -> Policy | None:
+    """The policy of ``--policy``/``--anonymous``/``--rate-limit``. Without a policy and
+    without ``--anonymous`` the server is open (everyone admin), which only the loopback
+    may be: another ``--host`` refuses to start (docs/security.md)."""
+    from chronik.security import Policy, load_policy
+
+    policy_file = getattr(args, "policy", None)
+    anonymous = getattr(args, "anonymous", None)
+    rate = getattr(args, "rate_limit", None)
+    if policy_file is None and anonymous is None:
+        if not _is_loopback(args.host):
+            raise ChronikError(
+                f"refusing to serve {args.host} without authentication: give --policy FILE "
+                "or --anonymous ROLE (docs/security.md)"
+            )
+        out.note(
+            ("warning: ", "bold yellow"),
+            "no --policy: anyone who can reach this port may read, append and operate "
+            f"(fine on {args.host} for local work; see docs/security.md)",
+        )
+        if rate is None:
+            return None
+        policy_file, anonymous = None, "admin"
+    policy = load_policy(policy_file) if policy_file is not None else Policy()
+    if anonymous is not None:
+        policy = policy.with_anonymous(anonymous)
+    if rate is not None:
+        policy = policy.with_rate(rate)
+    return policy
+
+
+def _tls(args: argparse.Namespace) -> dict[str, Any]:
+    cert = getattr(args, "tls_cert", None)
+    key = getattr(args, "tls_key", None)
+    if (cert is None) != (key is None):
+        raise ChronikError("--tls-cert and --tls-key go together")
+    if cert is None:
+        return {}
+    for path in (cert, key):
+        if not os.path.isfile(str(path)):
+            raise ChronikError(f"TLS: no file {path!r}")
+    return {"ssl_certfile": cert, "ssl_keyfile": key}
 
 
 def _server_class(stopping: asyncio.Event) -> type:
@@ -101,4 +218,44 @@ def register(sub: Any, common: argparse.ArgumentParser) -> None:
         help="largest request body; 413 above it (default 4 MiB)",
     )
     p.add_argument("--access-log", action="store_true", help="log every request")
+    p.add_argument(
+        "--policy",
+        metavar="FILE",
+        default=None,
+        help="a TOML security policy: roles, OIDC, limits (docs/security.md)",
+    )
+    p.add_argument(
+        "--anonymous",
+        metavar="ROLE",
+        default=None,
+        help="the role of callers without credentials (e.g. reader; admin for a local demo)",
+    )
+    p.add_argument(
+        "--rate-limit",
+        metavar="N",
+        type=positive_float,
+        default=None,
+        help="requests a second per principal (429 above it; overrides the policy's)",
+    )
+    p.add_argument("--tls-cert", metavar="FILE", default=None, help="serve HTTPS: certificate")
+    p.add_argument("--tls-key", metavar="FILE", default=None, help="serve HTTPS: private key")
+    p.add_argument(
+        "--kurrent-grpc",
+        metavar="[HOST:]PORT",
+        nargs="?",
+        const=("127.0.0.1", 2113),
+        default=None,
+        type=_kurrent_listen,
+        help="also serve KurrentDB's gRPC client protocol (default 127.0.0.1:2113; needs "
+        "chronik[kurrent]; see docs/kurrent-protocol.md)",
+    )
+    p.add_argument(
+        "--no-http", action="store_true", help="serve only --kurrent-grpc, not the HTTP API"
+    )
     p.set_defaults(standalone=cmd_serve)
+
+
+def _kurrent_listen(text: str) -> tuple[str, int]:
+    from chronik.kurrent.serving import parse_listen
+
+    return parse_listen(text)

@@ -8,6 +8,7 @@ from typing import Any
 
 from chronik.app import App, load_app
 from chronik.cli._common import Output, at_least, positive_float, run_until_signal
+from chronik.cli.ops import add_metrics_port, serving_metrics
 from chronik.errors import ChronikError
 from chronik.events import category_of
 from chronik.store import redact_url, store_url
@@ -185,11 +186,12 @@ async def cmd_snapshots_run(store: EventStore, args: argparse.Namespace, out: Ou
         poll_interval=args.interval,
     )
     categories = ", ".join(sorted(snapshotter.targets))
-    code = await run_until_signal(
-        [snapshotter],
-        out,
-        f"the snapshotter of {categories} on {redact_url(store_url(args.store))}",
-    )
+    async with serving_metrics(store, args.metrics_port):
+        code = await run_until_signal(
+            [snapshotter],
+            out,
+            f"the snapshotter of {categories} on {redact_url(store_url(args.store))}",
+        )
     result: dict[str, Any] = {
         "name": snapshotter.name,
         "checkpoint": snapshotter.checkpoint,
@@ -255,4 +257,5 @@ def register(sub: Any, common: argparse.ArgumentParser) -> None:
     p.add_argument("--name", default="default", help="checkpoint name (snapshotter:NAME)")
     p.add_argument("--batch-size", type=at_least(1), default=500, help="events per batch")
     p.add_argument("--interval", type=positive_float, default=0.5, help="poll interval in seconds")
+    add_metrics_port(p)
     p.set_defaults(handler=cmd_snapshots_run)

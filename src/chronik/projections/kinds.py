@@ -16,11 +16,13 @@ from __future__ import annotations
 import os
 import random
 import signal
-from collections.abc import Sequence
+from collections.abc import Awaitable, Callable, Sequence
 from typing import TYPE_CHECKING, ClassVar, Literal
 
 from chronik.context import context
+from chronik.errors import ProjectionPaused
 from chronik.events import RecordedEvent, category_of
+from chronik.projections.control import check_unpaused, is_paused
 from chronik.telemetry import projection_handler
 
 if TYPE_CHECKING:
@@ -102,6 +104,22 @@ class Applier:
     def __init__(self, store: EventStore, projection: _BaseProjection) -> None:
         self.store = store
         self.projection = projection
+        self.honour_pause = False
+        """Set by the runner's task: :meth:`apply` raises
+        :class:`~chronik.projections.control.ProjectionPaused` (before handling anything)
+        while an operator has paused the projection."""
+        self.checkpoint_name = projection.checkpoint_name
+        """The checkpoint moved (a partition's own, ``name:vN/p3of8``, when partitioned)."""
+        self.fence: Callable[[Tx, int], Awaitable[None]] | None = None
+        """Set by a partitioned runner: checks the partition's lease first thing in every
+        transaction that moves the checkpoint (a stale owner's batch rolls back whole,
+        :class:`~chronik.errors.LeaseLost`); see :mod:`chronik.scaleout`."""
+
+    async def check_fence(self, tx: Tx, position: int) -> None:
+        """Run :attr:`fence` in ``tx``, which moves the checkpoint to ``position`` (nothing
+        when not partitioned)."""
+        if self.fence is not None:
+            await self.fence(tx, position)
 
     async def prepare(self) -> None:
         """Create the read model's tables (idempotent)."""
@@ -176,14 +194,17 @@ class InDatabase(Applier):
         async with self.store.transaction() as tx:
             await p.teardown(tx)
             await p.setup(tx)
-            await tx.set_checkpoint(p.checkpoint_name, 0)
+            await tx.set_checkpoint(self.checkpoint_name, 0)
 
     async def apply(self, events: Sequence[RecordedEvent], expected: int, position: int) -> None:
         async with self.store.transaction() as tx:
+            await self.check_fence(tx, position)  # partitioned: a stale lease rolls all back
             failpoint("before_handle")
             await self._handle_all(events, tx)
+            if events and self.honour_pause:  # paused: all rolls back (ProjectionPaused)
+                await check_unpaused(tx, self.projection.name)
             # checked with the writes: moved by another runner → all rolls back
-            await tx.advance_checkpoint(self.projection.checkpoint_name, expected, position)
+            await tx.advance_checkpoint(self.checkpoint_name, expected, position)
             failpoint("after_handle")
         failpoint("after_commit")
 
@@ -220,12 +241,15 @@ class External(Applier):
         await self.projection.teardown()
         await self.projection.setup()
         async with self.store.transaction() as tx:
-            await tx.set_checkpoint(self.projection.checkpoint_name, 0)
+            await tx.set_checkpoint(self.checkpoint_name, 0)
 
     async def apply(self, events: Sequence[RecordedEvent], expected: int, position: int) -> None:
+        if events and self.honour_pause and await is_paused(self.store, self.projection.name):
+            raise ProjectionPaused(self.projection.name)
         await self._handle_all(events, None)
         async with self.store.transaction() as tx:
-            await tx.set_checkpoint(self.projection.checkpoint_name, position)
+            await self.check_fence(tx, position)
+            await tx.set_checkpoint(self.checkpoint_name, position)
 
     async def redo(self, event: RecordedEvent, dead_letter_id: int) -> None:
         await self._handle_all([event], None)

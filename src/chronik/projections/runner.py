@@ -8,13 +8,22 @@ It adds to the follower what projections need: batches applied by the projection
 from __future__ import annotations
 
 import asyncio
+import contextlib
 import logging
 import time
 from collections.abc import Callable, Sequence
 from dataclasses import dataclass
 
-from chronik.errors import CheckpointMoved, ChronikError, StoreUnavailable, WaitTimeout
+from chronik.errors import (
+    CheckpointMoved,
+    ChronikError,
+    LeaseLost,
+    ProjectionPaused,
+    StoreUnavailable,
+    WaitTimeout,
+)
 from chronik.events import RecordedEvent
+from chronik.projections.control import is_paused
 from chronik.projections.kinds import AnyProjection, Applier
 from chronik.projections.status import ProjectionStatus, projection_status, render_metrics
 from chronik.store.protocol import EventStore
@@ -25,6 +34,15 @@ from chronik.workers import Follower, FollowerFailed, Worker
 __all__ = ["ProjectionRunner", "Progress", "WaitTimeout"]
 
 logger = logging.getLogger("chronik.projections")
+
+_NOT_POISON = (
+    StoreUnavailable,
+    CheckpointMoved,
+    ProjectionPaused,
+    LeaseLost,
+    asyncio.CancelledError,
+)
+"""Errors that say nothing about the events of a batch: passed on, never retried one by one."""
 
 
 @dataclass(frozen=True, slots=True)
@@ -83,8 +101,35 @@ class ProjectionFollower(Follower):
             await self.advance(position)
 
     async def handle_page(self, page: Page) -> int:
-        with projection_batch(self.projection.name, page.events):
-            return await self._apply(page)
+        # in the running task an operator's pause holds the page (checked in the batch's
+        # transaction: no batch commits after the pause did); direct calls (catch_up,
+        # rebuilds) are operator actions and are not held
+        self.applier.honour_pause = self._task is not None and asyncio.current_task() is self._task
+        while True:
+            try:
+                with projection_batch(self.projection.name, page.events):
+                    return await self._apply(page)
+            except ProjectionPaused:
+                await self._hold_while_paused()
+
+    async def _hold_while_paused(self) -> None:
+        """Wait for resume (the flag asked four times a second); then the page is tried
+        again, unless the checkpoint moved meanwhile (a rebuild, another runner)."""
+        held_from = self.checkpoint
+        await self._set_state("paused")
+        logger.info("%s: paused by an operator; waiting for resume", self.projection.name)
+        while True:
+            with contextlib.suppress(TimeoutError):
+                await asyncio.wait_for(self._stopping.wait(), 0.25)
+            if self._stopping.is_set():
+                # stop while paused: leave the page unapplied (the loop ends on the stop)
+                raise CheckpointMoved(self.checkpoint_name, held_from)
+            if not await is_paused(self.store, self.projection.name):
+                break
+        await self._set_state("running")
+        logger.info("%s: resumed", self.projection.name)
+        if await self.load_checkpoint() != held_from:
+            raise CheckpointMoved(self.checkpoint_name, held_from, self.checkpoint)
 
     async def _apply(self, page: Page) -> int:
         events = page.events
@@ -92,7 +137,7 @@ class ProjectionFollower(Follower):
         position = max(page.caught_up_to, events[-1].position if events else 0, expected)
         try:
             await self.applier.apply(events, expected, position)
-        except (StoreUnavailable, CheckpointMoved, asyncio.CancelledError):
+        except _NOT_POISON:
             raise
         except Exception:
             # one event at a time, each with its retries, to isolate the poison
@@ -111,7 +156,7 @@ class ProjectionFollower(Follower):
         for attempt in range(1, p.max_attempts + 1):
             try:
                 await self.applier.apply([event], self.checkpoint, event.position)
-            except (StoreUnavailable, CheckpointMoved, asyncio.CancelledError):
+            except _NOT_POISON:
                 raise
             except Exception as exc:
                 error = exc
@@ -133,8 +178,10 @@ class ProjectionFollower(Follower):
             p.name, p.max_attempts, reason, extra=event_log_fields(event),
         )  # fmt: skip
         async with self.store.transaction() as tx:
-            await tx.add_dead_letter(p.checkpoint_name, event, describe(error), p.max_attempts)
-            await tx.advance_checkpoint(p.checkpoint_name, self.checkpoint, event.position)
+            await self.applier.check_fence(tx, event.position)
+            name = self.applier.checkpoint_name
+            await tx.add_dead_letter(name, event, describe(error), p.max_attempts)
+            await tx.advance_checkpoint(name, self.checkpoint, event.position)
         self.dead_lettered += 1
         await self.advance(event.position)
         return 0

@@ -4,14 +4,15 @@ from __future__ import annotations
 
 from collections.abc import Sequence
 from dataclasses import dataclass
-from datetime import UTC, datetime
 from typing import Any
 
+from chronik.projections.control import is_paused
 from chronik.projections.kinds import AnyProjection
+from chronik.store.horizon import events_after, read_horizon
 from chronik.store.protocol import EventStore
 from chronik.workers import Follower, WorkerState
 
-__all__ = ["ProjectionStatus", "projection_status", "render_metrics"]
+__all__ = ["METRICS", "ProjectionStatus", "projection_status", "render_metrics"]
 
 
 @dataclass(frozen=True, slots=True)
@@ -27,6 +28,10 @@ class ProjectionStatus:
     dead_letters: int
     applied: int
     last_error: str | None = None
+    horizon: str | None = None
+    """``read horizon held back since T by PID/xid ...`` when that stalls it (PostgreSQL)."""
+    lag_estimated: bool = False
+    """``lag_events`` is exact up to 10,000 and estimated from positions beyond."""
 
     def to_dict(self) -> dict[str, Any]:
         return {
@@ -41,6 +46,8 @@ class ProjectionStatus:
             "dead_letters": self.dead_letters,
             "applied": self.applied,
             "last_error": self.last_error,
+            "horizon": self.horizon,
+            "lag_estimated": self.lag_estimated,
         }
 
 
@@ -54,17 +61,14 @@ async def projection_status(
         else (await store.get_checkpoint(p.checkpoint_name) or 0)
     )
     head = await store.head_position()
-    lag_events = await store.count_events(
-        after=checkpoint, categories=p.categories, types=p.stored_types
-    )
-    lag_seconds = 0.0
-    if lag_events:
-        async for oldest in store.read_all(
-            after=checkpoint, categories=p.categories, types=p.stored_types, limit=1
-        ):
-            lag_seconds = max((datetime.now(UTC) - oldest.recorded_at).total_seconds(), 0.0)
+    # committed events count, visible or not yet (a held read horizon is lag, not "0"),
+    # exactly up to 10,000 and from positions beyond: never a count over the whole tail
+    lag = await events_after(store, checkpoint, categories=p.categories, types=p.stored_types)
+    horizon = await read_horizon(store)
     letters = await store.dead_letters(p.checkpoint_name)
     state: WorkerState = follower.state if follower is not None else "stopped"
+    if state in ("idle", "running", "stopped") and await is_paused(store, p.name):
+        state = "paused"  # by an operator, maybe in another process: its runners hold
     return ProjectionStatus(
         name=p.name,
         version=p.version,
@@ -72,36 +76,20 @@ async def projection_status(
         state=state,
         checkpoint=checkpoint,
         head=head,
-        lag_events=lag_events,
-        lag_seconds=lag_seconds,
+        lag_events=lag.events,
+        lag_seconds=lag.seconds,
         dead_letters=len(letters),
         applied=follower.handled if follower is not None else 0,
         last_error=follower.last_error if follower is not None else None,
+        horizon=(horizon.describe() or None) if horizon is not None else None,
+        lag_estimated=lag.estimated,
     )
 
 
 def render_metrics(statuses: Sequence[ProjectionStatus]) -> str:
     """Prometheus text format; the names are documented in docs/projections.md."""
     lines: list[str] = []
-    metrics = [
-        ("chronik_projection_checkpoint", "gauge", "Last position applied", "checkpoint"),
-        ("chronik_projection_head", "gauge", "Store head position seen", "head"),
-        ("chronik_projection_lag_events", "gauge", "Matching events not applied yet", "lag_events"),
-        (
-            "chronik_projection_lag_seconds",
-            "gauge",
-            "Age of the oldest unapplied event",
-            "lag_seconds",
-        ),
-        ("chronik_projection_dead_letters", "gauge", "Recorded dead letters", "dead_letters"),
-        (
-            "chronik_projection_events_applied_total",
-            "counter",
-            "Events applied by this process",
-            "applied",
-        ),
-    ]
-    for metric, kind, help_text, attr in metrics:
+    for metric, kind, help_text, attr in METRICS:
         lines.append(f"# HELP {metric} {help_text}")
         lines.append(f"# TYPE {metric} {kind}")
         for s in statuses:
@@ -114,3 +102,24 @@ def render_metrics(statuses: Sequence[ProjectionStatus]) -> str:
         up = 1 if s.state == "running" else 0
         lines.append(f'chronik_projection_up{{projection="{s.name}",state="{s.state}"}} {up}')
     return "\n".join(lines) + "\n"
+
+
+METRICS = [
+    ("chronik_projection_checkpoint", "gauge", "Last position applied", "checkpoint"),
+    ("chronik_projection_head", "gauge", "Store head position seen", "head"),
+    ("chronik_projection_lag_events", "gauge", "Matching events not applied yet", "lag_events"),
+    (
+        "chronik_projection_lag_seconds",
+        "gauge",
+        "Age of the oldest unapplied event",
+        "lag_seconds",
+    ),
+    ("chronik_projection_dead_letters", "gauge", "Recorded dead letters", "dead_letters"),
+    (
+        "chronik_projection_events_applied_total",
+        "counter",
+        "Events applied by this process",
+        "applied",
+    ),
+]
+"""(name, type, help, ProjectionStatus attribute) of the projection metrics."""

@@ -15,8 +15,9 @@ import msgspec
 
 from chronik.app import App
 from chronik.errors import ChronikError, UnknownEventType, WaitTimeout
-from chronik.events import ANY, NO_STREAM, STREAM_EXISTS, NewEvent, RecordedEvent
-from chronik.server.routing import ApiError, Call, Endpoint, Reply
+from chronik.events import ANY, NO_STREAM, STREAM_EXISTS, NewEvent, RecordedEvent, category_of
+from chronik.security import Operation
+from chronik.server.routing import ApiError, Call, Endpoint, Reply, access_of
 from chronik.store.protocol import EventStore
 
 __all__ = ["Api"]
@@ -253,6 +254,7 @@ class Api:
 
     async def append(self, call: Call[None, AppendBody]) -> Reply:
         stream_id = call.path["stream_id"]
+        access_of(call.request).authorize(Operation.APPEND, category_of(stream_id))
         body = call.body
         expected: ExpectedVersion | None = body.expected_version
         header = call.request.headers.get("expected-version")
@@ -285,6 +287,7 @@ class Api:
 
     async def read_stream(self, call: Call[StreamQuery, None]) -> StreamPage:
         stream_id = call.path["stream_id"]
+        access_of(call.request).authorize(Operation.READ, category_of(stream_id))
         q = call.query
         backwards = q.direction == "backward"
         events = [
@@ -302,29 +305,61 @@ class Api:
 
     async def list_streams(self, call: Call[StreamsQuery, None]) -> StreamList:
         q = call.query
-        out = [
-            StreamOut(s.stream_id, s.version, str(s.last_position))
-            async for s in self.store.streams(category=q.category, limit=q.limit)
-        ]
+        readable = access_of(call.request).readable()
+        if readable.everything:
+            found = self.store.streams(category=q.category, limit=q.limit)
+        elif q.category is not None and not readable(q.category):
+            return StreamList([])
+        elif q.category is None and readable.exact:  # a few named categories: ask each
+            found_each = [
+                s for category in readable.exact
+                async for s in self.store.streams(category=category, limit=q.limit)
+            ]  # fmt: skip
+            found_each.sort(key=lambda s: s.stream_id)
+            return StreamList([StreamOut(s.stream_id, s.version, str(s.last_position))
+                               for s in found_each[: q.limit]])  # fmt: skip
+        else:  # only readable categories: filter, and page until the limit is reached
+            found = self.store.streams(category=q.category)
+        out: list[StreamOut] = []
+        async for s in found:
+            if readable(category_of(s.stream_id)):
+                out.append(StreamOut(s.stream_id, s.version, str(s.last_position)))
+                if len(out) >= q.limit:
+                    break
         return StreamList(out)
 
     async def read_log(self, call: Call[LogQuery, None]) -> LogPage:
         q = call.query
+        access = access_of(call.request)
+        readable = access.readable()
+        categories = q.categories
+        for category in categories or ():  # asking for a forbidden category is refused
+            access.authorize(Operation.READ, category)
+        if categories is None and readable.exact:
+            categories = list(readable.exact)  # the store filters (none: an empty page)
         events, caught_up_to, more = await self.store.read_page(
-            after=_position(q.after, "after"), limit=q.limit, categories=q.categories,
+            after=_position(q.after, "after"), limit=q.limit, categories=categories,
             types=q.types,
         )  # fmt: skip
-        return LogPage([event_out(e) for e in events], str(caught_up_to), more)
+        shown = [event_out(e) for e in events if readable(category_of(e.stream_id))]
+        return LogPage(shown, str(caught_up_to), more)
 
     async def trace(self, call: Call[TraceQuery, None]) -> TraceOut:
         from chronik.debugging import trace
 
         found = await trace(self.store, call.path["correlation_id"], limit=call.query.limit)
+        readable = access_of(call.request).readable()
 
-        def node(n: Any) -> TraceNodeOut:
-            return TraceNodeOut(event_out(n.event), [node(c) for c in n.children], n.orphan)
+        def nodes(n: Any, orphan: bool) -> list[TraceNodeOut]:
+            # an unreadable event is left out; its readable children become orphans
+            if readable(category_of(n.event.stream_id)):
+                children = [c for child in n.children for c in nodes(child, False)]
+                return [TraceNodeOut(event_out(n.event), children, n.orphan or orphan)]
+            return [c for child in n.children for c in nodes(child, True)]
 
-        return TraceOut(found.correlation_id, len(found.events), [node(r) for r in found.roots])
+        roots = [out for root in found.roots for out in nodes(root, False)]
+        shown = sum(1 for e in found.events if readable(category_of(e.stream_id)))
+        return TraceOut(found.correlation_id, shown, roots)
 
     async def state(self, call: Call[StateQuery, None]) -> StateOut:
         from chronik.debugging import replay
@@ -333,6 +368,7 @@ class Api:
             raise ApiError(422, "NoApp", "state replays need the application's deciders: "
                            "start the server with --app MODULE:OBJECT")  # fmt: skip
         stream_id = call.path["stream_id"]
+        access_of(call.request).authorize(Operation.READ, category_of(stream_id))
         q = call.query
         decider = self.app.decider_for(stream_id)
         done = await replay(self.store, stream_id, decider, registry=self.app.registry,
@@ -364,9 +400,18 @@ class Api:
         return Reply(ProjectionPosition(name, q.min_position, True), 200)
 
     async def stats(self, call: Call[None, None]) -> StatsOut:
+        access_of(call.request).authorize(Operation.OPERATE, None)
         s = await self.store.stats()
-        return StatsOut(s.events, s.streams, str(s.head_position), dict(s.categories),
-                        s.size_bytes)  # fmt: skip
+        readable = access_of(call.request).readable()
+        if readable.everything:
+            return StatsOut(s.events, s.streams, str(s.head_position), dict(s.categories),
+                            s.size_bytes)  # fmt: skip
+        categories = {c: n for c, n in s.categories.items() if readable(c)}
+        streams = 0
+        for category in categories:
+            streams += sum([1 async for _ in self.store.streams(category=category)])
+        return StatsOut(sum(categories.values()), streams, str(s.head_position), categories,
+                        None)  # fmt: skip
 
     async def health(self, call: Call[None, None]) -> Health:
         head = await asyncio.wait_for(self.store.head_position(), 5.0)

@@ -9,6 +9,7 @@ from typing import Any
 
 import msgspec
 from starlette.applications import Starlette
+from starlette.middleware import Middleware
 from starlette.requests import Request
 from starlette.responses import Response
 from starlette.routing import BaseRoute, Route
@@ -16,6 +17,7 @@ from starlette.types import Message, Receive, Scope, Send
 
 from chronik.app import App
 from chronik.errors import StoreUnavailable
+from chronik.security import Guard, Policy, token_store
 from chronik.server.api import Api
 from chronik.server.console import console_routes
 from chronik.server.live import live_routes
@@ -102,6 +104,22 @@ class ServeUrl:
         await self.app(scope, receive_again, send)
 
 
+def _metrics_routes(store: EventStore) -> list[BaseRoute]:
+    """``GET /metrics`` in the Prometheus text format (docs/operations.md), when
+    prometheus-client is installed (``chronik[ops]``); this server's appends are timed."""
+    try:
+        from chronik.ops.metrics import CONTENT_TYPE, StoreMetrics
+    except ImportError:
+        return []
+    metrics = StoreMetrics(store)
+    metrics.instrument()
+
+    async def scrape(request: Request) -> Response:
+        return Response(await metrics.exposition(), headers={"Content-Type": CONTENT_TYPE})
+
+    return [Route("/metrics", scrape, methods=["GET"])]
+
+
 def create_app(
     store: EventStore,
     *,
@@ -110,6 +128,7 @@ def create_app(
     close_store: bool = False,
     extra_routes: Sequence[BaseRoute] = (),
     stopping: asyncio.Event | None = None,
+    policy: Policy | None = None,
 ) -> Starlette:
     """The HTTP API, live push and the console over ``store``.
 
@@ -119,9 +138,12 @@ def create_app(
         app: the application's registry and deciders (unknown types refused on append,
             state replays).
         max_body_bytes: largest request body (413 above it, refused before parsing).
+        policy: who may do what (docs/security.md); every request is then authenticated
+            (API tokens of this store, OIDC JWTs, the policy's anonymous role). ``None``:
+            no authentication, everyone is admin (the loopback default of ``chronik serve``).
     """
     endpoints = [*Api(store, app).endpoints(), *Operations(store, app).endpoints()]
-    document = msgspec.json.encode(openapi_document(endpoints))
+    document = msgspec.json.encode(openapi_document(endpoints, secured=policy is not None))
 
     async def openapi(request: Request) -> Response:
         return Response(document, media_type="application/json")
@@ -137,7 +159,15 @@ def create_app(
     routes: list[BaseRoute] = [Route("/openapi.json", openapi, methods=["GET"])]
     routes.extend(_route(ep, max_body_bytes) for ep in endpoints)
     routes.extend(live_routes(store, stopping=stopping))
+    middleware: list[Middleware] = []
+    if policy is not None:
+        from chronik.server.auth import AuthMiddleware, login_routes
+
+        guard = Guard(policy, token_store(store))
+        middleware.append(Middleware(AuthMiddleware, guard=guard))
+        routes.extend(login_routes(guard))
     routes.extend(console_routes(store, app))
+    routes.extend(_metrics_routes(store))
     routes.extend(extra_routes)
 
     async def not_found(request: Request, exc: Exception) -> Response:
@@ -146,7 +176,10 @@ def create_app(
         return error_response(ApiError(status, kind, f"{request.method} {request.url.path}"))
 
     web = Starlette(
-        routes=routes, lifespan=lifespan, exception_handlers={404: not_found, 405: not_found}
+        routes=routes,
+        lifespan=lifespan,
+        exception_handlers={404: not_found, 405: not_found},
+        middleware=middleware,
     )
     web.state.store = store
     web.state.endpoints = endpoints
@@ -161,6 +194,7 @@ def create_app_for_url(
     max_body_bytes: int = DEFAULT_MAX_BODY_BYTES,
     extra_routes: Sequence[BaseRoute] = (),
     stopping: asyncio.Event | None = None,
+    policy: Policy | None = None,
 ) -> ServeUrl:
     """The app of :func:`create_app` for a store URL: the store is opened when the server
     starts (in its event loop; ``create=False``: :class:`StoreNotFound` if it is not there)
@@ -170,5 +204,6 @@ def create_app_for_url(
         "max_body_bytes": max_body_bytes,
         "extra_routes": extra_routes,
         "stopping": stopping,
+        "policy": policy,
     }
     return ServeUrl(url, create, options)

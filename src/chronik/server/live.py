@@ -49,10 +49,20 @@ from starlette.routing import BaseRoute, Route, WebSocketRoute
 from starlette.types import Receive, Scope, Send
 from starlette.websockets import WebSocket, WebSocketDisconnect
 
-from chronik.errors import StoreUnavailable
+from chronik.errors import AuthenticationFailed, ChronikError, StoreUnavailable
 from chronik.events import RecordedEvent, category_of, validate_stream_id
+from chronik.security import OPEN_ACCESS, Access, Operation
 from chronik.server.api import MAX_POSITION, EventOut, Position, event_out
-from chronik.server.routing import ApiError, ErrorBody, ErrorDetail, decode_query, error_response
+from chronik.server.routing import (
+    RECHECK_KEY,
+    ApiError,
+    ErrorBody,
+    ErrorDetail,
+    access_of,
+    check_encoding,
+    decode_query,
+    error_response,
+)
 from chronik.store.protocol import EventStore
 from chronik.subscriptions import Backoff, Page, Subscription
 
@@ -197,8 +207,10 @@ async def _events(
     stream_id: str | None = None,
     batch_size: int,
     poll_interval: float,
+    visible: Callable[[str], bool] | None = None,
 ) -> Feed:
-    """The matching events after ``after``, a page at a time, following the store."""
+    """The matching events after ``after``, a page at a time, following the store (only
+    those of categories ``visible`` accepts, when given)."""
     message = _event_message(kind)
     sub = Subscription(
         store, after=after, categories=categories, types=types, batch_size=batch_size,
@@ -210,6 +222,8 @@ async def _events(
             chosen: Iterable[RecordedEvent] = page.events
             if stream_id is not None:
                 chosen = (e for e in page.events if e.stream_id == stream_id)
+            if visible is not None:
+                chosen = (e for e in chosen if visible(category_of(e.stream_id)))
             yield Batch([message(e) for e in chosen], str(page.caught_up_to))
 
 
@@ -377,6 +391,41 @@ async def _pump(
             logger.error("live feed failed", exc_info=error)  # not the client leaving: a bug
 
 
+REAUTH_INTERVAL = 5.0
+"""Seconds between two checks of a live connection's credentials: a revoked or expired
+token's feed ends at the next check (the client's reconnection is then refused)."""
+
+
+def _or_refused(
+    gone: Callable[[], Coroutine[Any, Any, None]], scope: Scope
+) -> Callable[[], Coroutine[Any, Any, None]]:
+    """``gone``, or also returning once the connection's credentials are refused."""
+    recheck = scope.get(RECHECK_KEY)
+    if recheck is None:  # no credentials (no policy, or the anonymous role)
+        return gone
+
+    async def refused() -> None:
+        while True:
+            await asyncio.sleep(REAUTH_INTERVAL)
+            try:
+                await recheck()
+            except AuthenticationFailed:
+                return
+            except ChronikError:  # the store is unavailable: no verdict, ask again later
+                continue
+
+    async def either() -> None:
+        waiting = {asyncio.create_task(gone()), asyncio.create_task(refused())}
+        try:
+            await asyncio.wait(waiting, return_when=asyncio.FIRST_COMPLETED)
+        finally:
+            for task in waiting:
+                task.cancel()
+            await asyncio.gather(*waiting, return_exceptions=True)
+
+    return either
+
+
 class _SseSink:
     def __init__(self, send: Send) -> None:
         self._send = send
@@ -431,7 +480,7 @@ class EventStreamResponse(Response):
         sink = _SseSink(send)
         await send({"type": "http.response.start", "status": 200, "headers": self.raw_headers})
         await sink.write(b"retry: %d\n\n" % self.retry_ms)
-        await _pump(self.feed, sink, self.heartbeat, gone, self.stopping)
+        await _pump(self.feed, sink, self.heartbeat, _or_refused(gone, scope), self.stopping)
         await send({"type": "http.response.body", "body": b"", "more_body": False})
 
 
@@ -500,32 +549,44 @@ class _Live:
             raise ApiError(400, "InvalidSaga", f"saga name {name!r}: not empty, without '-'")
         return f"saga_{name}"
 
-    async def feed(self, sub: Subscribe, after: int | None) -> Feed:
-        """The feed a subscription asks for (``after``: its resume position, parsed)."""
+    async def feed(self, sub: Subscribe, after: int | None, access: Access = OPEN_ACCESS) -> Feed:
+        """The feed a subscription asks for (``after``: its resume position, parsed), if
+        ``access`` may read it (:class:`~chronik.errors.AccessDenied` otherwise)."""
         if isinstance(sub, SubscribeProjections):
+            access.authorize(Operation.OPERATE, None)
             return _checkpoints(self.watch, sub.names)
         if isinstance(sub, SubscribeStream):
             validate_stream_id(sub.stream_id)
+            access.authorize(Operation.READ, category_of(sub.stream_id))
             start = await self._start(after)
             return self._events(start, categories=[category_of(sub.stream_id)],
                                 types=sub.types, stream_id=sub.stream_id)  # fmt: skip
         if isinstance(sub, SubscribeSaga):
             category = self._saga_category(sub.saga)
+            access.authorize(Operation.READ, category)
             return self._events(await self._start(after), kind="saga", categories=[category])
         if isinstance(sub, SubscribeCategory):
+            access.authorize(Operation.READ, sub.category)
             return self._events(await self._start(after), categories=[sub.category],
                                 types=sub.types)  # fmt: skip
-        return self._events(await self._start(after), categories=sub.categories,
-                            types=sub.types)  # fmt: skip
+        readable = access.readable()
+        categories = sub.categories
+        for category in categories or ():
+            access.authorize(Operation.READ, category)
+        if categories is None and readable.exact:
+            categories = list(readable.exact)
+        return self._events(await self._start(after), categories=categories, types=sub.types,
+                            visible=None if readable.everything else readable)  # fmt: skip
 
     # SSE
 
     async def _sse(self, request: Request, sub: Subscribe) -> Response:
+        check_encoding(request)  # %FF in a stream id must not become U+FFFD
         after = _after(sub)
         last = request.headers.get("last-event-id", "").strip()
         if last:  # a reconnecting EventSource keeps the URL's ?after=: the header wins
             after = _position(last, "Last-Event-ID", "InvalidLastEventId")
-        feed = await self.feed(sub, after)
+        feed = await self.feed(sub, after, access_of(request))
         return EventStreamResponse(
             feed, heartbeat=self.heartbeat, retry_ms=self.retry_ms, stopping=self.stopping
         )
@@ -584,7 +645,7 @@ class _Live:
                 sub = msgspec.json.decode(raw, type=Subscribe)
             except (msgspec.DecodeError, UnicodeDecodeError) as exc:
                 raise ApiError(400, "InvalidSubscribe", f"subscribe message: {exc}") from None
-            feed = await self.feed(sub, _after(sub))
+            feed = await self.feed(sub, _after(sub), access_of(websocket))
         except Exception as exc:
             body = msgspec.Raw(bytes(error_response(exc).body))
             await _ws_send(websocket, _WsMessage(None, "error", body))
@@ -596,7 +657,8 @@ class _Live:
             while (await websocket.receive())["type"] != "websocket.disconnect":
                 pass  # nothing more is expected from the client after its subscribe
 
-        await _pump(feed, _WsSink(websocket), self.heartbeat, gone, self.stopping)
+        await _pump(feed, _WsSink(websocket), self.heartbeat, _or_refused(gone, websocket.scope),
+                    self.stopping)  # fmt: skip
         with contextlib.suppress(Exception):
             await websocket.close()
 

@@ -38,16 +38,26 @@ _REASONS = {
     400: "Bad request (typed error body)",
     404: "Not found",
     409: "Conflict",
+    401: "No, malformed, unknown, expired or revoked credentials (WWW-Authenticate: Bearer)",
+    403: "The principal's roles do not grant this operation on this category",
     413: "Payload too large (refused before parsing)",
     415: "Unsupported media type",
     422: "Unprocessable body",
+    429: "Too many requests for this principal (Retry-After)",
     503: "Store unavailable (retry later)",
     504: "Timed out waiting",
 }
 
 
-def openapi_document(endpoints: Sequence[Endpoint], *, title: str = "chronik") -> dict[str, Any]:
-    """The OpenAPI 3.1 document of ``endpoints``."""
+PUBLIC_PATHS = frozenset({"/health", "/openapi.json"})
+"""Paths served without credentials even under a policy (docs/security.md)."""
+
+
+def openapi_document(
+    endpoints: Sequence[Endpoint], *, title: str = "chronik", secured: bool = False
+) -> dict[str, Any]:
+    """The OpenAPI 3.1 document of ``endpoints`` (``secured``: served under a policy, so
+    every endpoint but the public ones documents 401, 403 and 429 and bearer auth)."""
     types: list[Any] = [ErrorBody]
     for ep in endpoints:
         if ep.body is not None:
@@ -62,8 +72,10 @@ def openapi_document(endpoints: Sequence[Endpoint], *, title: str = "chronik") -
             "summary": ep.summary,
             "tags": [ep.tag],
             "parameters": _parameters(ep),
-            "responses": _responses(ep),
+            "responses": _responses(ep, secured and ep.path not in PUBLIC_PATHS),
         }
+        if secured and ep.path in PUBLIC_PATHS:
+            op["security"] = []
         if ep.body is not None:
             (schema,), _ = msgspec.json.schema_components([ep.body], ref_template=_REF)
             op["requestBody"] = {
@@ -71,7 +83,7 @@ def openapi_document(endpoints: Sequence[Endpoint], *, title: str = "chronik") -
                 "content": {"application/json": {"schema": schema}},
             }
         paths.setdefault(path, {})[ep.method.lower()] = op
-    return {
+    document: dict[str, Any] = {
         "openapi": "3.1.0",
         "info": {
             "title": title,
@@ -82,6 +94,13 @@ def openapi_document(endpoints: Sequence[Endpoint], *, title: str = "chronik") -
         "paths": paths,
         "components": {"schemas": components},
     }
+    if secured:
+        document["components"]["securitySchemes"] = {
+            "bearer": {"type": "http", "scheme": "bearer",
+                       "description": "an API token (chronik tokens create) or an OIDC JWT"}
+        }  # fmt: skip
+        document["security"] = [{"bearer": []}]
+    return document
 
 
 def _parameters(ep: Endpoint) -> list[dict[str, Any]]:
@@ -119,7 +138,7 @@ def _parameters(ep: Endpoint) -> list[dict[str, Any]]:
     return params
 
 
-def _responses(ep: Endpoint) -> dict[str, Any]:
+def _responses(ep: Endpoint, secured: bool = False) -> dict[str, Any]:
     out: dict[str, Any] = {}
     for status, body in ep.responses.items():
         entry: dict[str, Any] = {"description": _REASONS.get(status, "OK")}
@@ -129,7 +148,8 @@ def _responses(ep: Endpoint) -> dict[str, Any]:
             }
         out[str(status)] = entry
     error = {"application/json": {"schema": {"$ref": _REF.format(name="ErrorBody")}}}
-    for status in sorted({*ep.errors, 503}):
+    secured_errors = (401, 403, 429) if secured else ()
+    for status in sorted({*ep.errors, *secured_errors, 503}):
         out.setdefault(
             str(status), {"description": _REASONS.get(status, "Error"), "content": error}
         )

@@ -10,6 +10,7 @@ decoded query and body) and returns a Struct (sent with the endpoint's first sta
 from __future__ import annotations
 
 import logging
+import math
 import types
 import typing
 import urllib.parse
@@ -22,6 +23,7 @@ from starlette.requests import ClientDisconnect, Request
 from starlette.responses import Response
 
 from chronik import errors
+from chronik.security.policy import OPEN_ACCESS, Access
 
 __all__ = [  # ApiError is the layer's own signal (never raised to users): not exported
     "Call",
@@ -29,6 +31,7 @@ __all__ = [  # ApiError is the layer's own signal (never raised to users): not e
     "ErrorBody",
     "ErrorDetail",
     "Reply",
+    "access_of",
     "error_response",
     "json_response",
 ]
@@ -112,6 +115,22 @@ class Endpoint:
         return getattr(self.handler, "__name__", self.path)
 
 
+ACCESS_KEY = "chronik.access"
+"""Where the auth middleware (``chronik.server.auth``) puts a request's access in its scope."""
+RECHECK_KEY = "chronik.recheck"
+"""Where it puts a coroutine function that checks the request's credentials again (raises
+:class:`~chronik.errors.AuthenticationFailed` once revoked or expired): long-lived
+connections call it now and then."""
+
+
+def access_of(request: Any) -> Access:
+    """The :class:`~chronik.security.Access` of a request or WebSocket (set by the auth
+    middleware; without a policy there is none and everyone is admin)."""
+    scope = request if isinstance(request, dict) else request.scope
+    found = scope.get(ACCESS_KEY)
+    return found if isinstance(found, Access) else OPEN_ACCESS
+
+
 def json_response(body: msgspec.Struct | None, status: int, headers: Mapping[str, str]) -> Response:
     content = b"" if body is None else msgspec.json.encode(body)
     return Response(content, status, dict(headers), media_type="application/json")
@@ -122,12 +141,16 @@ _STATUS: list[tuple[type[Exception], int]] = [
     (errors.ConcurrencyError, 409),
     (errors.DuplicateEventId, 409),
     (errors.StreamNotFound, 404),
+    (errors.UnknownProjection, 404),
     (errors.PayloadTooLarge, 413),
     (errors.BatchTooLarge, 413),
     (errors.UnknownEventType, 422),
     (errors.StoreUnavailable, 503),
     (errors.WaitTimeout, 504),
     (errors.MissingCapability, 501),
+    (errors.AuthenticationFailed, 401),
+    (errors.AccessDenied, 403),
+    (errors.RateLimited, 429),
     (errors.ChronikError, 400),
 ]
 
@@ -151,6 +174,10 @@ def error_response(exc: Exception) -> Response:
             if isinstance(exc, errors.PayloadTooLarge):
                 detail.limit = exc.limit
             headers = {"Retry-After": "1"} if status == 503 else {}
+            if isinstance(exc, errors.AuthenticationFailed):
+                headers = {"WWW-Authenticate": 'Bearer realm="chronik"'}
+            if isinstance(exc, errors.RateLimited):
+                headers = {"Retry-After": str(max(1, math.ceil(exc.retry_after)))}
             return json_response(ErrorBody(detail), status, headers)
     logger.exception("unexpected error in the HTTP API", exc_info=exc)
     detail = ErrorDetail(type="InternalError", message="internal error (logged by the server)")

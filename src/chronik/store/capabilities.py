@@ -19,7 +19,7 @@ from collections.abc import Callable
 from typing import TypeVar, cast
 
 from chronik.errors import MissingCapability
-from chronik.store.port import EventLog, EventStore, Inspectable, SqlStore, WorkerState
+from chronik.store.port import EventLog, EventStore, Fencing, Inspectable, SqlStore, WorkerState
 
 __all__ = ["BACKENDS", "backends_with", "missing", "require", "supports"]
 
@@ -40,6 +40,7 @@ _WHAT: dict[object, str] = {
     Inspectable: "list streams, stats, counts, correlations",
     WorkerState: "checkpoints, dead letters and projection versions in transactions",
     SqlStore: "SQL through store.query() and Tx.execute/fetchall/fetchone",
+    Fencing: "a migration's write fence (fence, fence_state, unfence)",
 }
 
 

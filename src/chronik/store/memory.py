@@ -17,6 +17,7 @@ from typing import Any
 from chronik.errors import (
     CheckpointMoved,
     DuplicateEventId,
+    StoreFenced,
     StoreUnavailable,
     StreamNotFound,
 )
@@ -27,7 +28,7 @@ from chronik.events import (
     validate_stream_id,
 )
 from chronik.store.capabilities import missing
-from chronik.store.port import EventLog, Inspectable, SqlStore, WorkerState
+from chronik.store.port import EventLog, Fence, Fencing, Inspectable, SqlStore, WorkerState
 from chronik.store.protocol import (
     DEFAULT_MAX_EVENT_BYTES,
     READ_PAGE_SIZE,
@@ -118,6 +119,8 @@ class MemoryTx:
 
     def _plan(self, events: Sequence[ImportedEvent]) -> list[tuple[ImportedEvent, int]]:
         store = self._store
+        if events:
+            store._refuse_if_fenced()
         current = {
             ev.stream_id: stream[-1].version
             for ev in events
@@ -197,7 +200,7 @@ class MemoryTx:
 class MemoryEventStore(EventStoreBase):
     """Events in a list; streams as lists of indexes into it. No SQL."""
 
-    capabilities = frozenset({EventLog, Inspectable, WorkerState})
+    capabilities = frozenset({EventLog, Inspectable, WorkerState, Fencing})
 
     def __init__(self, *, max_event_bytes: int = DEFAULT_MAX_EVENT_BYTES) -> None:
         self.max_event_bytes = max_event_bytes
@@ -212,6 +215,29 @@ class MemoryEventStore(EventStoreBase):
         self._dead_letters: list[DeadLetter] = []
         self._active_versions: dict[str, int] = {}
         self.inline_projections: list[InlineProjection] = []
+        self._fence: Fence | None = None
+
+    def _refuse_if_fenced(self) -> None:
+        if self._fence is not None:
+            raise StoreFenced(self._fence.moved_to, self._fence.position)
+
+    async def fence(self, moved_to: str) -> Fence:
+        """Fence the store (see :class:`chronik.store.port.Fencing`)."""
+        self._check_open()
+        async with self._write_lock:
+            if self._fence is None:
+                head = self._positions[-1] if self._log else 0
+                self._fence = Fence(moved_to, head, datetime.now(UTC))
+            return self._fence
+
+    async def fence_state(self) -> Fence | None:
+        self._check_open()
+        return self._fence
+
+    async def unfence(self) -> None:
+        self._check_open()
+        async with self._write_lock:
+            self._fence = None
 
     def _check_open(self) -> None:
         if self._closed:
@@ -233,6 +259,8 @@ class MemoryEventStore(EventStoreBase):
             for ev in batch
             if (rec := self._by_id.get(ev.event_id)) is not None
         }
+        if batch:
+            self._refuse_if_fenced()
         original = resolve_duplicate(stream_id, expected, batch, stored)
         if original is not None:
             return original

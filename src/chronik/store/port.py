@@ -13,6 +13,9 @@ Each capability is a :class:`~typing.Protocol` with a contract suite of its own 
   versions, imports) and reading them back.
 - :class:`SqlStore` — SQL on the store's database: ``query()`` for read models,
   ``Tx.execute/fetchall/fetchone`` in a transaction, and the ``dialect``.
+- :class:`Fencing` — a migration's cut-over: ``fence()`` makes the store refuse every new
+  event (:class:`~chronik.errors.StoreFenced`, inside the writing transaction),
+  ``fence_state()`` and ``unfence()``.
 
 :class:`EventStore` is ``EventLog + Inspectable + WorkerState``: what every backend of
 chronik has, so most of chronik is written against it. A backend *declares* its
@@ -39,6 +42,8 @@ __all__ = [
     "DeadLetter",
     "EventLog",
     "EventStore",
+    "Fence",
+    "Fencing",
     "ImportedEvent",
     "InlineProjection",
     "Inspectable",
@@ -393,3 +398,36 @@ class EventStore(EventLog, Inspectable, WorkerState, Protocol):
 
     SQL is not part of it: ask for :class:`SqlStore` with ``chronik.store.require``.
     """
+
+
+@dataclass(frozen=True, slots=True)
+class Fence:
+    """A store's fence: writes moved to ``moved_to`` after ``position``."""
+
+    moved_to: str
+    """the new store's URL, password hidden"""
+    position: int
+    """the last position written here (every event at or below it was committed before)"""
+    fenced_at: datetime
+    """when the fence was set (UTC, the database's clock)"""
+
+
+class Fencing(Protocol):
+    """A store a migration can fence: once fenced, every write path refuses new events with
+    :class:`~chronik.errors.StoreFenced`, checked inside the writing transaction (appends
+    alone or grouped, imports in ``transaction()``). Reads, checkpoints and read models
+    still work. Get it with ``chronik.store.require(store, Fencing)``."""
+
+    async def fence(self, moved_to: str) -> Fence:
+        """Fence the store, naming the new store; returns the fence. Waits for writes in
+        flight: when it returns, no further event can commit here. Fencing a fenced store
+        changes nothing and returns its fence."""
+        ...
+
+    async def fence_state(self) -> Fence | None:
+        """The fence, or ``None`` when the store takes writes."""
+        ...
+
+    async def unfence(self) -> None:
+        """Lift the fence (a cut-over given up): the store takes writes again."""
+        ...

@@ -28,6 +28,7 @@ from __future__ import annotations
 import asyncio
 import contextlib
 import logging
+import re
 import time
 import uuid
 import zlib
@@ -46,7 +47,10 @@ from chronik.errors import (
     CheckpointMoved,
     ConcurrencyError,
     DuplicateEventId,
+    LeaseLost,
+    ProjectionPaused,
     SerializationError,
+    StoreFenced,
     StoreNotFound,
     StoreUnavailable,
     StreamNotFound,
@@ -76,7 +80,7 @@ from chronik.store.pg_support import (
     split_schema,
     validate_schema_name,
 )
-from chronik.store.port import EventLog, Inspectable, SqlStore, WorkerState
+from chronik.store.port import EventLog, Fence, Fencing, Inspectable, SqlStore, WorkerState
 from chronik.store.postgres_statements import PostgresStatements
 from chronik.store.protocol import (
     DEFAULT_MAX_EVENT_BYTES,
@@ -115,6 +119,31 @@ logger = logging.getLogger("chronik.store.postgres")
 
 CHECKPOINT_MOVED = "CK001"
 """SQLSTATE of chronik_advance_checkpoint() finding the checkpoint moved (migration 0006)."""
+PROJECTION_PAUSED = "CK002"
+LEASE_LOST = "CK003"
+"""SQLSTATE of chronik_check_lease(): a partition's lease has a newer owner (migration 0011)."""
+
+
+def _checkpoint_moved(exc: psycopg.Error) -> CheckpointMoved:
+    """chronik_advance_checkpoint's error (DETAIL the name, HINT "expected X, found Y")."""
+    found = re.fullmatch(r"expected (\d+), found (\d+)", exc.diag.message_hint or "")
+    expected, actual = (int(found[1]), int(found[2])) if found else (None, None)
+    return CheckpointMoved(exc.diag.message_detail or "?", expected, actual)
+
+
+STORE_FENCED = "CF001"
+"""SQLSTATE of the events_fence trigger: the store is fenced (migration 0009)."""
+
+
+def _fenced(exc: psycopg.Error) -> StoreFenced:
+    """The fence trigger's error as :class:`StoreFenced` (new store in DETAIL, position in
+    HINT)."""
+    hint = exc.diag.message_hint
+    return StoreFenced(
+        exc.diag.message_detail or "?", int(hint) if hint and hint.isdigit() else None
+    )
+
+
 FILTER_WINDOW = 1000
 """A filtered read walks the log in windows of at least this many events (in order)."""
 GROUP_MAX_APPENDS = 128
@@ -292,6 +321,10 @@ class PostgresTx:
             raise ConcurrencyError(ev.stream_id, version - 1, None) from exc
         except psycopg.DataError as exc:
             raise SerializationError(f"PostgreSQL rejected an imported event: {exc}") from exc
+        except psycopg.Error as exc:
+            if exc.sqlstate == STORE_FENCED:
+                raise _fenced(exc) from exc
+            raise
         self._imported += len(planned)
 
 
@@ -319,7 +352,7 @@ class PostgresEventStore(EventStoreBase):
     transaction open (sleep, wait on an event) or roll it back (raise).
     """
 
-    capabilities = frozenset({EventLog, Inspectable, WorkerState, SqlStore})
+    capabilities = frozenset({EventLog, Inspectable, WorkerState, SqlStore, Fencing})
     dialect = "postgresql"
 
     def __init__(
@@ -465,6 +498,8 @@ class PostgresEventStore(EventStoreBase):
                 async with self._pool.connection() as conn:
                     return await op(conn)
             except psycopg.Error as exc:
+                if exc.sqlstate == STORE_FENCED:
+                    raise _fenced(exc) from exc
                 if self._closed:
                     raise StoreUnavailable("the PostgreSQL store is closed") from exc
                 if attempt < 2 and _retryable(exc):
@@ -1121,7 +1156,14 @@ class PostgresEventStore(EventStoreBase):
             raise _unavailable(exc) from exc
         except psycopg.Error as exc:
             if exc.sqlstate == CHECKPOINT_MOVED:
-                raise CheckpointMoved(exc.diag.message_detail or "?") from exc
+                raise _checkpoint_moved(exc) from exc
+            if exc.sqlstate == PROJECTION_PAUSED:
+                raise ProjectionPaused(exc.diag.message_detail or "?") from exc
+            if exc.sqlstate == LEASE_LOST:
+                detail, hint = exc.diag.message_detail, exc.diag.message_hint
+                raise LeaseLost(detail or "?", hint or "") from exc
+            if exc.sqlstate == STORE_FENCED:
+                raise _fenced(exc) from exc
             raise
 
     async def _end_transaction(
@@ -1141,6 +1183,36 @@ class PostgresEventStore(EventStoreBase):
                     await scope.aclose()
         finally:
             await self._pool.putconn(conn)
+
+    async def fence(self, moved_to: str) -> Fence:
+        """Fence the store (see :class:`chronik.store.port.Fencing`): the row is written
+        under ``LOCK TABLE events IN SHARE MODE``, which waits for every inserting
+        transaction in flight and holds new ones until the fence is committed; the
+        ``events_fence`` trigger then refuses them."""
+
+        async def op(conn: _Conn) -> _Row:
+            async with conn.transaction():
+                await conn.execute(self._sql.lock_events_share)
+                cur = await conn.execute(self._sql.fence_state)
+                row: _Row | None = await cur.fetchone()
+                if row is None:
+                    cur = await conn.execute(self._sql.set_fence, (moved_to,))
+                    row = await cur.fetchone()
+                assert row is not None
+                return row
+
+        row = await self._run(op)
+        return Fence(str(row[0]), int(row[1]), row[2])
+
+    async def fence_state(self) -> Fence | None:
+        rows = await self._fetchall(self._sql.fence_state, ())
+        return None if not rows else Fence(str(rows[0][0]), int(rows[0][1]), rows[0][2])
+
+    async def unfence(self) -> None:
+        async def op(conn: _Conn) -> None:
+            await conn.execute(self._sql.unfence)
+
+        await self._run(op)
 
     async def query(
         self, sql: str, params: Sequence[Any] | Mapping[str, Any] = ()

@@ -49,10 +49,14 @@ class PostgresStatements:
 
     def __init__(self, schema: str) -> None:
         s = quote_schema(schema)
-        # the visibility horizon: below it, every transaction has ended (docs/ordering.md)
+        # the visibility horizon: below it, every transaction has ended (docs/ordering.md);
+        # a fenced store (0009) has none: the fence waited for every insert in flight and
+        # refuses new ones, so everything committed is final
         horizon = (
-            f"(SELECT (pg_snapshot_xmin(pg_current_snapshot())::text::bigint + xid_offset)"
-            f" << {POSITION_SHIFT} FROM {s}.position_base)"
+            f"(SELECT CASE WHEN EXISTS (SELECT 1 FROM {s}.store_fence) "
+            f"THEN 9223372036854775807 "
+            f"ELSE (pg_snapshot_xmin(pg_current_snapshot())::text::bigint + xid_offset)"
+            f" << {POSITION_SHIFT} END FROM {s}.position_base)"
         )
         self._horizon = horizon
         # the argument order of RecordedEvent.from_stored
@@ -154,6 +158,16 @@ RETURNING stream_id, position, version"""
             f"SELECT category, count(*) FROM {s}.events GROUP BY category ORDER BY category"
         )
         self.size = f"SELECT pg_total_relation_size('{s}.events'::regclass)"
+        # the fence of a migration's cut-over (0009): set under a SHARE lock on events,
+        # which waits for the inserting transactions in flight
+        self.lock_events_share = f"LOCK TABLE {s}.events IN SHARE MODE"
+        self.fence_state = f"SELECT moved_to, position, fenced_at FROM {s}.store_fence"
+        self.set_fence = (
+            f"INSERT INTO {s}.store_fence (moved_to, position) "
+            f"SELECT %s, coalesce(max(position), 0) FROM {s}.events "
+            f"RETURNING moved_to, position, fenced_at"
+        )
+        self.unfence = f"DELETE FROM {s}.store_fence"
         self.get_checkpoint = f"SELECT position FROM {s}.checkpoints WHERE name = %s"
         self.all_checkpoints = f"SELECT name, position FROM {s}.checkpoints ORDER BY name"
         self.lock_checkpoint = "SELECT pg_advisory_xact_lock(hashtextextended(%s, 0))"

@@ -30,6 +30,7 @@ from chronik.errors import (
     ConcurrencyError,
     DuplicateEventId,
     SchemaError,
+    StoreFenced,
     StoreNotFound,
     StoreUnavailable,
     StreamNotFound,
@@ -40,7 +41,7 @@ from chronik.events import (
     category_of,
     validate_stream_id,
 )
-from chronik.store.port import EventLog, Inspectable, SqlStore, WorkerState
+from chronik.store.port import EventLog, Fence, Fencing, Inspectable, SqlStore, WorkerState
 from chronik.store.protocol import (
     DEFAULT_MAX_EVENT_BYTES,
     READ_PAGE_SIZE,
@@ -223,6 +224,7 @@ def _import_sync(
     except sqlite3.IntegrityError as exc:
         conn.execute("ROLLBACK TO chronik_import")
         conn.execute("RELEASE chronik_import")
+        _raise_if_fenced(conn, exc)
         ids = [row[3] for row in rows]
         for start in range(0, len(ids), 500):
             chunk = ids[start : start + 500]
@@ -231,6 +233,23 @@ def _import_sync(
                 raise DuplicateEventId(found[1], uuid.UUID(found[0]), "is stored already") from exc
         raise ConcurrencyError(rows[0][0], rows[0][2] - 1, None) from exc
     conn.execute("RELEASE chronik_import")
+
+
+_FENCED = "chronik store fenced"
+"""The abort message of the ``events_fence`` trigger (migration 0009)."""
+
+
+def _fence_of(row: Any) -> Fence:
+    return Fence(str(row[0]), int(row[1]), _EPOCH + timedelta(microseconds=int(row[2])))
+
+
+def _raise_if_fenced(conn: sqlite3.Connection, exc: sqlite3.IntegrityError) -> None:
+    """Raise :class:`StoreFenced` when ``exc`` is the fence trigger's abort."""
+    if str(exc) != _FENCED:
+        return
+    row = conn.execute(_SQL.fence_state).fetchone()
+    fence = _fence_of(row) if row is not None else None
+    raise StoreFenced(fence.moved_to if fence else "?", fence.position if fence else None) from exc
 
 
 MAX_GROUP = 256
@@ -436,7 +455,7 @@ def _require_store(path: str) -> None:
 class SqliteEventStore(EventStoreBase):
     """Event store on one SQLite file; create with :meth:`open` or ``chronik.connect``."""
 
-    capabilities = frozenset({EventLog, Inspectable, WorkerState, SqlStore})
+    capabilities = frozenset({EventLog, Inspectable, WorkerState, SqlStore, Fencing})
     dialect = "sqlite"
 
     def __init__(
@@ -620,11 +639,12 @@ class SqliteEventStore(EventStoreBase):
         ]
         try:
             conn.executemany(_SQL.append, rows)
-        except sqlite3.IntegrityError:
+        except sqlite3.IntegrityError as exc:
             conn.execute(undo)
             original = resolve_duplicate(stream_id, expected, batch, self._lookup_ids(conn, batch))
             if original is not None:
                 return original, None
+            _raise_if_fenced(conn, exc)
             raise
         position = conn.execute(_SQL.last_position).fetchone()[0]
         return AppendResult(position=int(position), version=current + len(batch)), now
@@ -770,6 +790,29 @@ class SqliteEventStore(EventStoreBase):
                 await self._writer.finish(lambda: _rollback(conn))
                 raise
             await self._writer.finish(lambda: _commit(conn))
+
+    async def fence(self, moved_to: str) -> Fence:
+        """Fence the store (see :class:`chronik.store.port.Fencing`): one row, written under
+        SQLite's write lock, so no append commits after it."""
+        async with self.transaction() as tx:
+            row = await tx.fetchone(_SQL.fence_state)
+            if row is None:
+                await tx.execute(_SQL.set_fence, (moved_to, _now_us()))
+                row = await tx.fetchone(_SQL.fence_state)
+        return _fence_of(row)
+
+    async def fence_state(self) -> Fence | None:
+        self._check_open()
+
+        def query() -> Fence | None:
+            row = self._conn(self._reader).execute(_SQL.fence_state).fetchone()
+            return None if row is None else _fence_of(row)
+
+        return await self._reader.run(query)
+
+    async def unfence(self) -> None:
+        async with self.transaction() as tx:
+            await tx.execute(_SQL.unfence)
 
     async def get_checkpoint(self, name: str) -> int | None:
         self._check_open()

@@ -121,6 +121,15 @@ class SqliteStatements:
 
     # -- checkpoints, dead letters, projection versions ------------------------------------
 
+    # -- the fence of a migration's cut-over (0009) -----------------------------------------
+
+    fence_state = "SELECT moved_to, position, fenced_at FROM store_fence"
+    set_fence = (
+        "INSERT INTO store_fence (singleton, moved_to, position, fenced_at) "
+        "SELECT 1, ?, coalesce(max(position), 0), ? FROM events"
+    )
+    unfence = "DELETE FROM store_fence"
+
     get_checkpoint = "SELECT position FROM checkpoints WHERE name = ?"
     all_checkpoints = "SELECT name, position FROM checkpoints ORDER BY name"
     set_checkpoint = (

@@ -4,6 +4,7 @@
 - :class:`InspectableContract` — :class:`~chronik.store.port.Inspectable`;
 - :class:`WorkerStateContract` — :class:`~chronik.store.port.WorkerState`;
 - :class:`SqlStoreContract` — :class:`~chronik.store.port.SqlStore`;
+- :class:`FencingContract` — :class:`~chronik.store.port.Fencing`;
 - :class:`EventStoreContract` — the first three: what every backend of chronik has.
 
 The log and inspection suites include :mod:`chronik.testing.hostile`: every rule of what a
@@ -39,6 +40,7 @@ from chronik.errors import (
     InvalidStreamId,
     PayloadTooLarge,
     SerializationError,
+    StoreFenced,
     StreamNotFound,
 )
 from chronik.events import (
@@ -53,6 +55,7 @@ from chronik.store.capabilities import require, supports
 from chronik.store.port import (
     EventLog,
     EventStore,
+    Fencing,
     ImportedEvent,
     Inspectable,
     SqlStore,
@@ -67,6 +70,7 @@ from chronik.testing.hostile import (
 __all__ = [
     "EventLogContract",
     "EventStoreContract",
+    "FencingContract",
     "InspectableContract",
     "SqlStoreContract",
     "WorkerStateContract",
@@ -651,6 +655,52 @@ class SqlStoreContract:
             assert found == [("x-2",)]
         rows = await sql.query("SELECT stream_id FROM snapshots ORDER BY created_at")
         assert rows == [("x-1",), ("x-2",)]
+
+
+class FencingContract:
+    """:class:`~chronik.store.port.Fencing`: a fenced store refuses every new event, on
+    every write path, writing nothing; reads and workers' state still work."""
+
+    async def test_fence_refuses_every_write_path_and_writes_nothing(
+        self, store: EventStore
+    ) -> None:
+        fencing = require(store, Fencing)
+        assert await fencing.fence_state() is None
+        first = await store.append("a-1", [ev(n=0)])
+        fence = await fencing.fence("sqlite:///new.db")
+        assert fence.moved_to == "sqlite:///new.db"
+        assert fence.position == first.position
+        assert await fencing.fence_state() == fence
+        assert await fencing.fence("postgresql://elsewhere") == fence  # fenced once
+        head = await store.head_position()
+        with pytest.raises(StoreFenced, match=r"sqlite:///new\.db") as refused:
+            await store.append("a-1", [ev(n=1)], expected_version=0)
+        assert refused.value.moved_to == "sqlite:///new.db"
+        assert isinstance(refused.value, StoreFenced) and refused.value.retryable
+        with pytest.raises(StoreFenced):
+            await store.append("b-1", [ev(n=1), ev(n=2)], expected_version=NO_STREAM)
+        # many at once: the grouped write paths (group commit) are fenced too
+        outcomes = await asyncio.gather(
+            *(store.append(f"c-{i}", [ev(n=i)]) for i in range(40)), return_exceptions=True
+        )
+        assert all(isinstance(o, StoreFenced) for o in outcomes), outcomes
+        at = datetime.now(UTC)
+        with pytest.raises(StoreFenced):
+            async with store.transaction() as tx:
+                await tx.set_checkpoint("copy", 5)
+                await tx.import_events(
+                    [ImportedEvent(uuid.uuid4(), "d-1", 0, "X", 1, b"{}", b"{}", at)]
+                )
+        assert await store.get_checkpoint("copy") is None
+        assert await store.head_position() == head
+        assert [e.stream_id for e in await collect(store.read_all())] == ["a-1"]
+        async with store.transaction() as tx:  # workers' state still works
+            await tx.set_checkpoint("projection", 1)
+        assert await store.get_checkpoint("projection") == 1
+        await fencing.unfence()
+        assert await fencing.fence_state() is None
+        again = await store.append("a-1", [ev(n=1)], expected_version=0)
+        assert again.version == 1
 
 
 class EventStoreContract(EventLogContract, InspectableContract, WorkerStateContract):

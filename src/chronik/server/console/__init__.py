@@ -41,6 +41,8 @@ def console_routes(store: EventStore, app: App | None = None) -> list[BaseRoute]
         Route("/projections", h(console.projections), methods=["GET"], name="projections"),
         Route("/fragments/projections", h(console.projections_fragment), methods=["GET"]),
         Route("/projections/rebuild", h(console.rebuild), methods=["POST"]),
+        Route("/projections/pause", h(console.pause), methods=["POST"]),
+        Route("/projections/resume", h(console.resume), methods=["POST"]),
         Route("/dead-letters", h(console.dead_letters), methods=["GET"], name="dead_letters"),
         Route("/dead-letter", h(console.dead_letter), methods=["GET"], name="dead_letter"),
         Route("/dead-letters/retry", h(console.retry), methods=["POST"]),

@@ -14,6 +14,7 @@ from datetime import UTC, datetime, timedelta
 
 from chronik.app import App
 from chronik.events import RecordedEvent
+from chronik.projections.control import PausedProjection, paused_projections
 from chronik.projections.kinds import AnyProjection
 from chronik.projections.runner import Progress
 from chronik.projections.status import projection_status
@@ -91,6 +92,8 @@ class ProjectionRow:
     exact: bool
     """The lag counts the projection's own events (else every event after the checkpoint)."""
     job: RebuildJob | None = None
+    paused: PausedProjection | None = None
+    """Set while an operator has paused it (its runners, in any process, hold)."""
 
 
 @dataclass(frozen=True)
@@ -204,6 +207,7 @@ class Monitor:
             for letter in await store.dead_letters():
                 letters[letter.subscription] = letters.get(letter.subscription, 0) + 1
         rows: list[ProjectionRow] = []
+        paused = await paused_projections(store)
         if self.projections:
             for p in self.projections:
                 s = await projection_status(store, p, None)
@@ -213,7 +217,8 @@ class Monitor:
                     ProjectionRow(p.name, p.checkpoint_name, p.version, s.kind,
                                   None if in_use is None else in_use == p.version, s.checkpoint,
                                   s.head, s.lag_events, s.lag_seconds, eta, eta_seconds,
-                                  letters.get(p.checkpoint_name, 0), True, self.jobs.get(p.name))
+                                  letters.get(p.checkpoint_name, 0), True, self.jobs.get(p.name),
+                                  paused.get(p.name))
                 )  # fmt: skip
             return rows
         for name, checkpoint in sorted((await store.checkpoints()).items()):
@@ -229,7 +234,8 @@ class Monitor:
             rows.append(
                 ProjectionRow(base if version is not None else name, name, version, None, active,
                               checkpoint, head, lag, lag_seconds, eta, eta_seconds,
-                              letters.get(name, 0), False)
+                              letters.get(name, 0), False,
+                              paused=paused.get(base if version is not None else name))
             )  # fmt: skip
         return rows
 

@@ -14,7 +14,13 @@ from starlette.requests import Request
 from starlette.responses import PlainTextResponse, RedirectResponse, Response
 
 from chronik.app import App
-from chronik.errors import ChronikError, MissingCapability, StoreUnavailable, StreamNotFound
+from chronik.errors import (
+    ChronikError,
+    MissingCapability,
+    StoreUnavailable,
+    StreamNotFound,
+    UnknownProjection,
+)
 from chronik.events import RecordedEvent
 from chronik.server.console.data import (
     Monitor,
@@ -42,6 +48,9 @@ NOTICES = {
     "retried": "Retried: {fixed} fixed, {failing} still failing.",
     "skipped": "Dead letter {id} skipped (deleted; the event stays in the log).",
     "rebuild": "Rebuild of {name} started: its progress shows below.",
+    "paused": "{name} paused: its runners, in every process, hold after the batch in flight.",
+    "resumed": "{name} resumed: its runners go on from its checkpoint.",
+    "not_paused": "{name} was not paused.",
 }
 
 
@@ -95,7 +104,7 @@ class Console:
                 return self._error(request, 400, "That request cannot be answered", str(exc))
             except PermissionError as exc:
                 return self._error(request, 403, "Refused", str(exc))
-            except (NotFound, StreamNotFound) as exc:
+            except (NotFound, StreamNotFound, UnknownProjection) as exc:
                 return self._error(request, 404, "Not found", str(exc))
             except StoreUnavailable as exc:
                 return self._error(request, 503, "The store is not reachable", str(exc))
@@ -307,6 +316,23 @@ class Console:
         self._tasks.add(task)
         task.add_done_callback(self._tasks.discard)
         return self._back(request, "/projections", notice="rebuild", name=name)
+
+    async def pause(self, request: Request) -> Response:
+        from chronik.projections.control import pause_projection
+
+        form = await self.csrf.form(request)
+        name = form.get("name", "")
+        await pause_projection(self.store, name, by=form.get("by", "")[:500] or "console")
+        return self._back(request, "/projections", notice="paused", name=name)
+
+    async def resume(self, request: Request) -> Response:
+        from chronik.projections.control import resume_projection
+
+        form = await self.csrf.form(request)
+        name = form.get("name", "")
+        was = await resume_projection(self.store, name)
+        return self._back(request, "/projections", notice="resumed" if was else "not_paused",
+                          name=name)  # fmt: skip
 
     # -- dead letters -------------------------------------------------------------------------
 

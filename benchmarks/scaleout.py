@@ -1,0 +1,199 @@
+"""Scale-out of a partitioned projection on PostgreSQL (issue 17).
+
+``python -m benchmarks.scaleout [--quick]``:
+
+- **throughput**: the projection of ``tests.scaleout.app`` whose handler blocks 1 ms per
+  event (simulated synchronous I/O: one process handles one event at a time), 8
+  partitions, run by 1, 2 and 4 worker processes
+  (``tests.scaleout.worker``). The workers start on an empty store and split the partitions
+  first; the clock runs from the first append of E events (S streams) until the read model
+  holds all of them. Also the same projection with the plain (unpartitioned)
+  ``ProjectionRunner`` in one process, for reference. Goals: 2 processes at least 1.8x,
+  4 at least 3.4x of one.
+- **rebalance**: 4 workers (lease TTL 2 s); one is killed with SIGKILL; the time until its
+  partitions are owned by the others.
+- **lease check**: the cost of the fence per batch: a transaction moving a checkpoint, with
+  and without ``Leases.check`` (median of N).
+
+Nothing here asserts a time.
+"""
+
+from __future__ import annotations
+
+import argparse
+import asyncio
+import statistics
+import sys
+import time
+from collections.abc import Sequence
+
+from tests.scaleout.app import StreamOrder, model
+from tests.scaleout.cluster import Cluster, owners
+
+import chronik
+from benchmarks.common import create_target, drop_target, pg_reachable
+from chronik.projections import ProjectionRunner
+from chronik.scaleout import Leases
+from chronik.store.protocol import EventStore
+
+__all__ = ["main"]
+
+
+async def _append(store: EventStore, streams: int, events: int) -> None:
+    per = events // streams
+    for s in range(streams):
+        await store.append(f"tick-{s}", [chronik.NewEvent("Ticked", {"n": s}) for _ in range(per)])
+
+
+async def _applied(store: EventStore) -> int:
+    try:
+        return sum(e for _, e, _ in (await model(store)).values())
+    except Exception:
+        return 0
+
+
+async def _wait(check: object, timeout: float = 600) -> None:
+    deadline = time.monotonic() + timeout
+    while not await check():  # type: ignore[operator]
+        if time.monotonic() > deadline:
+            raise TimeoutError("benchmark step did not finish")
+        await asyncio.sleep(0.02)
+
+
+async def throughput(procs: int, events: int, streams: int) -> float:
+    """Events per second with ``procs`` worker processes."""
+    target = create_target("postgres", f"so{procs}")
+    url = target.chronik_url()
+    cluster = Cluster(url, 8, ttl=5.0, batch=100, handler_ms=1, blocking=True)
+    try:
+        async with await chronik.connect(url) as store:
+            members = {f"w{i}" for i in range(procs)}
+            for m in sorted(members):
+                cluster.start(m)
+
+            async def balanced() -> bool:
+                owned = await owners(store)
+                return len(owned) == 8 and set(owned.values()) == members
+
+            await _wait(balanced)
+            started = time.monotonic()
+            await _append(store, streams, events)
+
+            async def done() -> bool:
+                return await _applied(store) >= events
+
+            await _wait(done)
+            return events / (time.monotonic() - started)
+    finally:
+        cluster.stop_all()
+        drop_target(target)
+
+
+async def plain(events: int, streams: int) -> float:
+    """Events per second of the unpartitioned runner in one process (same handler)."""
+    import tests.scaleout.app as app
+
+    app.HANDLER_SECONDS, app.BLOCKING = 0.001, True
+    target = create_target("postgres", "soplain")
+    try:
+        async with await chronik.connect(target.chronik_url()) as store:
+            runner = ProjectionRunner(store, [StreamOrder()], batch_size=100)
+            await runner.setup()
+            await _append(store, streams, events)
+            started = time.monotonic()
+            await runner.catch_up()
+            return events / (time.monotonic() - started)
+    finally:
+        app.HANDLER_SECONDS, app.BLOCKING = 0.0, False
+        drop_target(target)
+
+
+async def rebalance(ttl: float) -> float:
+    """Seconds from SIGKILL of one of 4 workers until its partitions are owned again."""
+    target = create_target("postgres", "soreb")
+    url = target.chronik_url()
+    cluster = Cluster(url, 8, ttl=ttl, batch=100)
+    try:
+        async with await chronik.connect(url) as store:
+            members = {f"w{i}" for i in range(4)}
+            for m in sorted(members):
+                cluster.start(m)
+
+            async def balanced() -> bool:
+                owned = await owners(store)
+                return len(owned) == 8 and set(owned.values()) == members
+
+            await _wait(balanced)
+            orphaned = {p for p, o in (await owners(store)).items() if o == "w0"}
+            cluster.kill("w0")
+            killed = time.monotonic()
+
+            async def reowned() -> bool:
+                owned = await owners(store)
+                return all(owned[p] not in (None, "w0") for p in orphaned)
+
+            await _wait(reowned)
+            return time.monotonic() - killed
+    finally:
+        cluster.stop_all()
+        drop_target(target)
+
+
+async def lease_check(samples: int) -> tuple[float, float]:
+    """Median milliseconds of a checkpoint transaction without and with the lease check."""
+    target = create_target("postgres", "socheck")
+    try:
+        async with await chronik.connect(target.chronik_url()) as store:
+            leases = Leases(store, "bench", 1, member="m", ttl=60)
+            await leases.join()
+            epoch = await leases.acquire(0)
+            assert epoch is not None
+            without: list[float] = []
+            with_check: list[float] = []
+            for i in range(samples):
+                for fenced, into in ((False, without), (True, with_check)):
+                    t0 = time.perf_counter()
+                    async with store.transaction() as tx:
+                        if fenced:
+                            await leases.check(tx, 0, epoch)
+                        await tx.set_checkpoint("bench", i)
+                    into.append((time.perf_counter() - t0) * 1000)
+            return statistics.median(without), statistics.median(with_check)
+    finally:
+        drop_target(target)
+
+
+async def run(quick: bool) -> None:
+    events, streams = (2000, 200) if quick else (10000, 500)
+    print(
+        f"throughput: {events} events on {streams} streams, 1 ms blocking handler I/O, 8 partitions"
+    )
+    base = await plain(events, streams)
+    print(f"  unpartitioned ProjectionRunner, 1 process: {base:,.0f} events/s", flush=True)
+    rates: dict[int, float] = {}
+    for procs in (1, 2, 4):
+        rates[procs] = await throughput(procs, events, streams)
+        ratio = rates[procs] / rates[1]
+        print(f"  {procs} process(es): {rates[procs]:,.0f} events/s ({ratio:.2f}x of one)",
+              flush=True)  # fmt: skip
+    ttl = 2.0
+    took = await rebalance(ttl)
+    print(f"rebalance: partitions of a killed worker owned again after {took:.2f}s (TTL {ttl}s)")
+    plain_ms, fenced_ms = await lease_check(50 if quick else 500)
+    print(f"lease check: checkpoint transaction {plain_ms:.3f} ms, with the check "
+          f"{fenced_ms:.3f} ms (+{fenced_ms - plain_ms:.3f} ms per batch)")  # fmt: skip
+
+
+def main(argv: Sequence[str] | None = None) -> int:
+    parser = argparse.ArgumentParser(description=__doc__.splitlines()[0] if __doc__ else None)
+    parser.add_argument("--quick", action="store_true", help="small sizes (a smoke run)")
+    args = parser.parse_args(argv)
+    if not pg_reachable():
+        print("PostgreSQL is not reachable: nothing measured", file=sys.stderr)
+        return 1
+    asyncio.run(run(args.quick))
+    return 0
+
+
+if __name__ == "__main__":
+    sys.exit(main())

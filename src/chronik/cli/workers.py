@@ -1,0 +1,117 @@
+"""``chronik workers ...``: partitioned workers across processes (docs/scale-out.md)."""
+
+from __future__ import annotations
+
+import argparse
+from typing import Any
+
+from chronik.cli._common import Output, at_least, positive_float, run_until_signal
+from chronik.cli.projections import load_projections
+from chronik.errors import ChronikError
+from chronik.store import redact_url, store_url
+from chronik.store.protocol import EventStore
+
+__all__ = ["register"]
+
+
+async def cmd_workers_status(store: EventStore, args: argparse.Namespace, out: Output) -> int:
+    from chronik.scaleout import workers_status
+
+    groups = await workers_status(store, args.group)
+    if out.as_json:
+        out.json([g.to_dict() for g in groups])
+        return 0
+    if not groups:
+        out.note("no partitioned worker groups in this store")
+        return 0
+    for g in groups:
+        cols = ["partition", "owner", "epoch", "expires_in", "checkpoint", "position", "lag"]
+        rows = [
+            [f"{x.partition}/{x.partitions}", x.owner or "-", x.epoch,
+             "-" if x.expires_in is None else x.expires_in, x.checkpoint, x.position, x.lag]
+            for x in g.partitions
+        ]  # fmt: skip
+        out.table(f"{g.name}: {len(g.members)} live member(s)", cols, rows)
+    return 0
+
+
+async def cmd_workers_resize(store: EventStore, args: argparse.Namespace, out: Output) -> int:
+    from chronik.scaleout import resize
+
+    group = await resize(store, args.group, args.partitions)
+    if out.as_json:
+        out.json({"name": group.name, "partitions": group.partitions,
+                  "resize_to": group.resize_to, "barrier": group.barrier})  # fmt: skip
+    elif group.resize_to is None:
+        out.say(("unchanged", "yellow"), f" {group.name} has {group.partitions} partitions")
+    else:
+        out.say(("resizing", "green"), f" {group.name}: {group.partitions} -> "
+                f"{group.resize_to} partitions at position {group.barrier}")  # fmt: skip
+    return 0
+
+
+async def cmd_workers_projections(store: EventStore, args: argparse.Namespace, out: Output) -> int:
+    from chronik.scaleout import PartitionedProjectionRunner
+
+    projections = load_projections(args.app)
+    if args.only:
+        projections = [p for p in projections if p.name in args.only]
+        if not projections:
+            raise ChronikError(f"none of {args.only} is a projection of {args.app!r}")
+    runners = [
+        PartitionedProjectionRunner(
+            store,
+            p,
+            partitions=args.partitions,
+            member=args.member,
+            lease_ttl=args.lease_ttl,
+            batch_size=args.batch_size,
+            poll_interval=args.interval,
+        )
+        for p in projections
+    ]
+    what = ", ".join(f"{p.name} ({args.partitions} partitions)" for p in projections)
+    code = await run_until_signal(runners, out, f"{what} on {redact_url(store_url(args.store))}")
+    summary: list[dict[str, Any]] = [
+        {"name": r.name, "rebalances": r.rebalances, "leases_lost": r.lost} for r in runners
+    ]
+    if out.as_json:
+        out.json(summary)
+    else:
+        out.note("stopped: " + ", ".join(f"{s['name']}" for s in summary))
+    return code
+
+
+def register(sub: Any, common: argparse.ArgumentParser) -> None:
+    workers = sub.add_parser(
+        "workers", parents=[common], help="partitioned workers across processes (leases)"
+    )
+    wsub = workers.add_subparsers(dest="action", required=True, metavar="ACTION")
+
+    p = wsub.add_parser(
+        "status", parents=[common], help="members, and per partition owner, epoch and lag"
+    )
+    p.add_argument("group", nargs="?", help="only this group (projection:NAME:vN)")
+    p.set_defaults(handler=cmd_workers_status)
+
+    p = wsub.add_parser(
+        "resize", parents=[common], help="change a group's partition count while it runs"
+    )
+    p.add_argument("group", help="the group (projection:NAME:vN)")
+    p.add_argument("partitions", type=at_least(1), help="the new partition count")
+    p.set_defaults(handler=cmd_workers_resize)
+
+    p = wsub.add_parser(
+        "projections", parents=[common],
+        help="run projections split into partitions; start it in N processes",
+    )  # fmt: skip
+    p.add_argument("app", help="MODULE:OBJECT naming projections (see `projections run`)")
+    p.add_argument("--partitions", type=at_least(1), default=8,
+                   help="partitions per projection (the same in every process)")  # fmt: skip
+    p.add_argument("--only", action="append", help="only this projection (repeatable)")
+    p.add_argument("--member", help="this process's id in the group (default host:pid:random)")
+    p.add_argument("--lease-ttl", type=positive_float, default=10.0,
+                   help="seconds a lease lasts without a heartbeat")  # fmt: skip
+    p.add_argument("--batch-size", type=at_least(1), default=500, help="events per batch")
+    p.add_argument("--interval", type=positive_float, default=0.5, help="poll interval in seconds")
+    p.set_defaults(handler=cmd_workers_projections)

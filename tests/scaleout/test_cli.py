@@ -1,0 +1,47 @@
+"""``chronik workers status|resize --json`` on a store with a partitioned group."""
+
+from __future__ import annotations
+
+import asyncio
+import json
+from typing import Any
+
+import pytest
+
+import chronik
+from chronik.cli.main import main
+from chronik.scaleout import PartitionedProjectionRunner
+from tests.scaleout.app import StreamOrder, append_ticks
+from tests.scaleout.test_leases import _applied, until
+
+
+async def _run_group(url: str) -> None:
+    async with await chronik.connect(url) as store:
+        runner = PartitionedProjectionRunner(store, StreamOrder(), partitions=2, member="solo")
+        async with runner:
+            await append_ticks(store, 4, 2)
+            await until(lambda: _applied(store, 8), "applied")
+
+
+def _json(capsys: pytest.CaptureFixture[str], argv: list[str]) -> Any:
+    capsys.readouterr()
+    assert main(argv) == 0
+    return json.loads(capsys.readouterr().out)
+
+
+def test_workers_status_and_resize_json(
+    sqlite_url: str, capsys: pytest.CaptureFixture[str]
+) -> None:
+    asyncio.run(_run_group(sqlite_url))
+    (group,) = _json(capsys, ["--store", sqlite_url, "workers", "status", "--json"])
+    assert group["name"] == "projection:so:v1"
+    assert group["members"] == []  # stopped gracefully: left the group
+    parts = group["partitions"]
+    assert [(x["partition"], x["owner"], x["epoch"]) for x in parts] == [(0, None, 1), (1, None, 1)]
+    assert all(x["lag"] == 0 and x["checkpoint"].startswith("so:v1/p") for x in parts)
+    done = _json(capsys, ["--store", sqlite_url, "workers", "resize", "projection:so:v1", "3",
+                          "--json"])  # fmt: skip
+    assert (done["partitions"], done["resize_to"]) == (2, 3)
+    capsys.readouterr()
+    assert main(["--store", sqlite_url, "workers", "resize", "projection:nope:v1", "3"]) == 1
+    assert "no worker group" in capsys.readouterr().err
