@@ -68,6 +68,9 @@ def test_passwords_are_redacted() -> None:
         "postgresql://h/db?password=%2A%2A%2A&x=1"
     )
     assert redact_url("sqlite:////abs/a.db") == "sqlite:////abs/a.db"  # unchanged, slashes kept
+    # red team: libpq's sslpassword (a key passphrase) was shown in fences and errors
+    hidden = redact_url("postgresql://h/db?schema=s&sslpassword=KeyPass123&apiToken=t0k")
+    assert "KeyPass123" not in hidden and "t0k" not in hidden and "schema=s" in hidden
     with pytest.raises(chronik.UnsupportedStoreUrl) as caught:
         parse_store_url("postgresql://app:s3cret@h/db?schema=")
     assert "s3cret" not in str(caught.value)

@@ -397,11 +397,37 @@ async def test_a_cut_over_that_did_not_complete_can_be_given_back() -> None:
         await app.append("a-1", [NewEvent("E")], expected_version=0)  # the old store again
         report = await cutover(old, new, moved_to="memory://new")
         assert report.tail_read == 1
-        with pytest.raises(chronik.MigrationError, match="this migration is complete"):
+        with pytest.raises(chronik.MigrationError, match="is complete"):
             await cancel_cutover(old, new)
+        async with await chronik.connect("memory://") as third:  # red team: another target
+            with pytest.raises(chronik.MigrationError, match="is complete"):
+                await cancel_cutover(old, third)  # must not lift the completed fence
+        assert await chronik.store.require(old, Fencing).fence_state() is not None
         with pytest.raises(chronik.MigrationComplete, match="cut over at position"):
             await cutover(old, new, moved_to="memory://new")
         assert await map_checkpoint(old, new, 1) == 1  # before a-1 v1, copied at 2
         await app.append("a-1", [NewEvent("E")], expected_version=1)
         assert app.switched and await new.stream_version("a-1") == 2
         assert (await verify_copy(old, new)).ok  # up to the cut-over, not the new write
+
+
+async def test_writers_waiting_on_a_fence_go_back_when_it_is_lifted() -> None:
+    """Red team: waiting writers were serialised on one lock (4 writers failed 30 s apart)
+    and never noticed `migrate unfence`, failing with "write to NEW" instead."""
+    async with (
+        await chronik.connect("memory://") as old,
+        await chronik.connect("memory://") as new,
+    ):
+        await copy_store(old, new)
+        await chronik.store.require(old, Fencing).fence("memory://new")  # cut-over stopped
+        app = MigratingStore(old, new, switch_timeout=60, check_interval=0.01)
+        writers = [
+            asyncio.create_task(app.append(f"w-{n}", [NewEvent("E")], expected_version=-1))
+            for n in range(4)
+        ]
+        await asyncio.sleep(0.1)  # all four are waiting now
+        assert not any(w.done() for w in writers)
+        await cancel_cutover(old, new)  # the operator gives writes back to the old store
+        results = await asyncio.wait_for(asyncio.gather(*writers), 20)
+        assert len(results) == 4 and not app.switched
+        assert sorted([e.stream_id async for e in old.read_all()]) == [f"w-{n}" for n in range(4)]

@@ -82,3 +82,22 @@ def test_serve_on_a_missing_store_is_one_line_and_creates_nothing(tmp_path: Path
     assert done.returncode == 3
     assert done.stderr.decode().count("\n") == 1 and b"StoreNotFound" in done.stderr
     assert not path.exists()
+
+
+def test_a_taken_or_impossible_port_is_a_clear_error(tmp_path: Path) -> None:
+    """Red team: a taken port exited 3 (documented as "not found"); --port 99999 crashed
+    with an OverflowError."""
+    import socket
+
+    cli = [sys.executable, "-m", "chronik", "--store", f"sqlite:///{tmp_path}/p.db"]
+    subprocess.run([*cli, "init"], check=True, capture_output=True)
+    with socket.socket() as taken:
+        taken.bind(("127.0.0.1", 0))
+        taken.listen()
+        port = taken.getsockname()[1]
+        done = subprocess.run([*cli, "serve", "--port", str(port)], capture_output=True,
+                              text=True, timeout=60)  # fmt: skip
+    assert done.returncode == 1 and f"cannot listen on 127.0.0.1:{port}" in done.stderr
+    done = subprocess.run([*cli, "serve", "--port", "99999"], capture_output=True, text=True,
+                          timeout=60)  # fmt: skip
+    assert done.returncode == 2 and "0 to 65535" in done.stderr

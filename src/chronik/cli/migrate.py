@@ -112,6 +112,11 @@ async def cmd_migrate_follow(args: argparse.Namespace, out: Output) -> int:
 
 
 async def cmd_migrate_cutover(args: argparse.Namespace, out: Output) -> int:
+    if str(args.target).startswith("memory:"):
+        raise ChronikError(
+            "refusing to cut over to memory://: it ends with this process, and the source "
+            "would stay fenced towards a store that no longer exists"
+        )
     options = _options(args)
     source_store = await connect(args.source, create=False)
     async with source_store as source, await connect(args.target, create=False) as target:

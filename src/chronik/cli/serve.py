@@ -79,6 +79,7 @@ async def _serve_http(args: argparse.Namespace, out: Output) -> int:
 
     from chronik.app import load_app
     from chronik.server import create_app_for_url
+    from chronik.server.origin import LOOPBACK_HOSTS
 
     url = store_url(getattr(args, "store", None))
     app = load_app(args.app) if args.app else None
@@ -96,6 +97,8 @@ async def _serve_http(args: argparse.Namespace, out: Output) -> int:
         create=False,
         stopping=stopping,
         policy=policy,
+        # on the loopback, answer only to loopback names: a DNS-rebinding page cannot reach it
+        allowed_hosts=LOOPBACK_HOSTS if _is_loopback(args.host) else None,
     )
     config = uvicorn.Config(
         web,
@@ -116,6 +119,10 @@ async def _serve_http(args: argparse.Namespace, out: Output) -> int:
         await server.serve()
     except OSError as exc:  # the port is taken, the host is not ours
         raise ChronikError(f"cannot listen on {args.host}:{args.port}: {exc}") from exc
+    except SystemExit as exc:  # uvicorn exits on a failed bind after logging why
+        raise ChronikError(
+            f"cannot listen on {args.host}:{args.port} (see the error above)"
+        ) from exc
     if not server.started:
         raise ChronikError(f"the server did not start on {args.host}:{args.port} (see above)")
     return 0
@@ -210,7 +217,7 @@ def register(sub: Any, common: argparse.ArgumentParser) -> None:
     )
     p.add_argument("--app", default=None, help="MODULE:OBJECT of a chronik.App (types, deciders)")
     p.add_argument("--host", default="127.0.0.1", help="address to listen on (default 127.0.0.1)")
-    p.add_argument("--port", type=at_least(0), default=8000, help="port (default 8000)")
+    p.add_argument("--port", type=_port, default=8000, help="port (default 8000)")
     p.add_argument(
         "--max-body-bytes",
         type=at_least(1),
@@ -253,6 +260,16 @@ def register(sub: Any, common: argparse.ArgumentParser) -> None:
         "--no-http", action="store_true", help="serve only --kurrent-grpc, not the HTTP API"
     )
     p.set_defaults(standalone=cmd_serve)
+
+
+def _port(text: str) -> int:
+    try:
+        port = int(text)
+    except ValueError:
+        raise argparse.ArgumentTypeError(f"not a port number: {text!r}") from None
+    if not 0 <= port <= 65535:
+        raise argparse.ArgumentTypeError(f"a port is 0 to 65535, not {port}")
+    return port
 
 
 def _kurrent_listen(text: str) -> tuple[str, int]:

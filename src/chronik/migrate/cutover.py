@@ -332,13 +332,16 @@ async def cancel_cutover(source: EventStore, target: EventStore) -> Fence | None
             target already, and lifting the fence would split the log in two.
     """
     fencing = require(source, Fencing)
-    marks = await target.checkpoints()
-    done = [v for k, v in marks.items() if k.startswith(COMPLETE_PREFIX)]
-    if done:
-        raise MigrationError(
-            f"this migration is complete (cut over at position {done[0]}): writers may "
-            f"have written into the target, so the source stays fenced"
-        )
+    # the source's own mark too: a migration completed towards ANOTHER target must not be
+    # undone by naming this one (the log would split in two)
+    for store in (target, source):
+        marks = await store.checkpoints()
+        done = [v for k, v in marks.items() if k.startswith(COMPLETE_PREFIX)]
+        if done:
+            raise MigrationError(
+                f"a migration from this source is complete (cut over at position {done[0]}): "
+                "writers may have written into its target, so the source stays fenced"
+            )
     fence = await fencing.fence_state()
     await fencing.unfence()
     return fence
@@ -485,33 +488,40 @@ class MigratingStore:
         self, stream_id: str, events: Sequence[NewEvent], *, expected_version: int = ANY
     ) -> AppendResult:
         """Append to the store that takes writes (see the class)."""
-        if not self._switched:
+        while not self._switched:
             try:
                 return await self.source.append(
                     stream_id, events, expected_version=expected_version
                 )
             except StoreFenced as fenced:
-                await self._switch_after(fenced)
+                if not await self._switch_after(fenced):
+                    continue  # the fence was lifted (`migrate unfence`): the source again
         result = await self.target.append(stream_id, events, expected_version=expected_version)
         if self.switch is not None and self.switch.first_write_at is None:
             self.switch = dataclasses.replace(self.switch, first_write_at=datetime.now(UTC))
         return result
 
-    async def _switch_after(self, fenced: StoreFenced) -> None:
+    async def _switch_after(self, fenced: StoreFenced) -> bool:
+        """Wait (each caller at most ``switch_timeout``, concurrently: no lock held while
+        waiting) until the migration is complete (``True``: write to the target) or the
+        fence was lifted (``False``: write to the source again)."""
+        if self.target_url is not None and fenced.moved_to != self.target_url:
+            raise fenced  # moved elsewhere than this wrapper's target
+        deadline = time.monotonic() + self.switch_timeout
+        fencing = require(self.source, Fencing)
+        while not self._switched and await _complete_mark(self.target) is None:
+            if await fencing.fence_state() is None:
+                return False
+            if time.monotonic() >= deadline:
+                raise fenced
+            await asyncio.sleep(self.check_interval)
         async with self._lock:
-            if self._switched:
-                return
-            if self.target_url is not None and fenced.moved_to != self.target_url:
-                raise fenced  # moved elsewhere than this wrapper's target
-            deadline = time.monotonic() + self.switch_timeout
-            while await _complete_mark(self.target) is None:
-                if time.monotonic() >= deadline:
-                    raise fenced
-                await asyncio.sleep(self.check_interval)
-            fence = await require(self.source, Fencing).fence_state()
-            now = datetime.now(UTC)
-            self.switch = Switch(fence.fenced_at if fence else now, now)
-            self._switched = True
+            if not self._switched:
+                fence = await fencing.fence_state()
+                now = datetime.now(UTC)
+                self.switch = Switch(fence.fenced_at if fence else now, now)
+                self._switched = True
+        return True
 
     def read_stream(
         self,

@@ -23,6 +23,7 @@ from chronik.server.console import console_routes
 from chronik.server.live import live_routes
 from chronik.server.openapi import openapi_document
 from chronik.server.operations import Operations
+from chronik.server.origin import OriginGuard
 from chronik.server.routing import (
     ApiError,
     Call,
@@ -129,6 +130,7 @@ def create_app(
     extra_routes: Sequence[BaseRoute] = (),
     stopping: asyncio.Event | None = None,
     policy: Policy | None = None,
+    allowed_hosts: Sequence[str] | None = None,
 ) -> Starlette:
     """The HTTP API, live push and the console over ``store``.
 
@@ -137,6 +139,9 @@ def create_app(
             :func:`create_app_for_url`.
         app: the application's registry and deciders (unknown types refused on append,
             state replays).
+        allowed_hosts: the ``Host`` names answered (``None``: any); ``chronik serve`` on the
+            loopback passes :data:`~chronik.server.origin.LOOPBACK_HOSTS` (DNS rebinding).
+            Cross-site state changes are refused in any case (:mod:`chronik.server.origin`).
         max_body_bytes: largest request body (413 above it, refused before parsing).
         policy: who may do what (docs/security.md); every request is then authenticated
             (API tokens of this store, OIDC JWTs, the policy's anonymous role). ``None``:
@@ -159,7 +164,8 @@ def create_app(
     routes: list[BaseRoute] = [Route("/openapi.json", openapi, methods=["GET"])]
     routes.extend(_route(ep, max_body_bytes) for ep in endpoints)
     routes.extend(live_routes(store, stopping=stopping))
-    middleware: list[Middleware] = []
+    # first: pages in the operator's browser may not change state or pass as another host
+    middleware: list[Middleware] = [Middleware(OriginGuard, allowed_hosts=allowed_hosts)]
     if policy is not None:
         from chronik.server.auth import AuthMiddleware, login_routes
 
@@ -195,6 +201,7 @@ def create_app_for_url(
     extra_routes: Sequence[BaseRoute] = (),
     stopping: asyncio.Event | None = None,
     policy: Policy | None = None,
+    allowed_hosts: Sequence[str] | None = None,
 ) -> ServeUrl:
     """The app of :func:`create_app` for a store URL: the store is opened when the server
     starts (in its event loop; ``create=False``: :class:`StoreNotFound` if it is not there)
@@ -205,5 +212,6 @@ def create_app_for_url(
         "extra_routes": extra_routes,
         "stopping": stopping,
         "policy": policy,
+        "allowed_hosts": allowed_hosts,
     }
     return ServeUrl(url, create, options)

@@ -64,6 +64,7 @@ from chronik.server.routing import (
     error_response,
 )
 from chronik.store.protocol import EventStore
+from chronik.store.validation import check_read_all
 from chronik.subscriptions import Backoff, Page, Subscription
 
 __all__ = ["DEFAULT_HEARTBEAT", "CheckpointOut", "SagaEventOut", "live_routes"]
@@ -551,7 +552,19 @@ class _Live:
 
     async def feed(self, sub: Subscribe, after: int | None, access: Access = OPEN_ACCESS) -> Feed:
         """The feed a subscription asks for (``after``: its resume position, parsed), if
-        ``access`` may read it (:class:`~chronik.errors.AccessDenied` otherwise)."""
+        ``access`` may read it (:class:`~chronik.errors.AccessDenied` otherwise). Filter
+        texts no store can be asked for (NUL, lone surrogates) are refused here, before the
+        stream starts, not by the feed after it started."""
+        names: list[str] | None = None
+        if isinstance(sub, SubscribeCategory):
+            names = [sub.category]
+        elif isinstance(sub, SubscribeSaga):
+            names = [sub.saga]
+        elif isinstance(sub, SubscribeEvents):
+            names = sub.categories
+        elif isinstance(sub, SubscribeProjections):
+            names = sub.names
+        check_read_all(0, names, getattr(sub, "types", None), None)
         if isinstance(sub, SubscribeProjections):
             access.authorize(Operation.OPERATE, None)
             return _checkpoints(self.watch, sub.names)

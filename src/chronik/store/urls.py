@@ -105,7 +105,8 @@ class StoreUrl:
 
 
 def redact_url(url: str) -> str:
-    """``url`` with its password (in the user part or a ``password`` parameter) as ``***``.
+    """``url`` with its password (in the user part, or a ``password``, ``sslpassword`` or
+    other secret-named parameter) as ``***``.
 
     A URL without a password is returned as given.
     """
@@ -116,14 +117,21 @@ def redact_url(url: str) -> str:
     user, at, host = parts.netloc.rpartition("@")
     secret_user = bool(at) and ":" in user
     pairs = parse_qsl(parts.query, keep_blank_values=True)
-    secret_query = any(k == "password" for k, _ in pairs)
+    secret_query = any(_secret(k) for k, _ in pairs)
     if not secret_user and not secret_query:
         return url
     netloc = f"{user.split(':', 1)[0]}:***@{host}" if secret_user else parts.netloc
     query = parts.query
     if secret_query:
-        query = urlencode([(k, "***" if k == "password" else v) for k, v in pairs], quote_via=quote)
+        query = urlencode([(k, "***" if _secret(k) else v) for k, v in pairs], quote_via=quote)
     return urlunsplit((parts.scheme, netloc, parts.path, query, parts.fragment))
+
+
+def _secret(key: str) -> bool:
+    """A query parameter that holds a secret: libpq's ``password``, ``sslpassword`` and
+    anything else named like a password, key passphrase or token."""
+    key = key.lower()
+    return any(word in key for word in ("password", "passphrase", "secret", "token"))
 
 
 def _bad(url: str, reason: str) -> UnsupportedStoreUrl:
