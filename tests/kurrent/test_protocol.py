@@ -103,6 +103,46 @@ def test_event_bytes_round_trip(client: Any, kurrent: ServerThread) -> None:
     assert stored[1].data == {} and "kurrent" in stored[1].metadata
 
 
+@pytest.mark.feature("append")
+def test_empty_appends_and_the_all_name(client: Any) -> None:
+    """Red team: an empty append with NoStream answered "Value out of range: -1"; `$all`
+    could be appended to and tombstoned as a stream of its own."""
+    client.append_to_stream("fresh-empty", events=[], current_version=StreamState.NO_STREAM)
+    with pytest.raises(NotFoundError):
+        client.get_stream("fresh-empty")  # nothing was written
+    with pytest.raises(Exception, match="global log"):
+        client.append_to_stream("$all", events=ev(), current_version=StreamState.ANY)
+    with pytest.raises(Exception, match="global log"):
+        client.tombstone_stream("$all", current_version=StreamState.ANY)
+
+
+@pytest.mark.feature("events")
+def test_a_chronik_event_with_a_kurrent_metadata_key_reads_as_written(
+    client: Any, kurrent: ServerThread
+) -> None:
+    """Red team: one event appended through chronik with metadata {"kurrent": {"data": "x"}}
+    stopped every $all read and subscription at it (invalid base64), and a well-formed one
+    changed how the event read. Only this face's strict encoding is decoded now."""
+    import chronik
+
+    odd: list[dict[str, Any]] = [
+        {"kurrent": {"data": "x"}},
+        {"kurrent": {"content_type": 5}},
+        {"kurrent": {}},
+        {"kurrent": {"data": "aGVsbG8=", "extra": 1}},
+        {"kurrent": "a string"},
+    ]
+    for n, metadata in enumerate(odd):
+        kurrent.call(
+            kurrent.store.append(f"odd-{n}", [chronik.NewEvent("Odd", {"n": n}, metadata)])
+        )
+    everything = list(client.read_all())
+    got = [e for e in everything if e.stream_name.startswith("odd-")]
+    assert [json.loads(e.data) for e in got] == [{"n": n} for n in range(len(odd))]
+    assert all(e.content_type == "application/json" for e in got)
+    assert [json.loads(e.metadata)["kurrent"] for e in got] == [m["kurrent"] for m in odd]
+
+
 async def _collect(source: Any) -> list[Any]:
     return [e async for e in source]
 

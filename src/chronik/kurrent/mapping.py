@@ -20,6 +20,7 @@ bytes come back as they were sent, and JSON comes back equal as JSON.
 from __future__ import annotations
 
 import base64
+import binascii
 import datetime as dt
 import uuid
 from collections.abc import Mapping
@@ -85,6 +86,8 @@ def to_chronik_stream(name: str) -> str:
             f"stream name {name[:60]!r} begins with {STREAM_PREFIX!r}, which chronik uses "
             "for KurrentDB's '$' streams (see docs/kurrent-protocol.md)"
         )
+    if name == "$all":  # the global log, never a stream of its own (red-team finding)
+        raise ProtocolError("'$all' is the global log: it cannot be written or deleted by name")
     if name.startswith("$"):
         return STREAM_PREFIX + name[1:]
     return name
@@ -199,20 +202,51 @@ def event_parts(event: RecordedEvent) -> tuple[str, bytes, bytes]:
         return CONTENT_TYPE_JSON, event.raw_data, custom
     metadata = dict(event.metadata)
     extra = metadata.pop(_KEY, None)
-    if not isinstance(extra, dict):  # a user key named "kurrent" written by chronik itself
+    decoded = _face_encoding(extra)
+    if decoded is None:
+        # not this face's encoding (a user key named "kurrent" written through chronik):
+        # the event reads as chronik wrote it. Never an error: one odd event must not stop
+        # every $all read and subscription that reaches it (found by a red-team run).
         return CONTENT_TYPE_JSON, event.raw_data, raw_metadata
-    content_type = str(extra.get("content_type", CONTENT_TYPE_JSON))
-    data = event.raw_data
-    if isinstance(extra.get("data"), str):
-        data = base64.b64decode(extra["data"])
-    if isinstance(extra.get("metadata"), str):
-        custom = base64.b64decode(extra["metadata"])
+    content_type, data, custom_bytes, added = decoded
+    if custom_bytes is not None:
+        custom = custom_bytes
     else:
-        added = extra.get("added")
-        for key in added if isinstance(added, list) else ():
+        for key in added:
             metadata.pop(key, None)
         custom = _encode(metadata)
-    return content_type, data, custom
+    return content_type, data if data is not None else event.raw_data, custom
+
+
+_FACE_KEYS = frozenset({"content_type", "data", "metadata", "added"})
+
+
+def _face_encoding(
+    extra: object,
+) -> tuple[str, bytes | None, bytes | None, list[str]] | None:
+    """What this face stored under the ``kurrent`` metadata key, strictly checked:
+    ``(content_type, data, metadata, added keys)``, or ``None`` for anything else."""
+    if not isinstance(extra, dict) or not extra or not set(extra) <= _FACE_KEYS:
+        return None
+    content_type = extra.get("content_type", CONTENT_TYPE_JSON)
+    added = extra.get("added", [])
+    if not isinstance(content_type, str) or not isinstance(added, list):
+        return None
+    if not all(isinstance(key, str) for key in added):
+        return None
+    parts: list[bytes | None] = []
+    for name in ("data", "metadata"):
+        value = extra.get(name)
+        if value is None:
+            parts.append(None)
+            continue
+        if not isinstance(value, str):
+            return None
+        try:
+            parts.append(base64.b64decode(value, validate=True))
+        except (ValueError, binascii.Error):
+            return None
+    return content_type, parts[0], parts[1], added
 
 
 def expected_of(which: str | None, revision: int) -> int:

@@ -200,6 +200,11 @@ class StreamsService(streams_pb2_grpc.StreamsServicer):
                 wev.current_revision_20_6_0 = result.actual
             _set_expected(wev, expected)
             return streams_pb2.AppendResp(wrong_expected_version=wev)
+        if result.version < 0:  # nothing appended to a stream that does not exist
+            success = streams_pb2.AppendResp.Success()
+            success.no_stream.SetInParent()
+            success.no_position.SetInParent()
+            return streams_pb2.AppendResp(success=success)
         success = streams_pb2.AppendResp.Success(
             current_revision=result.version,
             position=streams_pb2.AppendResp.Position(
@@ -278,6 +283,10 @@ class StreamsService(streams_pb2_grpc.StreamsServicer):
             else:
                 detail.current_stream_revision = result.actual
             return _batch_status(request, "FAILED_PRECONDITION", "WrongExpectedVersion", detail)
+        if result.version < 0:  # nothing appended to a stream that does not exist
+            response.success.no_stream.SetInParent()
+            response.success.no_position.SetInParent()
+            return response
         response.success.current_revision = result.version
         response.success.position.commit_position = result.position
         response.success.position.prepare_position = result.position
