@@ -495,8 +495,20 @@ class PostgresEventStore(EventStoreBase):
         attempt = 0
         while True:
             try:
-                async with self._pool.connection() as conn:
-                    return await op(conn)
+                conn = await self._pool.getconn()
+                try:
+                    result = await op(conn)
+                except BaseException as exc:
+                    # handing back (closing first if cancelled mid-query) runs to its end
+                    # even if the caller is cancelled again meanwhile: a connection lost
+                    # from the pool's books drained it (seen: PoolTimeout after a gRPC
+                    # client left mid-subscription)
+                    await wait_uninterrupted(
+                        self._give_back(conn, broken=not isinstance(exc, Exception))
+                    )
+                    raise
+                await wait_uninterrupted(self._pool.putconn(conn))
+                return result
             except psycopg.Error as exc:
                 if exc.sqlstate == STORE_FENCED:
                     raise _fenced(exc) from exc
@@ -513,6 +525,15 @@ class PostgresEventStore(EventStoreBase):
                 if isinstance(exc, psycopg.DataError):
                     raise SerializationError(f"PostgreSQL rejected a value: {exc}") from exc
                 raise _unavailable(exc) from exc
+
+    async def _give_back(self, conn: _Conn, *, broken: bool) -> None:
+        """Return ``conn`` to the pool; ``broken`` (a cancelled statement may have left the
+        protocol out of step): closed first, so the pool replaces it."""
+        try:
+            if broken:
+                await conn.close()
+        finally:
+            await self._pool.putconn(conn)
 
     async def _fetchall(self, sql: str, params: Any) -> list[_Row]:
         async def op(conn: _Conn) -> list[_Row]:
