@@ -593,4 +593,3 @@ async def test_read_stopped_early(env: Env, name: str, closed: bool) -> None:
         assert [e.event_id async for e in read(env.store, stream)] == _expected_read(name, ids)
         await assert_usable(env)
     await assert_set_algebra(env)
-
