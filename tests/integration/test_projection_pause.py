@@ -185,6 +185,12 @@ def test_pause_from_the_cli_holds_a_runner_in_another_process(store_url: str) ->
             time.sleep(0.05)
 
     asyncio.run(setup())
+    # paused before any runner committed a checkpoint: status still lists it (red team)
+    done = _cli(store_url, "--json", "projections", "pause", "loyalty_points")
+    listed = json.loads(_cli(store_url, "--json", "projections", "status").stdout)
+    assert [(r["name"], r["checkpoint"]) for r in listed] == [("loyalty_points", 0)]
+    assert listed[0]["paused_at"] is not None
+    _cli(store_url, "projections", "resume", "loyalty_points")
     runner = subprocess.Popen(
         [sys.executable, "-m", "chronik", "--store", store_url, "projections", "run",
          "examples.loyalty:projections", "--interval", "0.05"],

@@ -49,6 +49,13 @@ async def cmd_projections_status(store: EventStore, args: argparse.Namespace, ou
                     "paused_at": pause.paused_at.isoformat() if pause else None,
                 }
             )
+        listed = {str(row["name"]).partition(":v")[0] for row in statuses}
+        for name, pause in sorted(paused.items()):
+            if name not in listed:  # paused before it ever committed a checkpoint
+                statuses.append({"name": name, "checkpoint": 0, "head": head,
+                                 "lag_events": (await events_after(store, 0)).events,
+                                 "dead_letters": 0,
+                                 "paused_at": pause.paused_at.isoformat()})  # fmt: skip
     out.records("projections", statuses, empty="no projections have a checkpoint yet")
     horizon = await read_horizon(store)
     if horizon is not None and horizon.held and not out.as_json:
