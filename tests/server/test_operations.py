@@ -13,7 +13,7 @@ import chronik
 from chronik.events import RecordedEvent
 from chronik.projections import ProjectionRunner
 from chronik.server import create_app
-from chronik.store.port import Tx
+from chronik.store.port import Fencing, Tx
 
 
 class Totals(chronik.Projection):
@@ -132,3 +132,26 @@ async def test_pause_and_resume_over_http(store: chronik.EventStore) -> None:
         assert row["paused_at"] is None
         r = await http.post("/projections/nope/resume")
         assert r.status_code == 404
+
+
+async def test_health_says_fenced_and_where_writes_went(store: chronik.EventStore) -> None:
+    await store.append("order-1", [chronik.NewEvent("Placed", {})])
+    web = create_app(store)
+    transport = httpx.ASGITransport(app=web)
+    async with httpx.AsyncClient(transport=transport, base_url="http://t") as http:
+        assert (await http.get("/health")).json() == {
+            "status": "ok", "head_position": "1", "moved_to": None
+        }  # fmt: skip
+        fencing = chronik.store.require(store, Fencing)
+        await fencing.fence("postgresql://app:secret@db.example/new")
+        health = (await http.get("/health")).json()
+        assert health["status"] == "fenced"
+        assert (
+            health["moved_to"].startswith("postgresql://app:")
+            and "secret" not in health["moved_to"]
+        )
+        refused = await http.post("/streams/order-2", json={"events": [{"type": "Placed"}]})
+        assert refused.status_code == 503
+        assert "db.example/new" in refused.json()["error"]["message"]
+        await fencing.unfence()
+        assert (await http.get("/health")).json()["status"] == "ok"

@@ -18,6 +18,8 @@ from chronik.errors import ChronikError, UnknownEventType, WaitTimeout
 from chronik.events import ANY, NO_STREAM, STREAM_EXISTS, NewEvent, RecordedEvent, category_of
 from chronik.security import Operation
 from chronik.server.routing import ApiError, Call, Endpoint, Reply, access_of
+from chronik.store.capabilities import require, supports
+from chronik.store.port import Fencing
 from chronik.store.protocol import EventStore
 
 __all__ = ["Api"]
@@ -173,8 +175,11 @@ class StatsOut(msgspec.Struct):
 
 
 class Health(msgspec.Struct):
-    status: Literal["ok"]
+    status: Literal["ok", "fenced"]
+    """``fenced``: the store answers reads, but a migration moved its writes to ``moved_to``."""
     head_position: str
+    moved_to: str | None = None
+    """where writes go now (password hidden), when ``status`` is ``fenced``"""
 
 
 class ProjectionWaitQuery(msgspec.Struct, forbid_unknown_fields=True):
@@ -415,6 +420,10 @@ class Api:
 
     async def health(self, call: Call[None, None]) -> Health:
         head = await asyncio.wait_for(self.store.head_position(), 5.0)
+        if supports(self.store, Fencing):
+            fence = await asyncio.wait_for(require(self.store, Fencing).fence_state(), 5.0)
+            if fence is not None:
+                return Health("fenced", str(head), fence.moved_to)
         return Health("ok", str(head))
 
 

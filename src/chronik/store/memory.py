@@ -48,6 +48,7 @@ from chronik.store.protocol import (
     plan_import,
     resolve_duplicate,
 )
+from chronik.store.urls import redact_url
 
 __all__ = ["MemoryEventStore", "MemoryTx"]
 
@@ -223,6 +224,7 @@ class MemoryEventStore(EventStoreBase):
 
     async def fence(self, moved_to: str) -> Fence:
         """Fence the store (see :class:`chronik.store.port.Fencing`)."""
+        moved_to = redact_url(moved_to)  # the fence row is readable by anyone
         self._check_open()
         async with self._write_lock:
             if self._fence is None:

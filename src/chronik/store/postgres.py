@@ -104,6 +104,7 @@ from chronik.store.protocol import (
     resolve_duplicate,
     wait_uninterrupted,
 )
+from chronik.store.urls import redact_url
 
 __all__ = [
     "DEFAULT_SCHEMA",
@@ -1210,6 +1211,7 @@ class PostgresEventStore(EventStoreBase):
         under ``LOCK TABLE events IN SHARE MODE``, which waits for every inserting
         transaction in flight and holds new ones until the fence is committed; the
         ``events_fence`` trigger then refuses them."""
+        moved_to = redact_url(moved_to)  # the fence row is readable by anyone
 
         async def op(conn: _Conn) -> _Row:
             async with conn.transaction():

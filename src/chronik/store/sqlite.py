@@ -64,6 +64,7 @@ from chronik.store.protocol import (
     wait_uninterrupted,
 )
 from chronik.store.sqlite_statements import SqliteStatements
+from chronik.store.urls import redact_url
 
 __all__ = ["SqliteEventStore", "SqliteTx"]
 
@@ -794,6 +795,7 @@ class SqliteEventStore(EventStoreBase):
     async def fence(self, moved_to: str) -> Fence:
         """Fence the store (see :class:`chronik.store.port.Fencing`): one row, written under
         SQLite's write lock, so no append commits after it."""
+        moved_to = redact_url(moved_to)  # the fence row is readable by anyone
         async with self.transaction() as tx:
             row = await tx.fetchone(_SQL.fence_state)
             if row is None:

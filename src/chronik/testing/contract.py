@@ -661,6 +661,18 @@ class FencingContract:
     """:class:`~chronik.store.port.Fencing`: a fenced store refuses every new event, on
     every write path, writing nothing; reads and workers' state still work."""
 
+    async def test_fence_keeps_no_password(self, store: EventStore) -> None:
+        fencing = require(store, Fencing)
+        fence = await fencing.fence("postgresql://app:s3cret@db.example:5432/new?sslpassword=pw")
+        assert "s3cret" not in fence.moved_to and "pw" not in fence.moved_to.split("?")[-1]
+        assert "db.example:5432/new" in fence.moved_to
+        state = await fencing.fence_state()
+        assert state is not None and "s3cret" not in state.moved_to
+        with pytest.raises(StoreFenced) as refused:
+            await store.append("a-1", [ev(n=0)])
+        assert "s3cret" not in str(refused.value)
+        await fencing.unfence()
+
     async def test_fence_refuses_every_write_path_and_writes_nothing(
         self, store: EventStore
     ) -> None:
