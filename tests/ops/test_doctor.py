@@ -8,6 +8,7 @@ import asyncio
 from pathlib import Path
 from typing import Any
 
+import httpx
 import msgspec
 import psycopg
 import pytest
@@ -18,9 +19,18 @@ from chronik.cli.main import main
 from chronik.integrity import check
 from chronik.ops import doctor as doctor_module
 from chronik.ops.doctor import diagnose
+from chronik.server import create_app
 from chronik.store.horizon import events_after, horizon_transactions, read_horizon
 from chronik.store.pg_support import split_schema
 from tests.conftest import IN_CI
+
+
+async def _dashboard(store: Any) -> str:
+    transport = httpx.ASGITransport(app=create_app(store))
+    async with httpx.AsyncClient(transport=transport, base_url="http://127.0.0.1") as http:
+        page = await http.get("/console/fragments/dashboard")
+        assert page.status_code == 200
+        return page.text
 
 
 def finding(report: Any, name: str) -> Any:
@@ -97,6 +107,8 @@ async def test_idle_transaction_in_another_database_is_reported_and_clears(
             assert stats["horizon"]["holder"]["pid"] == pid
             assert await asyncio.to_thread(main, ["stats", "--store", pg_url]) == 0
             assert "read horizon held back since" in capsys.readouterr().out
+            # and the console's dashboard shows it
+            assert f"by PID {pid}/xid {xid}" in await _dashboard(store)
         finally:
             await holder.rollback()
             await holder.close()
@@ -109,6 +121,7 @@ async def test_idle_transaction_in_another_database_is_reported_and_clears(
         assert finding(report, "horizon").level == "ok"
         assert (await check(store)).warnings == []
         assert (await events_after(store, before)).events == 5
+        assert "Read horizon held back" not in await _dashboard(store)
 
 
 async def test_projection_status_counts_events_behind_a_held_horizon(

@@ -19,6 +19,7 @@ from chronik.projections.kinds import AnyProjection
 from chronik.projections.runner import Progress
 from chronik.projections.status import projection_status
 from chronik.server.console.sagas import SagaCounts, saga_counts
+from chronik.store.horizon import Horizon, read_horizon
 from chronik.store.port import StoreStats, StreamInfo
 from chronik.store.protocol import EventStore
 
@@ -106,6 +107,8 @@ class Dashboard:
     dead_letters: dict[str, int]
     sagas: SagaCounts | None
     measured_at: datetime
+    horizon: Horizon | None = None
+    """PostgreSQL's read horizon, shown when a transaction holds it back (``held``)."""
 
 
 class Monitor:
@@ -190,6 +193,7 @@ class Monitor:
                 dead_letters=letters,
                 sagas=await saga_counts(store),
                 measured_at=datetime.now(UTC),
+                horizon=await read_horizon(store),
             )
             self._dashboard = (time.monotonic(), board)
             return board
