@@ -38,6 +38,7 @@ from chronik.events import RecordedEvent
 from chronik.store.capabilities import require, supports
 from chronik.store.horizon import read_horizon
 from chronik.store.port import EventStore, SqlStore
+from chronik.store.truncations import TruncationSummary, truncated_through, truncation_summary
 
 __all__ = ["CHECKS", "CheckReport", "Problem", "check"]
 
@@ -93,6 +94,8 @@ class CheckReport:
     streams: int = 0
     decoded: int = 0
     max_details: int = DEFAULT_MAX_DETAILS
+    truncated: TruncationSummary | None = None
+    """What retention removed (recorded in the store): policy, not gaps."""
     warnings: list[str] = field(default_factory=list)
     """What is not a problem of the stored data but stalls its readers (a held read
     horizon: ``read horizon held back since T by PID/xid ...``); ``ok`` stays true."""
@@ -125,6 +128,7 @@ class CheckReport:
             "breakdown": {k: dict(v) for k, v in self.breakdown.items()},
             "problems": [p.to_dict() for p in self.problems],
             "warnings": list(self.warnings),
+            "truncated": self.truncated.to_dict() if self.truncated else None,
         }
 
 
@@ -133,10 +137,11 @@ def _where(stream_id: str, version: int, position: int) -> str:
 
 
 def _version_problems(
-    report: CheckReport, stream_id: str, counts: Sequence[tuple[int, int]]
+    report: CheckReport, stream_id: str, counts: Sequence[tuple[int, int]], start: int = 0
 ) -> None:
-    """Gaps and duplicates from a stream's ``(version, how many events)``, by version."""
-    expected = 0
+    """Gaps and duplicates from a stream's ``(version, how many events)``, by version;
+    versions below ``start`` were removed by retention (recorded, not a gap)."""
+    expected = start
     for version, n in counts:
         if version > expected:
             missing = (
@@ -352,9 +357,12 @@ async def _sql_checks(sql: SqlStore, report: CheckReport, registry: EventRegistr
     query = sql.query
     ((events, streams),) = await query("SELECT count(*), count(DISTINCT stream_id) FROM events")
     report.events, report.streams = int(events), int(streams)
+    removed = await truncated_through(sql)
     for stream_id, *_ in await query(_STREAMS):
         rows = await query(_STREAM_VERSIONS, {"stream_id": stream_id})
-        _version_problems(report, stream_id, [(int(v), int(n)) for v, n in rows])
+        start = removed.get(stream_id, -1) + 1
+        _version_problems(report, stream_id, [(int(v), int(n)) for v, n in rows], start)
+    report.truncated = await truncation_summary(sql)
     for event_id, n in await query(_DUPLICATE_IDS):
         report.add(Problem("duplicate_event_id", f"event id {event_id} stored {n} times"))
     for stream_id, version, position, higher in await query(_ORDER):

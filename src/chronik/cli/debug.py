@@ -188,6 +188,8 @@ async def cmd_check(store: EventStore, args: argparse.Namespace, out: Output) ->
         )
     for warning in report.warnings:
         out.say(("warning:", "yellow"), f" {warning}")
+    if report.truncated is not None and report.truncated.events:
+        out.say(("retention:", "cyan"), f" {report.truncated.describe()}: by policy, not gaps")
     out.say(("no problems found", "green") if report.ok else ("problems found", "red"))
     return 0 if report.ok else 1
 

@@ -90,6 +90,7 @@ COMMAND_MODULES = [
     "chronik.cli.tokens",
     "chronik.cli.ops",
     "chronik.cli.workers",
+    "chronik.cli.retention",
 ]
 """Modules adding command groups: each has ``register(subparsers, common_parser)``."""
 

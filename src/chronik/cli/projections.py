@@ -12,6 +12,7 @@ from chronik.errors import ChronikError
 from chronik.store import redact_url, store_url
 from chronik.store.horizon import events_after, read_horizon
 from chronik.store.protocol import EventStore
+from chronik.store.truncations import truncation_summary
 
 __all__ = ["load_projections", "register"]
 
@@ -71,10 +72,14 @@ async def cmd_projections_rebuild(store: EventStore, args: argparse.Namespace, o
     from chronik.projections import ProjectionRunner
 
     runner = ProjectionRunner(store, load_projections(args.app), batch_size=args.batch_size)
+    removed = await truncation_summary(store)
     if out.as_json:
         applied = await runner.rebuild(args.name)
-        out.json({"projection": args.name, "applied": applied})
+        truncated = removed.to_dict() if removed.events else None
+        out.json({"projection": args.name, "applied": applied, "truncated": truncated})
         return 0
+    if removed.events:
+        out.note(("note:", "yellow"), f" rebuilding from the retained events: {removed.describe()}")
     with Progress(
         TextColumn("[bold]{task.description}"),
         BarColumn(),

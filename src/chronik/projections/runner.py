@@ -27,6 +27,7 @@ from chronik.projections.control import is_paused
 from chronik.projections.kinds import AnyProjection, Applier
 from chronik.projections.status import ProjectionStatus, projection_status, render_metrics
 from chronik.store.protocol import EventStore
+from chronik.store.truncations import truncation_summary
 from chronik.subscriptions import Page, describe
 from chronik.telemetry import event_log_fields, projection_batch
 from chronik.workers import Follower, FollowerFailed, Worker
@@ -331,6 +332,9 @@ class ProjectionRunner(Worker):
         """
         follower = self.follower(name)
         was_running = follower.state in ("running", "retrying")
+        removed = await truncation_summary(self.store)
+        if removed.events:
+            logger.warning("rebuilding %s from the retained events: %s", name, removed.describe())
         await follower.stop()
         follower.state = "rebuilding"
         await follower.applier.reset()

@@ -14,6 +14,7 @@ from chronik.snapshots.config import SnapshotConfig
 from chronik.snapshots.policies import StreamStatus
 from chronik.snapshots.store import Snapshot, SnapshotStore, _Track, snapshot_store
 from chronik.store.protocol import EventStore
+from chronik.store.truncations import stream_truncated_through
 
 __all__ = [
     "load_from_snapshot",
@@ -132,12 +133,17 @@ async def _fold(
             if first is None:
                 first = time.perf_counter()
                 if snapshot is not None:
-                    why = snapshot.mismatch(
-                        recorded.event_id if recorded.version == start else None
-                    )
-                    if why is not None:
-                        break
-                    continue
+                    if recorded.version == start + 1 and await _anchor_removed(
+                        store, stream_id, start
+                    ):  # retention removed the event it was taken after, nothing later
+                        why = None
+                    else:
+                        why = snapshot.mismatch(
+                            recorded.event_id if recorded.version == start else None
+                        )
+                        if why is not None:
+                            break
+                        continue
             if many is None:
                 state = evolve(state, decode(recorded))
             else:
@@ -157,6 +163,11 @@ async def _fold(
     # a snapshot does not save)
     ms = 0.0 if first is None or not folded else (time.perf_counter() - first) * 1000 / folded
     return state, version, folded, ms
+
+
+async def _anchor_removed(store: EventStore, stream_id: str, version: int) -> bool:
+    """Whether retention removed ``stream_id``'s events up to ``version`` (recorded)."""
+    return await stream_truncated_through(store, stream_id) >= version
 
 
 def _loaded(

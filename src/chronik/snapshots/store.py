@@ -442,7 +442,9 @@ _INVALID = (
     f"SELECT {_COLUMNS}, "
     "(SELECT max(e.version) FROM events e WHERE e.stream_id = s.stream_id), "
     "(SELECT e.event_id FROM events e WHERE e.stream_id = s.stream_id "
-    "AND e.version = s.version LIMIT 1) "
+    "AND e.version = s.version LIMIT 1), "
+    "(SELECT min(e.version) FROM events e WHERE e.stream_id = s.stream_id), "
+    "(SELECT max(t.through_version) FROM truncations t WHERE t.stream_id = s.stream_id) "
     "FROM snapshots s ORDER BY stream_id, version"
 )
 _PRUNE = (
@@ -589,6 +591,15 @@ class SqlSnapshotStore(SnapshotStore):
         for row in await self.sql.query(_INVALID):
             snap = _snapshot(row[:6])
             head = None if row[6] is None else int(row[6])
+            first, removed = row[8], row[9]
+            if (
+                row[7] is None
+                and removed is not None
+                and int(removed) >= snap.version
+                and first is not None
+                and int(first) == snap.version + 1
+            ):
+                continue  # retention removed the event it was taken after: still good
             problem = _problem(snap, _as_uuid(row[7]), head)
             if problem is not None:
                 problems.append(problem)
