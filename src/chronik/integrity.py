@@ -37,7 +37,7 @@ from chronik.errors import ChronikError, RegistryError, UnknownEventType
 from chronik.events import RecordedEvent
 from chronik.store.capabilities import require, supports
 from chronik.store.horizon import read_horizon
-from chronik.store.port import EventStore, SqlStore
+from chronik.store.port import BOOKKEEPING_CHECKPOINTS, EventStore, SqlStore
 from chronik.store.truncations import TruncationSummary, truncated_through, truncation_summary
 
 __all__ = ["CHECKS", "CheckReport", "Problem", "check"]
@@ -216,7 +216,7 @@ async def check(
     await _snapshot_checks(store, report, registry, snapshots)
     head = await store.head_position()
     for name, position in sorted((await store.checkpoints()).items()):
-        if position > head:
+        if position > head and not name.startswith(BOOKKEEPING_CHECKPOINTS):
             report.add(
                 Problem(
                     "checkpoint_ahead",

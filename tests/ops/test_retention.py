@@ -415,3 +415,42 @@ def test_ages_parse() -> None:
     for bad in ("", "d", "-1d", "1.5h", "1y", "9" * 20):
         with pytest.raises(InvalidArgument):
             retention.parse_age(bad)
+
+
+# -- a truncated store moves: backup and restore, migrate copy ---------------------------------
+
+
+async def test_a_truncated_store_backs_up_restores_and_copies_to_the_other_backend(
+    store: Any, url: str, tmp_path: Path, request: pytest.FixtureRequest
+) -> None:
+    from chronik.migrate import copy_store
+    from chronik.ops.backup import backup_store
+    from chronik.ops.restore import restore_backup
+
+    await fill(store)
+    await retention.set_policy(store, "log", max_count=4)
+    await retention.scavenge(store)
+    kept = await rows(store)
+    other = (
+        str(request.getfixturevalue("pg_url"))
+        if url.startswith("sqlite")
+        else f"sqlite:///{tmp_path}/other.db"
+    )
+    await asyncio.to_thread(backup_store, url, tmp_path / "bk")
+    copied_url = f"sqlite:///{tmp_path}/copied.db"
+    async with await chronik.connect(other) as target:
+        await restore_backup(tmp_path / "bk", target)
+        async with await chronik.connect(copied_url) as copied:
+            await copy_store(store, copied)
+            for moved in (target, copied):
+                assert set(await rows(moved)) == set(kept)
+                checked = await check(moved)
+                assert checked.ok, checked.problems
+                assert await truncated_through(moved) == {f"log-{s}": 7 for s in range(4)}
+                # bookkeeping rows of the restore and the copy hold nothing back
+                assert await retention.holders(moved) == []
+                result = await moved.append("log-0", [NewEvent("Logged", {})], expected_version=11)
+                assert result.version == 12
+    async with await chronik.connect("memory://") as memory:
+        with pytest.raises(chronik.errors.BackupError, match="retention"):
+            await restore_backup(tmp_path / "bk", memory)

@@ -50,7 +50,10 @@ from chronik.errors import (
     StreamNotFound,
 )
 from chronik.events import RecordedEvent, find_non_finite
+from chronik.store.capabilities import supports
+from chronik.store.port import SqlStore
 from chronik.store.protocol import EventStore, ImportedEvent, Tx
+from chronik.store.truncations import record_truncated, truncated_streams
 from chronik.upcasting import Upcast, split_event_id
 
 __all__ = [
@@ -372,6 +375,15 @@ class _Copier:
                     f"into an empty store"
                 )
             after = 0
+        removed = await truncated_streams(self.source)
+        if removed:  # retention removed the oldest events of these streams at the source
+            if not supports(self.target, SqlStore):
+                raise MigrationError(
+                    f"the source had events removed by retention ({len(removed)} streams): "
+                    "copy into a sqlite:// or postgresql:// store, which records that"
+                )
+            async with self.target.transaction() as tx:
+                await record_truncated(tx, removed, "removed by retention at the copy's source")
         self.after = self.resumed_after = after
 
     async def complete(self) -> int | None:

@@ -130,6 +130,9 @@ class Manifest:
     format_version: int = FORMAT_VERSION
     chronik_version: str = __version__
     includes: list[str] = field(default_factory=lambda: ["events"])
+    truncated: list[list[Any]] = field(default_factory=list)
+    """what retention removed before the backup, per stream: ``[stream_id, through_version,
+    events, last_position]`` (a restore records it, so the streams continue there)"""
     excludes: dict[str, str] = field(default_factory=lambda: dict(EXCLUDED))
 
     @property
@@ -163,6 +166,7 @@ class Manifest:
             "seconds": self.seconds,
             "includes": self.includes,
             "excludes": self.excludes,
+            **({"truncated": self.truncated} if self.truncated else {}),
         }
 
     def to_dict(self) -> dict[str, Any]:
@@ -268,6 +272,7 @@ def backup_store(
             raw.flush()
             os.fsync(raw.fileno())
             backend, horizon, since_event_id = snap.backend, snap.horizon, snap.since_event_id
+            truncated = [list(t) for t in snap.truncated]
         if since and since_event_id is None:
             raise BackupError(f"no event at or below position {since}: nothing to continue")
         manifest = Manifest(
@@ -288,6 +293,7 @@ def backup_store(
             compressed_bytes=(partial / EVENTS_FILE).stat().st_size,
             compressed_sha256=_file_sha256(partial / EVENTS_FILE),
             seconds=round(time.monotonic() - started, 3),
+            truncated=truncated,
         )
         text = msgspec.json.format(msgspec.json.encode(manifest.to_dict()), indent=2)
         with open(partial / MANIFEST_FILE, "wb") as f:
@@ -361,6 +367,7 @@ def read_manifest(path: Path | str) -> Manifest:
             chronik_version=raw["chronik_version"],
             includes=raw["includes"],
             excludes=raw["excludes"],
+            truncated=raw.get("truncated", []),
         )
     except (KeyError, TypeError) as exc:
         raise BackupCorrupted(path, f"{MANIFEST_FILE} lacks {exc}") from None

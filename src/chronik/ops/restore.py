@@ -40,6 +40,7 @@ from chronik.ops.backup import (
 from chronik.store.capabilities import supports
 from chronik.store.port import SqlStore
 from chronik.store.protocol import EventStore, ImportedEvent
+from chronik.store.truncations import record_truncated
 
 __all__ = [
     "DONE_PREFIX",
@@ -182,6 +183,11 @@ async def restore_backup(
                 "the target holds events already (some perhaps not yet visible to readers); "
                 "a full backup is restored into an empty store only"
             )
+    if manifest.truncated and not supports(store, SqlStore):
+        raise BackupError(
+            f"the backup's source had events removed by retention ({len(manifest.truncated)} "
+            "streams); restore it into a sqlite:// or postgresql:// store, which records that"
+        )
     expected_name = EXPECTED_PREFIX + manifest.backup_id
     done_name = DONE_PREFIX + manifest.backup_id
     done = skip
@@ -192,6 +198,10 @@ async def restore_backup(
         async with store.transaction() as tx:
             in_tx = 0
             await tx.set_checkpoint(expected_name, manifest.events)
+            if manifest.truncated:
+                await record_truncated(
+                    tx, manifest.truncated, "removed by retention before the backup"
+                )
             while in_tx < transaction_events:
                 batch = await asyncio.to_thread(next, batches, None)
                 if batch is None:

@@ -46,7 +46,7 @@ from typing import Any
 from chronik.errors import ChronikError, InvalidArgument
 from chronik.events import validate_stream_id
 from chronik.store.capabilities import require
-from chronik.store.port import SqlStore, Tx
+from chronik.store.port import BOOKKEEPING_CHECKPOINTS, SqlStore, Tx
 from chronik.store.protocol import EventStore
 from chronik.store.truncations import as_datetime
 
@@ -314,6 +314,7 @@ async def _holders(run: Callable[[str], Any]) -> list[Holder]:
     found = [
         Holder("checkpoint", str(name), int(position))
         for name, position in await run("SELECT name, position FROM checkpoints")
+        if not str(name).startswith(BOOKKEEPING_CHECKPOINTS)
     ]
     found += [
         Holder("dead_letter", str(name), int(position) - 1)

@@ -12,13 +12,13 @@ from __future__ import annotations
 import contextlib
 import sqlite3
 from collections.abc import Iterator
-from dataclasses import dataclass
+from dataclasses import dataclass, field
 from pathlib import Path
 
 from chronik.errors import BackupError, StoreNotFound
 from chronik.store.urls import parse_store_url
 
-__all__ = ["PAGE", "Row", "Snapshot", "open_snapshot"]
+__all__ = ["PAGE", "Row", "Snapshot", "Truncated", "open_snapshot"]
 
 PAGE = 5_000
 """Rows per page."""
@@ -27,12 +27,29 @@ PAGE = 5_000
 Row = tuple[int, str, str, int, str, int, int, str, str]
 
 
+Truncated = tuple[str, int, int, int]
+"""What retention removed from one stream: ``(stream_id, through_version, events,
+last_position)`` (migration 0014)."""
+
+
 @dataclass
 class Snapshot:
     backend: str
     horizon: int | None
     since_event_id: str | None
     rows: Iterator[list[Row]]
+    truncated: list[Truncated] = field(default_factory=list)
+    """read in the same snapshot as the rows"""
+
+
+_TRUNCATED = (
+    "SELECT stream_id, max(through_version), sum(events), max(last_position) "
+    "FROM {truncations} GROUP BY stream_id ORDER BY stream_id"
+)
+
+
+def _truncated(rows: list[tuple[object, ...]]) -> list[Truncated]:
+    return [(str(s), int(str(v)), int(str(n)), int(str(p))) for s, v, n, p in rows]
 
 
 _SQLITE_ROWS = (
@@ -66,7 +83,11 @@ def _sqlite_snapshot(path: str, since: int) -> Iterator[Snapshot]:
                     for p, e, s, v, t, sv, at, d, m in rows
                 ]
 
-        yield Snapshot("sqlite", None, found[0] if found and since else None, pages())
+        truncated = _truncated(
+            conn.execute(_TRUNCATED.format(truncations="truncations")).fetchall()
+        )
+        since_id = found[0] if found and since else None
+        yield Snapshot("sqlite", None, since_id, pages(), truncated)
         conn.execute("COMMIT")
     finally:
         conn.close()
@@ -124,7 +145,13 @@ def _postgres_snapshot(conninfo: str, schema: str, since: int) -> Iterator[Snaps
                 while rows := cur.fetchmany(PAGE):
                     yield rows
 
-        yield Snapshot("postgresql", horizon, found[0] if found and since else None, pages())
+        truncated = _truncated(
+            conn.execute(
+                sql.SQL(_TRUNCATED.format(truncations="{}.truncations")).format(s)
+            ).fetchall()
+        )
+        since_id = found[0] if found and since else None
+        yield Snapshot("postgresql", horizon, since_id, pages(), truncated)
         conn.execute("COMMIT")
     except psycopg.OperationalError as exc:
         raise _unavailable(exc) from exc

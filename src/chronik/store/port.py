@@ -39,6 +39,7 @@ from typing import Any, NamedTuple, Protocol, Self, runtime_checkable
 from chronik.events import ANY, AppendResult, NewEvent, RecordedEvent
 
 __all__ = [
+    "BOOKKEEPING_CHECKPOINTS",
     "DeadLetter",
     "EventLog",
     "EventStore",
@@ -58,6 +59,13 @@ __all__ = [
 PageRead = tuple[list[RecordedEvent], int, bool]
 """What :meth:`EventLog.read_page` returns: the events, the position the read is complete up
 to (``caught_up_to``), and whether more may match now (``more``)."""
+
+
+BOOKKEEPING_CHECKPOINTS = ("chronik.migrate.", "chronik.restore")
+"""Prefixes of checkpoint rows that are not a reader's position in this store: a copy's
+progress in its source (``chronik.migrate.copy:``, ``chronik.migrate.complete:``) and a
+restore's event counts (``chronik.restore:``, ``chronik.restore.done:``). ``chronik check``
+does not compare them with the head, and retention does not wait for them."""
 
 
 @dataclass(frozen=True, slots=True)

@@ -282,7 +282,7 @@ class PostgresTx:
         transaction's id, like an append's, so one transaction imports at most 2**20."""
         sql = self._store._sql
         streams = sorted({ev.stream_id for ev in events})
-        cur = await self._conn.execute(sql.stream_versions, (streams,))
+        cur = await self._conn.execute(sql.stream_versions, {"streams": streams})
         current = {str(sid): int(v) for sid, v in await cur.fetchall()}
         planned = plan_import(
             events, current, self._store.max_event_bytes, self._store.max_json_depth

@@ -212,9 +212,15 @@ FROM (SELECT (pg_current_xact_id()::text::bigint + xid_offset) << {POSITION_SHIF
             %(metadata)b::text[], %(recorded_at)b::timestamptz[])
      WITH ORDINALITY AS e(stream_id, version, event_id, type, schema_version, data, metadata,
                           recorded_at, ord)"""
+        # an import continues a stream where its events, or retention's records of removed
+        # ones (0014), end
         self.stream_versions = (
-            f"SELECT stream_id, max(version) FROM {s}.events "
-            f"WHERE stream_id = ANY(%s::text[]) GROUP BY stream_id"
+            f"SELECT stream_id, max(v) FROM ("
+            f"SELECT stream_id, max(version) AS v FROM {s}.events "
+            f"WHERE stream_id = ANY(%(streams)s::text[]) GROUP BY stream_id UNION ALL "
+            f"SELECT stream_id, max(through_version) FROM {s}.truncations "
+            f"WHERE stream_id = ANY(%(streams)s::text[]) GROUP BY stream_id) AS known "
+            f"GROUP BY stream_id"
         )
         # -- migrations (chronik.store.migrations), under the schema's advisory lock --------
         self.migrate_lock = "SELECT pg_advisory_xact_lock(hashtextextended(%s, 0))"

@@ -204,7 +204,7 @@ def _import_sync(
     current: dict[str, int] = {}
     for start in range(0, len(streams), 500):
         chunk = streams[start : start + 500]
-        current.update(conn.execute(_SQL.stream_versions(chunk), chunk).fetchall())
+        current.update(conn.execute(_SQL.stream_versions(chunk), chunk + chunk).fetchall())
     rows = [
         (
             ev.stream_id,

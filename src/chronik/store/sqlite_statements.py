@@ -68,9 +68,13 @@ class SqliteStatements:
 
     def stream_versions(self, stream_ids: Sized) -> str:
         """The version of each of these streams (at most 500 a statement)."""
+        marks = _marks(stream_ids)  # the ids twice: events, then retention's records (0014)
         return (
-            "SELECT stream_id, max(version) FROM events "
-            f"WHERE stream_id IN ({_marks(stream_ids)}) GROUP BY stream_id"
+            "SELECT stream_id, max(v) FROM ("
+            f"SELECT stream_id, max(version) AS v FROM events WHERE stream_id IN ({marks}) "
+            "GROUP BY stream_id UNION ALL "
+            f"SELECT stream_id, max(through_version) FROM truncations WHERE stream_id IN ({marks}) "
+            "GROUP BY stream_id) GROUP BY stream_id"
         )
 
     read_forward = (

@@ -13,17 +13,21 @@ removed" there.
 
 from __future__ import annotations
 
+from collections.abc import Sequence
 from dataclasses import dataclass
 from datetime import UTC, datetime
 from typing import Any
 
+from chronik.events import category_of
 from chronik.store.capabilities import require, supports
-from chronik.store.port import SqlStore
+from chronik.store.port import SqlStore, Tx
 
 __all__ = [
     "TruncationSummary",
     "as_datetime",
+    "record_truncated",
     "stream_truncated_through",
+    "truncated_streams",
     "truncated_through",
     "truncation_summary",
 ]
@@ -83,6 +87,42 @@ async def stream_truncated_through(store: object, stream_id: str) -> int:
         "SELECT max(through_version) FROM truncations WHERE stream_id = :s", {"s": stream_id}
     )
     return -1 if not rows or rows[0][0] is None else int(rows[0][0])
+
+
+async def truncated_streams(store: object) -> list[tuple[str, int, int, int]]:
+    """Per stream: ``(stream_id, through_version, events, last_position)`` of what retention
+    removed (what a copy or a backup carries over)."""
+    if not supports(store, SqlStore):
+        return []
+    rows = await require(store, SqlStore).query(
+        "SELECT stream_id, max(through_version), sum(events), max(last_position) "
+        "FROM truncations GROUP BY stream_id ORDER BY stream_id"
+    )
+    return [(str(s), int(v), int(n), int(p)) for s, v, n, p in rows]
+
+
+async def record_truncated(tx: Tx, truncated: Sequence[Sequence[Any]], reason: str) -> None:
+    """Record in ``tx``'s store what retention removed from another store (a backup's
+    source, a copy's source): ``(stream_id, through_version, events, last_position)`` each.
+    Idempotent (a resumed restore or copy finds it recorded). Imported streams then continue
+    at their versions, and ``chronik check`` reads the missing versions as policy."""
+    known = {
+        str(stream): int(through)
+        for stream, through in await tx.fetchall(
+            "SELECT stream_id, max(through_version) FROM truncations GROUP BY stream_id"
+        )
+    }
+    now = tx.timestamp(datetime.now(UTC))
+    for stream_id, through, events, last_position in truncated:
+        if known.get(str(stream_id), -1) >= int(through):
+            continue
+        await tx.execute(
+            "INSERT INTO truncations (stream_id, category, from_version, through_version, "
+            "first_position, last_position, events, reason, removed_at) "
+            "VALUES (:s, :c, 0, :b, 0, :p, :n, :reason, :at)",
+            {"s": str(stream_id), "c": category_of(str(stream_id)), "b": int(through),
+             "p": int(last_position), "n": int(events), "reason": reason, "at": now},
+        )  # fmt: skip
 
 
 async def truncation_summary(store: object) -> TruncationSummary:
