@@ -18,7 +18,7 @@ BEGIN
     IF NOT EXISTS (SELECT 1 FROM pg_roles WHERE rolname = 'chronik_runtime') THEN
         BEGIN
             CREATE ROLE chronik_runtime NOLOGIN;
-        EXCEPTION WHEN insufficient_privilege OR duplicate_object THEN
+        EXCEPTION WHEN insufficient_privilege OR duplicate_object OR unique_violation THEN
             IF NOT EXISTS (SELECT 1 FROM pg_roles WHERE rolname = 'chronik_runtime') THEN
                 RAISE NOTICE 'chronik: no role chronik_runtime and no right to create it; '
                     'run `chronik roles setup` as a superuser for least-privilege access';
