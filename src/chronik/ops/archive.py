@@ -83,7 +83,8 @@ class ArchiveReport:
     held_by: str | None
     segments: list[Segment] = field(default_factory=list)
     finished: list[int] = field(default_factory=list)
-    """half-done segments of an earlier run this run finished"""
+    """half-done segments of an earlier archive (rows deleted) or restore (rows put back)
+    this run finished first"""
 
     @property
     def events(self) -> int:
@@ -130,13 +131,18 @@ def _fsync_dir(path: Path) -> None:
         os.close(fd)
 
 
-def _write_segment(directory: Path, category: str, events: Sequence[ArchivedEvent], level: int) -> tuple[Path, str, int]:
+def _write_segment(
+    directory: Path, category: str, events: Sequence[ArchivedEvent], level: int,
+    recorded: set[str],
+) -> tuple[Path, str, int]:  # fmt: skip
     import zstandard
 
     name = f"{category}-{events[0].position}-{events[-1].position}"
     final = directory / f"{name}.ndjson.zst"
-    if final.exists():
-        raise ArchiveError(f"{final} exists already: another archive wrote it; not overwritten")
+    if str(final) in recorded:
+        raise ArchiveError(f"{final} holds a recorded segment: not overwritten")
+    # a file there that the store does not know is left by a run stopped before it recorded
+    # the segment (or by a restore): nothing reads it, it is written again
     body = b"".join(msgspec.json.encode(e) + b"\n" for e in events)
     raw = zstandard.ZstdCompressor(level=level, write_checksum=True).compress(body)
     partial = directory / f".{name}.partial"
@@ -226,6 +232,22 @@ async def _remove(sql: SqlStore, segment: Segment, batch_size: int) -> None:
         )
 
 
+async def _restore_one(sql: SqlStore, segment: Segment, batch_size: int) -> int:
+    events = load_segment(segment)  # checked whole before anything is put back
+    async with sql.transaction() as tx:
+        await tx.execute(
+            "UPDATE archive_segments SET state = 'restoring' WHERE id = :id", {"id": segment.id}
+        )
+    n = 0
+    for start in range(0, len(events), batch_size):
+        async with sql.transaction() as tx:
+            n += await reinsert(tx, events[start : start + batch_size])
+    async with sql.transaction() as tx:  # the records and the segment go together
+        await tx.execute("DELETE FROM truncations WHERE reason = :r", {"r": _reason(segment)})
+        await tx.execute("DELETE FROM archive_segments WHERE id = :id", {"id": segment.id})
+    return n
+
+
 def _check_batch(batch_size: object) -> int:
     if isinstance(batch_size, bool) or not isinstance(batch_size, int) or batch_size < 1:
         raise InvalidArgument("batch_size", f"must be a positive int, not {batch_size!r}")
@@ -250,7 +272,7 @@ async def archive_category(
 
     With ``closed_streams`` only streams whose last event is itself that old give events.
     A stream's last event and anything a reader has not processed stay. Half-done segments
-    of an earlier (cancelled, killed) run are finished first.
+    of an earlier (cancelled, killed) archive or restore are finished first.
 
     Raises:
         InvalidArgument: a bad category, not exactly one of ``before`` and ``older_than``,
@@ -286,8 +308,13 @@ async def archive_category(
     held_by = readers[0].describe() if readers and readers[0].position < head else None
     report = ArchiveReport(category, str(root), limit, held_by)
     for segment in await archived_segments(bare):
-        if segment.state == "removing" and segment.category == category:
+        if segment.category != category:
+            continue
+        if segment.state == "removing":
             await _remove(sql, segment, batch_size)
+            report.finished.append(segment.id)
+        elif segment.state == "restoring":  # a restore stopped midway: finish it first
+            await _restore_one(sql, segment, batch_size)
             report.finished.append(segment.id)
     while True:
         events = await select_for_archive(
@@ -297,7 +324,8 @@ async def archive_category(
         if not events:
             break
         try:
-            path, digest, size = _write_segment(root, category, events, level)
+            recorded = {s.file for s in await archived_segments(bare)}
+            path, digest, size = _write_segment(root, category, events, level, recorded)
         except OSError as exc:
             raise ArchiveError(f"archive directory {root}: {exc}") from None
         segment = await _record(sql, category, path, digest, size, events)
@@ -341,17 +369,7 @@ async def restore_archive(
         found = [s for s in found if s.category == category]
     report = RestoreReport()
     for segment in found:
-        events = load_segment(segment)  # checked whole before anything is put back
-        async with sql.transaction() as tx:
-            await tx.execute(
-                "UPDATE archive_segments SET state = 'restoring' WHERE id = :id", {"id": segment.id}
-            )
-        for start in range(0, len(events), batch_size):
-            async with sql.transaction() as tx:
-                report.events += await reinsert(tx, events[start : start + batch_size])
-        async with sql.transaction() as tx:
-            await tx.execute("DELETE FROM truncations WHERE reason = :r", {"r": _reason(segment)})
-            await tx.execute("DELETE FROM archive_segments WHERE id = :id", {"id": segment.id})
+        report.events += await _restore_one(sql, segment, batch_size)
         report.segments.append(segment.id)
     if isinstance(store, ArchiveReadThrough):
         with contextlib.suppress(Exception):

@@ -258,9 +258,10 @@ class _Loaded:
         self.key = tuple((s.id, s.sha256) for s in segments)
         self.events: list[ArchivedEvent] = []
         self.streams: dict[str, list[ArchivedEvent]] = {}
-        for segment in segments:
-            self.events.extend(load_segment(segment))
-        self.events.sort(key=lambda e: e.position)
+        by_position: dict[int, ArchivedEvent] = {}
+        for segment in segments:  # a half-restored segment and a newer one may share events
+            by_position.update((e.position, e) for e in load_segment(segment))
+        self.events = sorted(by_position.values(), key=lambda e: e.position)
         for e in self.events:
             self.streams.setdefault(e.stream_id, []).append(e)
         for events in self.streams.values():
@@ -294,7 +295,8 @@ class ArchiveReadThrough:
 
     def __init__(self, inner: EventStore, segments: Sequence[Segment]) -> None:
         self._inner = inner
-        self._loaded = _Loaded(segments)
+        self._segments = list(segments)
+        self._cached: _Loaded | None = None  # the files are read at the first read
         self._checked = time.monotonic()
 
     def __getattr__(self, name: str) -> Any:
@@ -305,11 +307,16 @@ class ArchiveReadThrough:
         """The store without read-through."""
         return self._inner
 
+    @property
+    def _loaded(self) -> _Loaded:
+        key = tuple((s.id, s.sha256) for s in self._segments)
+        if self._cached is None or self._cached.key != key:
+            self._cached = _Loaded(self._segments)
+        return self._cached
+
     async def refresh(self) -> None:
-        """Read the segment list again (and the files of new segments)."""
-        segments = await archived_segments(self._inner)
-        if tuple((s.id, s.sha256) for s in segments) != self._loaded.key:
-            self._loaded = _Loaded(segments)
+        """Read the segment list again (the files of new segments at the next read)."""
+        self._segments = await archived_segments(self._inner)
         self._checked = time.monotonic()
 
     async def read_stream(
