@@ -42,8 +42,12 @@ def url(request: pytest.FixtureRequest, tmp_path: Path) -> str:
 
 @pytest.fixture
 async def store(url: str) -> AsyncIterator[Any]:
-    async with await chronik.connect(url) as s:
+    async with await connect(url) as s:
         yield s
+
+
+async def connect(url: str) -> Any:
+    return await chronik.connect(url)
 
 
 def key(e: chronik.RecordedEvent) -> Key:
@@ -95,7 +99,7 @@ async def everything(store: Any) -> dict[str, Any]:
 
 
 async def archived(url: str, tmp_path: Path, **options: Any) -> archive.ArchiveReport:
-    async with await chronik.connect(url) as s:
+    async with await connect(url) as s:
         head = await s.head_position()
         return await archive.archive_category(
             s, "order", tmp_path / "archive", before=head + 1, **options
@@ -113,7 +117,7 @@ async def test_reads_through_the_archive_equal_the_original(
     name = Path(segment.file).name.removesuffix(".ndjson.zst")
     manifest = msgspec.json.decode((tmp_path / "archive" / f"{name}.json").read_bytes())
     assert manifest["events"] == 36 and manifest["versions"]["order-0"] == [0, 8]
-    async with await chronik.connect(url) as reopened:
+    async with await connect(url) as reopened:
         stored = await reopened.query("SELECT count(*) FROM events WHERE category = 'order'")
         assert int(stored[0][0]) == 4  # the rows are gone from the table
         assert await everything(reopened) == before
@@ -130,7 +134,7 @@ async def test_negative_control_a_store_opened_without_read_through_misses_them(
     await fill(store)
     before = await everything(store)
     await archived(url, tmp_path)
-    async with await chronik.connect(url) as reopened:
+    async with await connect(url) as reopened:
         assert await everything(reopened.wrapped) != before
 
 
@@ -152,7 +156,7 @@ async def test_a_projection_rebuild_over_archive_and_store_equals_the_original(
     original = list(seen)
     await archived(url, tmp_path)
     seen.clear()
-    async with await chronik.connect(url) as reopened:
+    async with await connect(url) as reopened:
         await chronik.ProjectionRunner(reopened, [Seen()]).rebuild("seen")
     assert seen == original
 
@@ -180,14 +184,14 @@ async def test_restore_puts_back_the_same_events_and_forgets_the_segment(
     await fill(store)
     rows = [key(e) async for e in store.read_all()]
     await archived(url, tmp_path)
-    async with await chronik.connect(url) as reopened:
+    async with await connect(url) as reopened:
         report = await archive.restore_archive(reopened, batch_size=5)
         assert report.events == 36
         assert await archive.segments(reopened) == []
         assert [key(e) async for e in reopened.wrapped.read_all()] == rows
         assert await reopened.query("SELECT count(*) FROM truncations") == [(0,)]
         assert (await check(reopened)).ok
-    async with await chronik.connect(url) as plain:
+    async with await connect(url) as plain:
         assert not isinstance(plain, ArchiveReadThrough)
         assert [key(e) async for e in plain.read_all()] == rows
 
@@ -205,7 +209,7 @@ async def test_a_missing_or_altered_file_is_a_typed_error_naming_it(
         raw = bytearray(path.read_bytes())
         raw[len(raw) // 2] ^= 0xFF
         path.write_bytes(bytes(raw))
-    async with await chronik.connect(url) as reopened:  # opens: the files are read on use
+    async with await connect(url) as reopened:  # opens: the files are read on use
         await reopened.append("audit-0", [NewEvent("Seen", {})])
         with pytest.raises(ArchiveCorrupted) as found:
             [e async for e in reopened.read_all()]
@@ -226,7 +230,8 @@ async def test_cancelled_at_random_points_nothing_is_lost_or_read_twice(
     cancelled = 0
     head = await store.head_position()
     for attempt in range(16):
-        async with await chronik.connect(url) as s:
+        async with await connect(url) as s:
+            job: Any
             if attempt % 4 == 3:
                 job = archive.restore_archive(s, batch_size=2)
             else:
@@ -240,13 +245,13 @@ async def test_cancelled_at_random_points_nothing_is_lost_or_read_twice(
                 cancelled += 1
             with contextlib.suppress(asyncio.CancelledError):
                 await task
-        async with await chronik.connect(url) as s:
+        async with await connect(url) as s:
             assert [key(e) async for e in s.read_all()] == before
     assert cancelled > 0, "nothing was cancelled midway: the test proved nothing"
-    async with await chronik.connect(url) as s:
+    async with await connect(url) as s:
         await archive.archive_category(s, "order", tmp_path / "archive", before=head + 1)
         assert {seg.state for seg in await archive.segments(s)} == {"archived"}
-    async with await chronik.connect(url) as s:
+    async with await connect(url) as s:
         assert [key(e) async for e in s.read_all()] == before
         assert int((await s.query("SELECT count(*) FROM events"))[0][0]) == len(before) - 5 * 11
         assert (await check(s)).ok
@@ -280,7 +285,7 @@ async def test_kill_9_mid_archive_loses_nothing_and_a_rerun_finishes(
         )  # fmt: skip
         assert child.stdout is not None
         assert (await child.stdout.readline()).startswith(b"ready")
-        async with await chronik.connect(url) as s:  # kill it once some rows are gone
+        async with await connect(url) as s:  # kill it once some rows are gone
             for _ in range(2000):
                 left = int((await s.query("SELECT count(*) FROM events"))[0][0])
                 if child.returncode is not None or left < len(before) - 3 * attempt:
@@ -289,15 +294,15 @@ async def test_kill_9_mid_archive_loses_nothing_and_a_rerun_finishes(
         if child.returncode is None:
             child.send_signal(signal.SIGKILL)
         await child.wait()
-        async with await chronik.connect(url) as s:
+        async with await connect(url) as s:
             assert [key(e) async for e in s.read_all()] == before
             left = int((await s.query("SELECT count(*) FROM events"))[0][0])
             if len(before) - 6 * 79 < left < len(before):
                 midway += 1
     assert midway > 0, "no archive was killed midway: the test proved nothing"
-    async with await chronik.connect(url) as s:
+    async with await connect(url) as s:
         await archive.archive_category(s, "order", tmp_path / "archive", before=2**60)
-    async with await chronik.connect(url) as s:
+    async with await connect(url) as s:
         assert [key(e) async for e in s.read_all()] == before
         assert (await check(s)).ok
 
@@ -333,9 +338,12 @@ async def test_cli_refuses_hostile_input_and_changes_nothing(
     capsys.readouterr()
     assert [key(e) async for e in store.read_all()] == rows
     assert await archive.segments(store) == []
-    assert await asyncio.to_thread(
-        main, ["archive", *where, "--category", "order", "--older-than", "1s", "--json"]
-    ) == 0
+    assert (
+        await asyncio.to_thread(
+            main, ["archive", *where, "--category", "order", "--older-than", "1s", "--json"]
+        )
+        == 0
+    )
     assert msgspec.json.decode(capsys.readouterr().out)["events"] == 0  # nothing that old
     head = await store.head_position()
     args = ["archive", *where, "--category", "order", "--before", str(head + 1), "--json"]

@@ -109,8 +109,9 @@ def register(sub: Any, common: argparse.ArgumentParser) -> None:
     asub = p.add_subparsers(dest="archive_command", required=False, metavar="COMMAND")
     q = asub.add_parser("list", parents=[common], help="the archived segments")
     q.set_defaults(handler=cmd_archive)
-    q = asub.add_parser("restore", parents=[common],
-                        help="put archived events back (same positions, ids, versions)")  # fmt: skip
+    q = asub.add_parser(
+        "restore", parents=[common], help="put archived events back (same positions, ids)"
+    )
     q.add_argument("--category", dest="restore_category", default=None,
                    help="only this category's segments")  # fmt: skip
     q.add_argument("--segment", type=at_least(1), action="append", default=None,

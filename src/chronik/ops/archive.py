@@ -31,7 +31,7 @@ Example::
 
 from __future__ import annotations
 
-import contextlib
+import asyncio
 import hashlib
 import os
 from collections.abc import Sequence
@@ -46,10 +46,11 @@ from chronik.errors import ArchiveError, InvalidArgument
 from chronik.ops.retention import _check_category, holders
 from chronik.store.archived import (
     ArchivedEvent,
-    ArchiveReadThrough,
     Segment,
     archived_segments,
+    bare,
     load_segment,
+    refresh,
     reinsert,
     select_for_archive,
 )
@@ -116,11 +117,7 @@ class RestoreReport:
 async def segments(store: EventStore) -> list[Segment]:
     """The archived segments the store recorded, oldest first."""
     require(store, SqlStore)
-    return await archived_segments(_bare(store))
-
-
-def _bare(store: EventStore) -> Any:
-    return store.wrapped if isinstance(store, ArchiveReadThrough) else store
+    return await archived_segments(bare(store))
 
 
 def _fsync_dir(path: Path) -> None:
@@ -248,6 +245,15 @@ async def _restore_one(sql: SqlStore, segment: Segment, batch_size: int) -> int:
     return n
 
 
+def _prepare(directory: str | os.PathLike[str]) -> Path:
+    try:
+        root = Path(directory).resolve()
+        root.mkdir(parents=True, exist_ok=True)
+    except (OSError, TypeError) as exc:
+        raise ArchiveError(f"archive directory {directory!r}: {exc}") from None
+    return root
+
+
 def _check_batch(batch_size: object) -> int:
     if isinstance(batch_size, bool) or not isinstance(batch_size, int) or batch_size < 1:
         raise InvalidArgument("batch_size", f"must be a positive int, not {batch_size!r}")
@@ -282,7 +288,7 @@ async def archive_category(
         MissingCapability: the store has no SQL (``memory://``).
     """
     sql = require(store, SqlStore)
-    bare = _bare(store)
+    plain = bare(store)
     category = _check_category(category)
     batch_size = _check_batch(batch_size)
     segment_events = _check_batch(segment_events)
@@ -296,18 +302,14 @@ async def archive_category(
         not isinstance(older_than, timedelta) or older_than.total_seconds() < 1
     ):
         raise InvalidArgument("older_than", f"must be at least 1 second, not {older_than!r}")
-    try:
-        root = Path(directory).resolve()
-        root.mkdir(parents=True, exist_ok=True)
-    except (OSError, TypeError) as exc:
-        raise ArchiveError(f"archive directory {directory!r}: {exc}") from None
+    root = _prepare(directory)
     cutoff = None if older_than is None else (now or datetime.now(UTC)) - older_than
     readers = await holders(store)
     head = await store.head_position()
     limit = min([head, *(h.position for h in readers)])
     held_by = readers[0].describe() if readers and readers[0].position < head else None
     report = ArchiveReport(category, str(root), limit, held_by)
-    for segment in await archived_segments(bare):
+    for segment in await archived_segments(plain):
         if segment.category != category:
             continue
         if segment.state == "removing":
@@ -324,18 +326,28 @@ async def archive_category(
         if not events:
             break
         try:
-            recorded = {s.file for s in await archived_segments(bare)}
-            path, digest, size = _write_segment(root, category, events, level, recorded)
+            recorded = {s.file for s in await archived_segments(plain)}
+            path, digest, size = await asyncio.to_thread(
+                _write_segment, root, category, events, level, recorded
+            )
         except OSError as exc:
             raise ArchiveError(f"archive directory {root}: {exc}") from None
         segment = await _record(sql, category, path, digest, size, events)
         await _remove(sql, segment, batch_size)
         report.segments.append(
-            Segment(segment.id, category, str(path), digest, size, len(events),
-                    events[0].position, events[-1].position, "archived")  # fmt: skip
+            Segment(
+                segment.id,
+                category,
+                str(path),
+                digest,
+                size,
+                len(events),
+                events[0].position,
+                events[-1].position,
+                "archived",
+            )
         )
-    if isinstance(store, ArchiveReadThrough):
-        await store.refresh()
+    await refresh(store)
     return report
 
 
@@ -358,7 +370,7 @@ async def restore_archive(
     batch_size = _check_batch(batch_size)
     if category is not None:
         category = _check_category(category)
-    found = await archived_segments(_bare(store))
+    found = await archived_segments(bare(store))
     if segment_ids is not None:
         known = {s.id for s in found}
         unknown = [i for i in segment_ids if i not in known]
@@ -371,7 +383,5 @@ async def restore_archive(
     for segment in found:
         report.events += await _restore_one(sql, segment, batch_size)
         report.segments.append(segment.id)
-    if isinstance(store, ArchiveReadThrough):
-        with contextlib.suppress(Exception):
-            await store.refresh()
+    await refresh(store)
     return report

@@ -46,6 +46,8 @@ __all__ = [
     "ArchivedEvent",
     "Segment",
     "archived_segments",
+    "bare",
+    "refresh",
     "load_segment",
     "reinsert",
     "select_for_archive",
@@ -442,6 +444,18 @@ class ArchiveReadThrough:
 
     async def __aexit__(self, *exc: object) -> None:
         await self._inner.close()
+
+
+def bare(store: EventStore) -> EventStore:
+    """``store`` without read-through (itself when it has none)."""
+    return store.wrapped if isinstance(store, ArchiveReadThrough) else store
+
+
+async def refresh(store: EventStore) -> None:
+    """Make a store that reads through its archive read the segment list again (after this
+    process archived or restored); nothing for other stores."""
+    if isinstance(store, ArchiveReadThrough):
+        await store.refresh()
 
 
 def with_archive(store: EventStore, segments: Sequence[Segment]) -> EventStore:
