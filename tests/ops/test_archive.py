@@ -340,7 +340,7 @@ async def test_cli_refuses_hostile_input_and_changes_nothing(
     assert await archive.segments(store) == []
     assert (
         await asyncio.to_thread(
-            main, ["archive", *where, "--category", "order", "--older-than", "1s", "--json"]
+            main, ["archive", *where, "--category", "order", "--older-than", "1d", "--json"]
         )
         == 0
     )

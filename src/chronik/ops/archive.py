@@ -199,6 +199,8 @@ def _reason(segment: Segment) -> str:
 async def _remove(sql: SqlStore, segment: Segment, batch_size: int) -> None:
     """Delete the rows of a recorded segment, recording each batch; then mark it archived."""
     events = load_segment(segment)  # checked: only what the file really holds is deleted
+    # by stream and version: a batch then spans few streams, one record each
+    events.sort(key=lambda e: (e.stream_id, e.version))
     now = datetime.now(UTC)
     for start in range(0, len(events), batch_size):
         positions = [e.position for e in events[start : start + batch_size]]

@@ -337,6 +337,16 @@ class ArchiveReadThrough:
                 stream_id, from_version=from_version, limit=limit, backwards=backwards
             )
         ]
+        # the store holds a suffix of each stream (archives and retention take prefixes):
+        # a read that starts where it asked, or reached version 0 or its limit, is whole
+        if (
+            bool(stored) and (stored[-1].version == 0 or len(stored) == count)
+            if backwards
+            else not stored or stored[0].version == start
+        ):
+            for e in stored:
+                yield e
+            return
         await self.refresh()
         if backwards:
             archived = (
