@@ -141,20 +141,21 @@ async def run(n: int, backends: list[str]) -> list[dict[str, Any]]:
     return rows
 
 
+def _sqlite_size(path: str) -> int:
+    import sqlite3
+
+    db = sqlite3.connect(path)
+    db.execute("PRAGMA wal_checkpoint(TRUNCATE)")
+    db.execute("VACUUM")
+    db.close()
+    return os.path.getsize(path)
+
+
 async def _size(url: str, backend: str, full: bool = False) -> int:
     """The store's size after VACUUM: the SQLite file, or the events table with its indexes
     and TOAST (``full``: after VACUUM FULL, which gives the space back to the OS)."""
     if backend == "sqlite":
-        path = url.removeprefix("sqlite:///")
-        async with await chronik.connect(url) as store:
-            await store.close()
-        import sqlite3
-
-        conn = sqlite3.connect(path)
-        conn.execute("PRAGMA wal_checkpoint(TRUNCATE)")
-        conn.execute("VACUUM")
-        conn.close()
-        return os.path.getsize(path)
+        return await asyncio.to_thread(_sqlite_size, url.removeprefix("sqlite:///"))
     import psycopg
 
     from chronik.store.pg_support import split_schema
@@ -218,7 +219,9 @@ async def measure_archive(backend: str, n: int, folder: Path) -> dict[str, Any]:
         through_streams_s = await _read_streams(url, 50)
         assert through_n == base_n, "the archive lost or added events"
         size_after = await _size(url, backend)
-        size_after_full = await _size(url, backend, full=True) if backend != "sqlite" else size_after
+        size_after_full = (
+            await _size(url, backend, full=True) if backend != "sqlite" else size_after
+        )
         files = sum(f.stat().st_size for f in (folder / "arc").glob("*.ndjson.zst"))
         return {
             "backend": backend,
