@@ -27,6 +27,7 @@ from chronik.errors import ArchiveCorrupted, InvalidArgument, MissingCapability
 from chronik.integrity import check
 from chronik.ops import archive
 from chronik.store.archived import ArchiveReadThrough, load_segment
+from chronik.store.truncations import truncation_summary
 
 ROOT = Path(__file__).parent.parent.parent
 
@@ -121,7 +122,11 @@ async def test_reads_through_the_archive_equal_the_original(
         stored = await reopened.query("SELECT count(*) FROM events WHERE category = 'order'")
         assert int(stored[0][0]) == 4  # the rows are gone from the table
         assert await everything(reopened) == before
-        assert (await check(reopened)).ok
+        checked = await check(reopened)
+        assert checked.ok  # the versions archived are recorded: not gaps
+        # ... and not "removed by retention": rebuilds read them through the archive
+        assert checked.truncated is not None and checked.truncated.events == 0
+        assert (await truncation_summary(reopened)).events == 0
         # the numbering goes on
         result = await reopened.append("order-0", [NewEvent("Placed", {})], expected_version=9)
         assert result.version == 10
@@ -388,3 +393,19 @@ async def test_memory_store_has_no_archive(tmp_path: Path) -> None:
     with pytest.raises(InvalidArgument):
         async with await chronik.connect(f"sqlite:///{tmp_path}/x.db") as s:
             await archive.archive_category(s, "order", tmp_path, before=5, older_than=timedelta(1))
+
+
+async def test_an_open_store_picks_up_a_later_segment(store: Any, url: str, tmp_path: Path) -> None:
+    await fill(store)
+    original = await everything(store)
+    positions = [e.position async for e in store.read_all()]
+    async with await connect(url) as first:
+        await archive.archive_category(first, "order", tmp_path / "a", before=positions[20])
+    async with await connect(url) as open_store, await connect(url) as other:
+        assert isinstance(open_store, ArchiveReadThrough)
+        assert await everything(open_store) == original  # the first segment is cached
+        report = await archive.archive_category(
+            other, "order", tmp_path / "a", before=positions[-1] + 1
+        )
+        assert report.events > 0
+        assert await everything(open_store) == original  # and the second one is read too

@@ -22,6 +22,7 @@ processed. A store opened before its first segment was recorded is not wrapped: 
 
 from __future__ import annotations
 
+import bisect
 import hashlib
 import heapq
 import time
@@ -347,7 +348,8 @@ class ArchiveReadThrough:
             for e in stored:
                 yield e
             return
-        await self.refresh()
+        if backwards or not self._covers(stream_id, start or 0, stored[0].version):
+            await self.refresh()  # a segment recorded since the list was read
         if backwards:
             archived = (
                 e.recorded()
@@ -364,6 +366,12 @@ class ArchiveReadThrough:
             if count is not None and n >= count:
                 return
             yield e
+
+    def _covers(self, stream_id: str, low: int, high: int) -> bool:
+        """Whether the known segments hold versions ``low`` to ``high - 1`` of the stream."""
+        versions = [e.version for e in self._loaded.streams.get(stream_id, [])]
+        a, b = bisect.bisect_left(versions, low), bisect.bisect_left(versions, high)
+        return b - a == high - low
 
     async def read_all(
         self,
