@@ -177,13 +177,19 @@ async def _read_all(url: str) -> tuple[float, int]:
         return time.perf_counter() - started, n
 
 
-async def _read_streams(url: str, streams: int) -> float:
+async def _read_streams(url: str, streams: int) -> tuple[float, float]:
+    """Seconds for the first ``read_stream`` (it reads the archive's files, when there are
+    some), then for ``streams`` more (warm)."""
     async with await chronik.connect(url) as store:
+        started = time.perf_counter()
+        async for _ in store.read_stream("account-999"):
+            pass
+        first = time.perf_counter() - started
         started = time.perf_counter()
         for a in range(streams):
             async for _ in store.read_stream(f"account-{a}"):
                 pass
-        return time.perf_counter() - started
+        return first, time.perf_counter() - started
 
 
 async def measure_archive(backend: str, n: int, folder: Path) -> dict[str, Any]:
@@ -208,7 +214,7 @@ async def measure_archive(backend: str, n: int, folder: Path) -> dict[str, Any]:
         url = urls[1]
         size_before = await _size(url, backend)
         base_all_s, base_n = await _read_all(url)
-        base_streams_s = await _read_streams(url, 50)
+        base_first_s, base_streams_s = await _read_streams(url, 200)
         async with await chronik.connect(url) as store:
             positions = [e.position async for e in store.read_all()]
             before = positions[int(len(positions) * 0.9)]
@@ -216,7 +222,7 @@ async def measure_archive(backend: str, n: int, folder: Path) -> dict[str, Any]:
             report = await archive.archive_category(store, "account", folder / "arc", before=before)
             archive_s = time.perf_counter() - started
         through_all_s, through_n = await _read_all(url)
-        through_streams_s = await _read_streams(url, 50)
+        through_first_s, through_streams_s = await _read_streams(url, 200)
         assert through_n == base_n, "the archive lost or added events"
         size_after = await _size(url, backend)
         size_after_full = (
@@ -232,6 +238,8 @@ async def measure_archive(backend: str, n: int, folder: Path) -> dict[str, Any]:
             "archive_events_per_s": round(report.events / archive_s),
             "read_all_ratio": round(through_all_s / base_all_s, 2),
             "read_stream_ratio": round(through_streams_s / base_streams_s, 2),
+            "first_read_stream_s": round(through_first_s, 3),
+            "first_read_stream_baseline_s": round(base_first_s, 4),
             "size_before": size_before,
             "size_after": size_after,
             "size_after_full": size_after_full,
@@ -257,7 +265,7 @@ async def run_archive(n: int, backends: list[str], rounds: int) -> list[dict[str
     for backend, rows in by_backend.items():
         out: dict[str, Any] = {"backend": backend, "events": n, "rounds": len(rows)}
         for k in ("scavenge_events_per_s", "archive_events_per_s", "read_all_ratio",
-                  "read_stream_ratio"):  # fmt: skip
+                  "read_stream_ratio", "first_read_stream_s"):  # fmt: skip
             values = [r[k] for r in rows]
             out[k] = {"median": statistics.median(values), "min": min(values), "max": max(values)}
         last = rows[-1]
