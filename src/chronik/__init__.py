@@ -30,6 +30,8 @@ from chronik.context import MessageContext, context, current_context
 from chronik.decider import Decider
 from chronik.errors import (
     AccessDenied,
+    ArchiveCorrupted,
+    ArchiveError,
     AuthenticationFailed,
     BackupCorrupted,
     BackupError,
@@ -123,6 +125,8 @@ __all__ = [
     "AnyOf",
     "App",
     "AppendResult",
+    "ArchiveCorrupted",
+    "ArchiveError",
     "AuthenticationFailed",
     "BackupCorrupted",
     "BackupError",

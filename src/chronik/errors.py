@@ -42,6 +42,8 @@
     ├── BackupError                 a backup cannot be taken or restored (target exists, store
     │   │                           not empty, an incremental continues another base, ...)
     │   └── BackupCorrupted         a backup is missing a file, truncated or altered
+    ├── ArchiveError                an archive cannot be written, read or restored
+    │   └── ArchiveCorrupted        an archive file is missing or altered (names the file)
     │   └── MigrationComplete       the migration was cut over: writers use the new store
     ├── SchemaError                 the database schema is newer than this code
     ├── LoadError                   ``MODULE:OBJECT`` names no module, no attribute, or the
@@ -71,6 +73,8 @@ from __future__ import annotations
 
 __all__ = [
     "AccessDenied",
+    "ArchiveCorrupted",
+    "ArchiveError",
     "AuthenticationFailed",
     "BackupCorrupted",
     "BackupError",
@@ -355,6 +359,22 @@ class BackupCorrupted(BackupError):
         self.path = str(path)
         self.reason = reason
         super().__init__(f"backup {self.path} is corrupted or incomplete: {reason}")
+
+
+class ArchiveError(ChronikError):
+    """An archive cannot be written, read or restored (``chronik archive``): bad arguments,
+    a store without SQL, an archive directory that cannot hold the file."""
+
+
+class ArchiveCorrupted(ArchiveError):
+    """An archive segment file is missing or does not match what the store recorded (size,
+    sha256, events). Names the file (``path``); no event of it is handed out, so a read
+    never silently misses the archived events."""
+
+    def __init__(self, path: object, reason: str) -> None:
+        self.path = str(path)
+        self.reason = reason
+        super().__init__(f"archive file {self.path}: {reason}")
 
 
 class MigrationError(ChronikError):

@@ -92,9 +92,23 @@ async def connect(url: str | None = None, *, create: bool = True, **options: Any
     if parsed.scheme == "sqlite":
         from chronik.store.sqlite import SqliteEventStore
 
-        return await SqliteEventStore.open(parsed.target, create=create, **opts)
+        return await _read_through(
+            await SqliteEventStore.open(parsed.target, create=create, **opts)
+        )
     try:
         from chronik.store.postgres import PostgresEventStore
     except ImportError as exc:
         raise MissingDependency("a postgresql:// store", "psycopg", "postgres") from exc
-    return await PostgresEventStore.open(parsed.target, create=create, **opts)
+    return await _read_through(await PostgresEventStore.open(parsed.target, create=create, **opts))
+
+
+async def _read_through(store: EventStore) -> EventStore:
+    """``store``, wrapped to read through its archive when it has archived segments."""
+    from chronik.store.archived import archived_segments, with_archive
+
+    try:
+        segments = await archived_segments(store)
+    except BaseException:
+        await store.close()
+        raise
+    return with_archive(store, segments)

@@ -131,6 +131,7 @@ async def truncation_summary(store: object) -> TruncationSummary:
         return TruncationSummary(0, 0, 0, None)
     ((events, streams, last, when),) = await require(store, SqlStore).query(
         "SELECT coalesce(sum(events), 0), count(DISTINCT stream_id), "
-        "coalesce(max(last_position), 0), max(removed_at) FROM truncations"
+        "coalesce(max(last_position), 0), max(removed_at) FROM truncations "
+        "WHERE reason NOT LIKE 'archived:%'"  # archived events are read through (0015)
     )
     return TruncationSummary(int(events), int(streams), int(last), as_datetime(when))
