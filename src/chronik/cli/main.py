@@ -92,6 +92,7 @@ COMMAND_MODULES = [
     "chronik.cli.workers",
     "chronik.cli.retention",
     "chronik.cli.roles",
+    "chronik.cli.verify",
 ]
 """Modules adding command groups: each has ``register(subparsers, common_parser)``."""
 
