@@ -32,7 +32,7 @@ from __future__ import annotations
 import hashlib
 import hmac
 import os
-from collections.abc import Mapping
+from collections.abc import Awaitable, Callable, Mapping, Sequence
 from dataclasses import dataclass, field
 from datetime import UTC, datetime
 from pathlib import Path
@@ -41,7 +41,9 @@ from typing import Any
 from chronik.errors import InvalidArgument, TamperDetected
 from chronik.store.capabilities import require
 from chronik.store.chain import event_hash
-from chronik.store.port import EventStore, SqlStore
+from chronik.store.port import EventStore, SqlStore, Tx
+
+_Fetch = Callable[[str, Mapping[str, Any]], Awaitable[Sequence[Sequence[Any]]]]
 
 __all__ = [
     "KEY_ENV",
@@ -51,6 +53,7 @@ __all__ = [
     "VerifyReport",
     "sign_checkpoint",
     "verify",
+    "verify_in",
 ]
 
 KEY_ENV = "CHRONIK_CHAIN_KEY"
@@ -212,8 +215,9 @@ class Break:
 
 @dataclass
 class VerifyReport:
-    """What :func:`verify` checked and the broken links it found (the first is
-    :attr:`first_break`, the lowest position)."""
+    """What :func:`verify` checked and the broken links it found. :attr:`first_break` is the
+    lowest position of a broken chain link, else the first checkpoint that does not match
+    (a range: what in it changed is not known)."""
 
     since: int
     events: int = 0
@@ -232,9 +236,11 @@ class VerifyReport:
 
     @property
     def first_break(self) -> Break | None:
-        if not self.breaks:
+        precise = [b for b in self.breaks if b.what != "checkpoint"]
+        found = precise or self.breaks
+        if not found:
             return None
-        return min(self.breaks, key=lambda b: (b.position is None, b.position or 0))
+        return min(found, key=lambda b: (b.position is None, b.position or 0))
 
     def to_dict(self) -> dict[str, Any]:
         first = self.first_break
@@ -258,7 +264,7 @@ class _Scan:
 
     def __init__(
         self,
-        sql: SqlStore,
+        fetch: _Fetch,
         report: VerifyReport,
         checkpoints: list[SignedCheckpoint],
         anchor: tuple[int, bytes],
@@ -266,7 +272,7 @@ class _Scan:
         removed: list[tuple[int, int]],
         key: ChainKey | None,
     ) -> None:
-        self.sql = sql
+        self.fetch = fetch
         self.report = report
         self.pending = checkpoints
         self.start, self.digest_prev = anchor
@@ -284,7 +290,7 @@ class _Scan:
             self.report.breaks.append(brk)
 
     async def _stored_hash(self, stream_id: str, version: int) -> tuple[bool, bytes | None]:
-        rows = await self.sql.query(
+        rows = await self.fetch(
             "SELECT position, hash FROM events WHERE stream_id = :s AND version = :v",
             {"s": stream_id, "v": version},
         )
@@ -293,7 +299,7 @@ class _Scan:
         return True, None if rows[0][1] is None else bytes(rows[0][1])
 
     async def _between(self, stream_id: str, low: int, high: int) -> int:
-        rows = await self.sql.query(
+        rows = await self.fetch(
             "SELECT count(*) FROM events WHERE stream_id = :s AND version > :a AND version < :b",
             {"s": stream_id, "a": low, "b": high},
         )
@@ -377,10 +383,11 @@ class _Scan:
             self.count = 0
 
 
-async def _checkpoints(sql: SqlStore) -> list[SignedCheckpoint]:
-    rows = await sql.query(
+async def _checkpoints(fetch: _Fetch) -> list[SignedCheckpoint]:
+    rows = await fetch(
         "SELECT id, position, events, digest, algorithm, key_id, signature "
-        "FROM chain_checkpoints ORDER BY position, id"
+        "FROM chain_checkpoints ORDER BY position, id",
+        {},
     )
     return [
         SignedCheckpoint(int(i), int(p), int(n), bytes(d), str(a), str(k), bytes(s))
@@ -388,11 +395,11 @@ async def _checkpoints(sql: SqlStore) -> list[SignedCheckpoint]:
     ]
 
 
-async def _truncations(sql: SqlStore) -> tuple[dict[str, int], list[tuple[int, int]]]:
+async def _truncations(fetch: _Fetch) -> tuple[dict[str, int], list[tuple[int, int]]]:
     """What retention removed (migration 0014): stream -> last removed version, and the
     position ranges removed."""
-    rows = await sql.query(
-        "SELECT stream_id, through_version, first_position, last_position FROM truncations"
+    rows = await fetch(
+        "SELECT stream_id, through_version, first_position, last_position FROM truncations", {}
     )
     through: dict[str, int] = {}
     for stream_id, version, _, _ in rows:
@@ -401,22 +408,21 @@ async def _truncations(sql: SqlStore) -> tuple[dict[str, int], list[tuple[int, i
 
 
 async def _scan(
-    store: EventStore, since: int, key: ChainKey | None, until: int | None
+    fetch: _Fetch, since: int, key: ChainKey | None, until: int | None
 ) -> tuple[_Scan, list[SignedCheckpoint]]:
-    sql = require(store, SqlStore)
-    checkpoints = await _checkpoints(sql)
+    checkpoints = await _checkpoints(fetch)
     anchor: tuple[int, bytes] = (0, b"")
     for cp in checkpoints:
         if cp.position <= since:
             anchor = (cp.position, cp.digest)
     later = [cp for cp in checkpoints if cp.position > anchor[0]]
-    truncated, removed = await _truncations(sql)
+    truncated, removed = await _truncations(fetch)
     report = VerifyReport(since=since, signatures_checked=key is not None)
-    scan = _Scan(sql, report, later, anchor, truncated, removed, key)
+    scan = _Scan(fetch, report, later, anchor, truncated, removed, key)
     cursor = anchor[0]
     limit = "" if until is None else f" AND position <= {int(until)}"
     while True:
-        rows = await sql.query(
+        rows = await fetch(
             f"SELECT {_COLUMNS} FROM events WHERE position > :p{limit} ORDER BY position "
             f"LIMIT {_PAGE}",
             {"p": cursor},
@@ -440,7 +446,13 @@ async def verify(store: EventStore, *, since: int = 0, key: ChainKey | None = No
     Raises:
         MissingCapability: the store has no SQL (``memory://`` keeps no chain).
     """
-    scan, _ = await _scan(store, since, key, None)
+    scan, _ = await _scan(require(store, SqlStore).query, since, key, None)
+    return scan.report
+
+
+async def verify_in(tx: Tx, *, since: int = 0, key: ChainKey | None = None) -> VerifyReport:
+    """:func:`verify` on what the transaction ``tx`` sees (its snapshot, its own writes)."""
+    scan, _ = await _scan(tx.fetchall, since, key, None)
     return scan.report
 
 
@@ -455,9 +467,9 @@ async def sign_checkpoint(store: EventStore, key: ChainKey) -> SignedCheckpoint:
     """
     head = await store.head_position()
     sql = require(store, SqlStore)
-    last = await _checkpoints(sql)
+    last = await _checkpoints(sql.query)
     since = last[-1].position if last else 0
-    scan, _ = await _scan(store, since, key, head)
+    scan, _ = await _scan(sql.query, since, key, head)
     if not scan.report.ok:
         first = scan.report.first_break
         raise TamperDetected(f"not signed: {first.message if first else 'broken chain'} "
