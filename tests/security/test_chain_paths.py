@@ -208,7 +208,7 @@ def cli(argv: list[str], capsys: pytest.CaptureFixture[str]) -> tuple[int, Any]:
     return code, json.loads(out) if "--json" in argv and out.strip() else out
 
 
-def test_cli_verify_signs_checks_and_exits_5_on_a_break(
+def test_cli_verify_signs_checks_and_exits_6_on_a_break(
     tmp_path: Path, capsys: pytest.CaptureFixture[str], monkeypatch: pytest.MonkeyPatch
 ) -> None:
     url = f"sqlite:///{tmp_path}/cli.db"
@@ -240,7 +240,7 @@ def test_cli_verify_signs_checks_and_exits_5_on_a_break(
     code, report = cli(["verify", "--store", url, "--key-file", str(tmp_path / "k.pub"), "--json"],
                        capsys)  # fmt: skip
     # the first checkpoint was signed with the HMAC key: another key is a break
-    assert code == 5 and "signed by key" in report["first_break"]["message"]
+    assert code == 6 and "signed by key" in report["first_break"]["message"]
     code, report = cli(["verify", "--store", url, "--since", str(report["first_break"]
                         ["through_position"]), "--key-file", str(tmp_path / "k.pub"), "--json"],
                        capsys)  # fmt: skip
@@ -252,12 +252,12 @@ def test_cli_verify_signs_checks_and_exits_5_on_a_break(
         conn.execute("UPDATE events SET data = '{\"n\": 100}' WHERE stream_id = 'acct-1' "
                      "AND version = 1")  # fmt: skip
     code, report = cli(["verify", "--store", url, "--json"], capsys)
-    assert code == 5 and not report["ok"]
+    assert code == 6 and not report["ok"]
     assert report["first_break"] == {"what": "changed", "stream_id": "acct-1", "version": 1,
                                      "position": 4, "through_position": None,
                                      "message": "its stored bytes do not give its hash"}  # fmt: skip
     code, text = cli(["verify", "--store", url], capsys)
-    assert code == 5 and "changed at position 4, stream acct-1 version 1" in text
+    assert code == 6 and "changed at position 4, stream acct-1 version 1" in text
     code, _ = cli(["verify", "--store", url, "--sign"], capsys)
     assert code == 1  # no key (InvalidArgument)
     # --sign checks what it signs (the events since the last checkpoint; the earlier break
@@ -271,4 +271,4 @@ def test_cli_verify_signs_checks_and_exits_5_on_a_break(
         conn.execute("UPDATE events SET type = 'Forged' WHERE stream_id = 'acct-9'")
     monkeypatch.setenv("CHRONIK_CHAIN_KEY", "ab" * 32)
     code, refused = cli(["verify", "--store", url, "--sign", "--json"], capsys)
-    assert code == 5 and refused["signed"] is None and "position 6" in refused["error"]
+    assert code == 6 and refused["signed"] is None and "position 6" in refused["error"]

@@ -1,6 +1,6 @@
 """``chronik verify``: the tamper-evident log (docs/security.md "Tamper evidence").
 
-Thin: calls :mod:`chronik.ops.chain` and prints. Exit status 0 when every link holds, 5 when
+Thin: calls :mod:`chronik.ops.chain` and prints. Exit status 0 when every link holds, 6 when
 one is broken (the first is printed: position, stream, version, what), else the usual ones.
 """
 
@@ -16,7 +16,7 @@ from chronik.store.protocol import EventStore
 
 __all__ = ["TAMPERED", "register"]
 
-TAMPERED = 5
+TAMPERED = 6
 """The exit status of ``chronik verify`` (and ``--sign``) when a link is broken."""
 
 
