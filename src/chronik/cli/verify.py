@@ -59,7 +59,9 @@ async def cmd_verify(store: EventStore, args: argparse.Namespace, out: Output) -
         return 0 if report.ok else TAMPERED
     first = report.first_break
     if first is None:
-        signed = "signatures checked" if report.signatures_checked else "signatures NOT checked (no key)"
+        signed = (
+            "signatures checked" if report.signatures_checked else "signatures NOT checked (no key)"
+        )
         out.say(("ok", "green"), f": {report.events:,} events of {report.streams:,} streams chain, "
                 f"{report.checkpoints} checkpoints match ({signed})")  # fmt: skip
         if report.anchored_streams:

@@ -83,7 +83,7 @@ class ChainKey:
     @classmethod
     def hmac(cls, secret: bytes) -> ChainKey:
         if len(secret) < 32:
-            raise InvalidArgument("an HMAC chain key needs at least 32 bytes")
+            raise InvalidArgument("chain key", "needs at least 32 bytes (HMAC-SHA256)")
         key_id = hashlib.sha256(b"chronik-key-id" + secret).hexdigest()[:16]
         return cls("hmac-sha256", key_id, secret=secret)
 
@@ -98,12 +98,12 @@ class ChainKey:
         if path is None:
             value = (os.environ if env is None else env).get(KEY_ENV, "")
             if not value:
-                raise InvalidArgument(f"no chain key: give --key-file or set ${KEY_ENV}")
+                raise InvalidArgument("chain key", f"is missing: give --key-file or set ${KEY_ENV}")
             return cls.hmac(_secret(value.strip().encode("utf-8")))
         try:
             raw = Path(path).read_bytes()
         except OSError as exc:
-            raise InvalidArgument(f"cannot read the chain key {path}: {exc}") from exc
+            raise InvalidArgument("chain key", f"{path} cannot be read: {exc}") from exc
         if raw.lstrip().startswith(b"-----BEGIN"):
             return cls._pem(raw, str(path))
         return cls.hmac(_secret(raw.strip()))
@@ -120,15 +120,15 @@ class ChainKey:
             if b"PRIVATE KEY" in raw:
                 private = serialization.load_pem_private_key(raw, password=None)
                 if not isinstance(private, Ed25519PrivateKey):
-                    raise InvalidArgument(f"{where}: not an Ed25519 key")
+                    raise InvalidArgument("chain key", f"{where} is not an Ed25519 key")
                 public = private.public_key()
             else:
                 loaded = serialization.load_pem_public_key(raw)
                 if not isinstance(loaded, Ed25519PublicKey):
-                    raise InvalidArgument(f"{where}: not an Ed25519 key")
+                    raise InvalidArgument("chain key", f"{where} is not an Ed25519 key")
                 private, public = None, loaded
         except ValueError as exc:
-            raise InvalidArgument(f"{where}: not a PEM key ({exc})") from exc
+            raise InvalidArgument("chain key", f"{where} is not a PEM key ({exc})") from exc
         spki = public.public_bytes(serialization.Encoding.Raw, serialization.PublicFormat.Raw)
         return cls("ed25519", hashlib.sha256(spki).hexdigest()[:16], private=private, public=public)
 
@@ -136,7 +136,9 @@ class ChainKey:
         if self.algorithm == "hmac-sha256":
             return hmac.new(self.secret, message, hashlib.sha256).digest()
         if self.private is None:
-            raise InvalidArgument("an Ed25519 public key checks checkpoints but cannot sign")
+            raise InvalidArgument(
+                "chain key", "is an Ed25519 public key: it checks checkpoints but cannot sign"
+            )
         return bytes(self.private.sign(message))
 
     def check(self, message: bytes, signature: bytes) -> bool:
@@ -305,23 +307,26 @@ class _Scan:
         )
         return int(rows[0][0])
 
-    async def event(self, row: tuple[Any, ...]) -> None:
+    async def event(self, row: Sequence[Any]) -> None:
         position, stream_id, version = int(row[0]), str(row[1]), int(row[2])
         stored = None if row[9] is None else bytes(row[9])
         self.close_checkpoints(position)
         self.count += 1
         self.running.update(stored or b"")
         self.report.events += 1
-        where = {"position": position, "stream_id": stream_id, "version": version}
+
+        def link(what: str, text: str) -> Break:
+            return Break(what, text, position, stream_id, version)
+
         if stored is None:
-            self.add(Break("inserted", "an event without a hash: written around chronik", **where))
+            self.add(link("inserted", "an event without a hash: written around chronik"))
         head = self.heads.get(stream_id)
         prev: bytes | None = None
         anchor = False
         if head is not None:
             last, prev = head
             if version <= last:
-                self.add(Break("swapped", f"stored after version {last} of its stream", **where))
+                self.add(link("swapped", f"stored after version {last} of its stream"))
                 return
             if version > last + 1:
                 missing = await self._between(stream_id, last, version)
@@ -331,7 +336,7 @@ class _Scan:
                     if missing
                     else f"versions {last + 1}..{version - 1} are missing"
                 )
-                self.add(Break(what, text, **where))
+                self.add(link(what, text))
                 prev = None
         elif version > 0:
             found, prev = await self._stored_hash(stream_id, version - 1)
@@ -347,7 +352,7 @@ class _Scan:
                         if missing
                         else f"versions 0..{version - 1} are missing (no retention record)"
                     )
-                    self.add(Break(what, text, **where))
+                    self.add(link(what, text))
         if head is None:
             self.report.streams += 1
         self.heads[stream_id] = (version, stored)
@@ -355,7 +360,7 @@ class _Scan:
             return
         expected = event_hash(prev, stream_id, version, *row[3:9])
         if not hmac.compare_digest(expected, stored):
-            self.add(Break("changed", "its stored bytes do not give its hash", **where))
+            self.add(link("changed", "its stored bytes do not give its hash"))
 
     def close_checkpoints(self, position: int | None) -> None:
         """Compare every checkpoint below ``position`` (``None``: all) with the digest."""
@@ -364,20 +369,31 @@ class _Scan:
             self.running.update(cp.position.to_bytes(8, "big") + self.count.to_bytes(8, "big"))
             digest = self.running.digest()
             self.report.checkpoints += 1
-            where = {"position": self.range_start + 1, "through_position": cp.position}
+
+            def ranged(
+                text: str, start: int = self.range_start + 1, end: int = cp.position
+            ) -> Break:
+                return Break("checkpoint", text, start, through_position=end)
+
             if self.key is not None and cp.key_id == self.key.key_id:
                 if not self.key.check(cp.message(), cp.signature):
-                    self.add(Break("checkpoint", f"checkpoint {cp.id}: bad signature", **where))
+                    self.add(ranged(f"checkpoint {cp.id}: bad signature"))
             elif self.key is not None:
-                self.add(Break("checkpoint", f"checkpoint {cp.id}: signed by key "
-                               f"{cp.key_id}, not {self.key.key_id}", **where))  # fmt: skip
+                self.add(ranged(f"checkpoint {cp.id}: signed by key "
+                               f"{cp.key_id}, not {self.key.key_id}"))  # fmt: skip
             lost = any(a <= cp.position and b > self.range_start for a, b in self.removed)
             if lost:
                 self.report.reanchored_checkpoints += 1
             elif digest != cp.digest or self.count != cp.events:
-                kind = "deleted" if self.count < cp.events else "inserted" if self.count > cp.events else "changed"
-                self.add(Break("checkpoint", f"checkpoint {cp.id}: {kind}: {self.count} events "
-                               f"stored where {cp.events} were signed", **where))  # fmt: skip
+                kind = (
+                    "deleted"
+                    if self.count < cp.events
+                    else "inserted"
+                    if self.count > cp.events
+                    else "changed"
+                )
+                self.add(ranged(f"checkpoint {cp.id}: {kind}: {self.count} events "
+                               f"stored where {cp.events} were signed"))  # fmt: skip
             self.range_start = cp.position
             self.running = hashlib.sha256(cp.digest)
             self.count = 0
