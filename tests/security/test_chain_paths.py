@@ -285,3 +285,10 @@ def test_cli_verify_signs_checks_and_exits_6_on_a_break(
     monkeypatch.setenv("CHRONIK_CHAIN_KEY", "ab" * 32)
     code, refused = cli(["verify", "--store", url, "--sign", "--json"], capsys)
     assert code == 6 and refused["signed"] is None and "position 6" in refused["error"]
+
+
+async def test_the_memory_store_keeps_no_chain_and_says_so() -> None:
+    async with await chronik.connect("memory://") as store:
+        with pytest.raises(chronik.MissingCapability):
+            await verify(store)
+
