@@ -101,6 +101,46 @@ def one(workload: str, variant: str, backend: str) -> dict[str, Any]:
         drop_target(target)
 
 
+def server_share(batch: int = 10, statements: int = 300, repetitions: int = 5) -> dict[str, Any]:
+    """PostgreSQL only: the share of the server's time an INSERT of ``batch`` events spends
+    in the chain trigger (EXPLAIN ANALYZE reports trigger time apart), over ``statements``
+    INSERTs into a fresh chronik schema; median and min-max of ``repetitions``. Both numbers
+    come from the same statements, so the machine's load hardly moves the ratio."""
+    import re
+
+    import psycopg
+
+    shares = []
+    for rep in range(repetitions):
+        target = create_target("postgres", "chain_share")
+        try:
+            asyncio.run(_prepare(target))
+            s = f'"{target.schema}"'
+            trigger = total = 0.0
+            with psycopg.connect(target.pg_url, autocommit=True) as conn:
+                for n in range(statements):
+                    plan = conn.execute(
+                        f"EXPLAIN (ANALYZE, FORMAT TEXT) INSERT INTO {s}.events (position, "
+                        "stream_id, version, event_id, type, data, metadata) SELECT "
+                        "%s + g, %s, g - 1, gen_random_uuid(), 'Deposited', "
+                        '\'{"account": "acc-1", "amount_cents": 1250, "currency": "EUR"}\', '
+                        '\'{"correlation_id": "c-1"}\' FROM generate_series(1, %s) g',
+                        ((rep * statements + n + 1) << 20, f"account-{n}", batch),
+                    ).fetchall()
+                    text = "\n".join(row[0] for row in plan)
+                    found = re.search(r"Trigger events_chain: time=([\d.]+)", text)
+                    whole = re.search(r"Execution Time: ([\d.]+)", text)
+                    if found is None or whole is None:
+                        raise AssertionError(f"no trigger time in the plan: {text}")
+                    trigger += float(found.group(1))
+                    total += float(whole.group(1))
+            shares.append(trigger / total)
+        finally:
+            drop_target(target)
+    return {"batch": batch, "statements": statements, "median": statistics.median(shares),
+            "min": min(shares), "max": max(shares)}  # fmt: skip
+
+
 def _spawn(workload: str, variant: str, backend: str) -> dict[str, Any]:
     proc = subprocess.run(
         [sys.executable, "-m", "benchmarks.chain_cost", "--one", workload, variant, backend],
@@ -154,10 +194,17 @@ def main(argv: list[str] | None = None) -> int:
             return f"{statistics.median(v):,.0f} ({min(v):,.0f}-{max(v):,.0f})"
 
         print(f"{workload:8} {backend:8} {fmt(with_):>28} {fmt(without):>28} {ratio:6.2f}")
+    shares = []
+    if "postgres" in backends:
+        for batch in (1, 10):
+            share = server_share(batch)
+            shares.append(share)
+            print(f"PostgreSQL server time in the chain trigger, {batch:2} events an INSERT: "
+                  f"{share['median']:.1%} ({share['min']:.1%}-{share['max']:.1%})")  # fmt: skip
     if args.json:
         with open(args.json, "w") as f:
-            json.dump({"sizes": SIZES.__dict__, "repetitions": args.repetitions, "rows": rows},
-                      f, indent=2)  # fmt: skip
+            json.dump({"sizes": SIZES.__dict__, "repetitions": args.repetitions, "rows": rows,
+                       "server_share": shares}, f, indent=2)  # fmt: skip
     return 0
 
 
