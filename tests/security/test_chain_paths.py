@@ -291,4 +291,3 @@ async def test_the_memory_store_keeps_no_chain_and_says_so() -> None:
     async with await chronik.connect("memory://") as store:
         with pytest.raises(chronik.MissingCapability):
             await verify(store)
-
