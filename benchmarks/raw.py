@@ -309,9 +309,12 @@ class _ChronikSqlite(_SqliteBase):
     """chronik's SQLite statements on chronik's tables (the ``raw-chronik-sql`` baseline)."""
 
     def __init__(self, path: str) -> None:
+        from chronik.store.chain import event_hash
         from chronik.store.sqlite_statements import SqliteStatements
 
         super().__init__(path)
+        # chronik's append computes the hash chain (migration 0016) with this function
+        self.conn.create_function("chronik_event_hash", 9, event_hash, deterministic=True)
         statements = SqliteStatements()
         self.insert = statements.append
         self.stream_version = statements.stream_version

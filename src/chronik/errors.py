@@ -62,7 +62,9 @@
     ├── AccessDenied (PermissionError)
     │                               the principal may not do that operation on that category
     ├── RateLimited                 a token sent more requests than its rate allows
-    └── PolicyError (ValueError)    a security policy (TOML) is invalid; names the bad key
+    ├── PolicyError (ValueError)    a security policy (TOML) is invalid; names the bad key
+    └── TamperDetected              the hash chain or a signed checkpoint does not match the
+                                    stored events (``chronik verify``); names the first break
 
 Driver exceptions never leak: each backend raises one of these ``from`` the driver's error.
 The core knows no HTTP status codes; the HTTP layer maps them. This module imports nothing
@@ -108,6 +110,7 @@ __all__ = [
     "StoreNotFound",
     "StoreUnavailable",
     "StreamNotFound",
+    "TamperDetected",
     "UnknownEventType",
     "WorkOwned",
     "UnknownProjection",
@@ -610,3 +613,8 @@ class PolicyError(ChronikError, ValueError):
         self.key = key
         self.reason = reason
         super().__init__(f"policy: {key}: {reason}")
+
+
+class TamperDetected(ChronikError):
+    """The stored events do not match their hash chain or a signed checkpoint: someone
+    changed the log around chronik. The message names the first broken link."""

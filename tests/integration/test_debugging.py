@@ -612,7 +612,7 @@ def test_check_reports_each_seeded_corruption_on_sqlite(
         CREATE TABLE events (position INTEGER PRIMARY KEY, stream_id TEXT NOT NULL,
             category TEXT NOT NULL, version INTEGER NOT NULL, event_id TEXT NOT NULL,
             type TEXT NOT NULL, schema_version INTEGER NOT NULL DEFAULT 1, data TEXT NOT NULL,
-            metadata TEXT NOT NULL, recorded_at INTEGER NOT NULL);
+            metadata TEXT NOT NULL, recorded_at INTEGER NOT NULL, hash BLOB);
         INSERT INTO events SELECT * FROM events_old;
         DROP TABLE events_old;
         CREATE INDEX events_correlation_id_idx

@@ -131,7 +131,12 @@ def _old_sqlite_store(path: Path, at: int) -> None:
         ("order-1", "order", v, str(uuid.uuid4()), "Placed", 1, "{}", meta, 1_700_000_000 + v)
         for v in range(3)
     ]
-    conn.executemany(SqliteStatements.append, rows)
+    # the INSERT of before 0017 (no hash column yet; the upgrade backfills the chain)
+    conn.executemany(
+        "INSERT INTO events (stream_id, category, version, event_id, type, schema_version, "
+        "data, metadata, recorded_at) VALUES (?, ?, ?, ?, ?, ?, ?, ?, ?)",
+        rows,
+    )
     conn.execute(
         "INSERT INTO checkpoints (name, position, updated_at) "
         "VALUES ('proj:v1', 2, '2025-01-02 03:04:05')"

@@ -26,6 +26,7 @@ from chronik.cli.main import main
 from chronik.errors import ArchiveCorrupted, InvalidArgument, MissingCapability
 from chronik.integrity import check
 from chronik.ops import archive
+from chronik.ops.chain import verify as verify_chain
 from chronik.store.archived import ArchiveReadThrough, load_segment
 from chronik.store.truncations import truncation_summary
 
@@ -196,6 +197,8 @@ async def test_restore_puts_back_the_same_events_and_forgets_the_segment(
         assert [key(e) async for e in reopened.wrapped.read_all()] == rows
         assert await reopened.query("SELECT count(*) FROM truncations") == [(0,)]
         assert (await check(reopened)).ok
+        # the hash chain holds through archive and restore (the same hashes come back)
+        assert (await verify_chain(reopened.wrapped)).ok
     async with await connect(url) as plain:
         assert not isinstance(plain, ArchiveReadThrough)
         assert [key(e) async for e in plain.read_all()] == rows

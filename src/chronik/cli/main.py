@@ -93,6 +93,7 @@ COMMAND_MODULES = [
     "chronik.cli.retention",
     "chronik.cli.roles",
     "chronik.cli.archive",
+    "chronik.cli.verify",
 ]
 """Modules adding command groups: each has ``register(subparsers, common_parser)``."""
 

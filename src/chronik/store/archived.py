@@ -185,6 +185,14 @@ async def reinsert(tx: Tx, events: Sequence[ArchivedEvent]) -> int:
     values = ":p, :s, :v, :id, :t, :sv, :d, :m"
     if tx.dialect == "sqlite":  # PostgreSQL computes category (a generated column)
         columns, values = columns + ", category", values + ", :c"
+        # and its chain hash in a trigger; SQLite's writer computes it in the INSERT
+        # (store/chain.py): the same hash as before archiving, so the chain holds
+        columns += ", hash"
+        values += (
+            ", chronik_event_hash((SELECT h.hash FROM events AS h WHERE h.stream_id = :s "
+            "AND h.version = :v - 1), :s, :v, :id, :t, :sv, :at, CAST(:d AS TEXT), "
+            "CAST(:m AS TEXT))"
+        )
     n = 0
     for e in events:
         if e.position in stored:

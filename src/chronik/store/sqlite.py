@@ -41,6 +41,7 @@ from chronik.events import (
     category_of,
     validate_stream_id,
 )
+from chronik.store.chain import event_hash
 from chronik.store.port import EventLog, Fence, Fencing, Inspectable, SqlStore, WorkerState
 from chronik.store.protocol import (
     DEFAULT_MAX_EVENT_BYTES,
@@ -303,6 +304,8 @@ class _Connection:
             conn.close()
             raise StoreUnavailable(f"{self._path}: could not switch to WAL (got {mode})")
         conn.execute(f"PRAGMA synchronous = {self._synchronous}")
+        # the hash chain (migration 0017): the append and import INSERT call it
+        conn.create_function("chronik_event_hash", 9, event_hash, deterministic=True)
         self.conn = conn
 
     def _serve(self) -> None:

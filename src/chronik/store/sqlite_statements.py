@@ -44,11 +44,16 @@ class SqliteStatements:
 
     append = (
         "INSERT INTO events (stream_id, category, version, event_id, type, schema_version, "
-        "data, metadata, recorded_at) "
-        "VALUES (?, ?, ?, ?, ?, ?, CAST(? AS TEXT), CAST(? AS TEXT), ?)"
+        "data, metadata, recorded_at, hash) "
+        "VALUES (?1, ?2, ?3, ?4, ?5, ?6, CAST(?7 AS TEXT), CAST(?8 AS TEXT), ?9, "
+        "chronik_event_hash((SELECT p.hash FROM events AS p WHERE p.stream_id = ?1 "
+        "AND p.version = ?3 - 1), ?1, ?3, ?4, ?5, ?6, ?9, CAST(?7 AS TEXT), CAST(?8 AS TEXT)))"
     )
     """One row per event (``executemany``), inside the transaction that checked the
-    stream's version: SQLite's single writer makes check and insert one step."""
+    stream's version: SQLite's single writer makes check and insert one step. The hash
+    chains from the stream's previous event (migration 0017; ``chronik_event_hash`` is
+    registered on the writer connection), which an earlier row of the same
+    ``executemany`` may have inserted."""
 
     import_events = append
     """The same INSERT: an imported event brings its own ``recorded_at``."""
