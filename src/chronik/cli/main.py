@@ -91,6 +91,7 @@ COMMAND_MODULES = [
     "chronik.cli.ops",
     "chronik.cli.workers",
     "chronik.cli.retention",
+    "chronik.cli.forget",
 ]
 """Modules adding command groups: each has ``register(subparsers, common_parser)``."""
 
