@@ -77,6 +77,8 @@ __all__ = [
     "AccessDenied",
     "AuthenticationFailed",
     "BackupCorrupted",
+    "CiphertextError",
+    "KeyEncryptionKeyError",
     "BackupError",
     "BatchTooLarge",
     "CheckpointMoved",

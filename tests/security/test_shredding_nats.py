@@ -15,7 +15,6 @@ from typing import Any
 import pytest
 
 from chronik.nats import OutboxRelay, ensure_stream
-from chronik.security.shredding import forget
 from tests.conftest import NATS_URL
 from tests.integration.conftest import js_stream
 from tests.security.test_shredding import REG, CustomerRegistered, _open
@@ -52,7 +51,7 @@ async def test_jetstream_holds_no_canary(js_stream: tuple[Any, str], tmp_path: P
         assert await leaky.run_once() == 1  # negative control: a decrypting relay leaks
         assert (await _stream_bytes(js, leak)).count(canary.encode()) > 0
         await js.delete_stream(leak)
-        await forget(store, "k")
+        await store.forget("k")
         msg = await js.get_msg(name, 1)  # the stored-bytes message: now undecryptable
         assert canary.encode() not in bytes(msg.data)
         await stored.close()

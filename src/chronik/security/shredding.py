@@ -81,6 +81,7 @@ Scrubber = Callable[[str, Tx], Awaitable[None]]
 """``async def scrub(subject, tx)``: removes a subject's personal data from a table, in the
 transaction that destroys the key (must be idempotent)."""
 
+_MISSING = object()
 _MARK = "chronik.pii"
 _MARK_BYTES = b'"chronik.pii"'
 _AAD = b"chronik.pii.v1\x00"
@@ -147,7 +148,7 @@ class Shredder:
         self, registry: EventRegistry, kek: KeyEncryptionKey, *, cache_ttl: float = 5.0
     ) -> None:
         if cache_ttl < 0:
-            raise InvalidArgument(f"cache_ttl must be >= 0, not {cache_ttl!r}")
+            raise InvalidArgument("cache_ttl", f"must be >= 0, not {cache_ttl!r}")
         self.registry = registry
         self.kek = kek
         self.cache_ttl = cache_ttl
@@ -164,11 +165,11 @@ class Shredder:
     # -- keys ------------------------------------------------------------------------------
 
     async def _key(self, sql: SqlStore, subject: str, *, create: bool) -> Any:
-        """The subject's cipher, ``None`` once forgotten (or never created, reading)."""
+        """The subject's cipher, ``None`` once forgotten, ``_MISSING`` without a row."""
         cached = self._keys.get(subject)
-        if cached is not None and time.monotonic() - cached[1] < self.cache_ttl:
-            if cached[0] is not None or not create:
-                return cached[0]
+        fresh = cached is not None and time.monotonic() - cached[1] < self.cache_ttl
+        if cached is not None and fresh and (cached[0] is not None or not create):
+            return cached[0]
         rows = await sql.query(_GET_KEY, {"s": subject})
         if not rows and create:
             wrapped = self.kek.wrap(subject, os.urandom(32))
@@ -180,7 +181,7 @@ class Shredder:
                 )  # fmt: skip
                 row = await tx.fetchone(_GET_KEY, {"s": subject})
             rows = [row] if row is not None else []
-        cipher = None
+        cipher: Any = None if rows else _MISSING
         if rows and rows[0][0] is not None:
             cipher = aesgcm(self.kek.unwrap(subject, bytes(rows[0][0])))
         self._keys[subject] = (cipher, time.monotonic())
@@ -200,8 +201,9 @@ class Shredder:
         entry = self.registry._by_name.get(event.type)
         if entry is None or not entry.personal:
             return event
+        data = event.data if isinstance(event.data, bytes) else _encode(event.data)
         try:
-            fields = dict(_fields.decode(event.data))
+            fields = dict(_fields.decode(data))
         except msgspec.DecodeError as exc:
             raise SerializationError(f"cannot encrypt: {exc}", event_type=event.type) from exc
         raw_subject = fields.get(entry.subject or "")
@@ -255,7 +257,12 @@ class Shredder:
             if not isinstance(subject, str) or not (sealed is None or isinstance(sealed, str)):
                 raise CiphertextError(event.event_id, name, "malformed envelope")
             cipher = None if sealed is None else await self._key(sql, subject, create=False)
-            if cipher is None:
+            if cipher is _MISSING:
+                raise CiphertextError(
+                    event.event_id, name, "this store has no key row for its subject "
+                    "(subject_keys not restored with the events?)"
+                )  # fmt: skip
+            if cipher is None or sealed is None:
                 value = entry.erased.get(name) if entry is not None else None
                 fields[name] = msgspec.Raw(_encode(value))
             else:
@@ -281,7 +288,9 @@ class Shredder:
 
         try:
             blob = base64.b64decode(sealed, validate=True)
-            plain = cipher.decrypt(blob[:_NONCE], blob[_NONCE:], _aad(event.event_id, name, subject))
+            plain = cipher.decrypt(
+                blob[:_NONCE], blob[_NONCE:], _aad(event.event_id, name, subject)
+            )
         except (InvalidTag, ValueError) as exc:
             raise CiphertextError(
                 event.event_id, name, "does not decrypt: altered, or moved from another event"
@@ -320,13 +329,23 @@ class ShreddingStore:
     async def append(
         self, stream_id: str, events: Sequence[NewEvent], *, expected_version: int = ANY
     ) -> AppendResult:
-        if not isinstance(events, Sequence) or isinstance(events, str | bytes):
-            raise InvalidArgument("events must be a list of NewEvent")
+        try:
+            batch = list(events)
+        except TypeError as exc:
+            raise InvalidArgument("events", "must be a list of NewEvent") from exc
         sealed = [
             await self.shredder.encrypt(self._sql, stream_id, e) if isinstance(e, NewEvent) else e
-            for e in events
+            for e in batch
         ]
         return await self.inner.append(stream_id, sealed, expected_version=expected_version)
+
+    async def forget(self, subject: str, *, scrubbers: Sequence[Scrubber] = ()) -> ForgetResult:
+        """:func:`forget` the subject, and drop its key from this process's cache at once
+        (other processes drop it within their ``cache_ttl``)."""
+        try:
+            return await forget(self, subject, scrubbers=scrubbers)
+        finally:
+            self.shredder.forget_cached(subject)
 
     async def _open(self, events: AsyncIterator[RecordedEvent]) -> AsyncIterator[RecordedEvent]:
         async for event in events:
@@ -381,18 +400,18 @@ async def forget(
     deletes the snapshots of the subject's streams and runs ``scrubbers``; then the
     erasure event is appended once (fixed event id, ``expected_version=NO_STREAM``); then
     the store's free space is cleaned (:func:`chronik.store.erasure.clean_free_space`).
-    Needs no key-encryption key.
+    Needs no key-encryption key. Other processes (and this one, unless called as
+    :meth:`ShreddingStore.forget`) stop decrypting within their ``cache_ttl``.
 
     Raises:
         InvalidArgument: ``subject`` is not a non-empty string.
         MissingCapability: the store has no SQL.
     """
     if not isinstance(subject, str) or not subject or "\x00" in subject:
-        raise InvalidArgument("subject must be a non-empty string without NUL")
+        raise InvalidArgument("subject", "must be a non-empty string without NUL")
     from chronik.store.erasure import clean_free_space, prepare_erasure
 
-    inner = store.inner if isinstance(store, ShreddingStore) else store
-    sql = require(inner, SqlStore)
+    sql = require(store, SqlStore)
     async with sql.transaction() as tx:
         await prepare_erasure(tx)
         now = tx.timestamp(datetime.now(UTC))
@@ -409,23 +428,20 @@ async def forget(
         await tx.execute(_DROP_SNAPSHOTS, {"s": subject})
         for scrub in scrubbers:
             await scrub(subject, tx)
-    if isinstance(store, ShreddingStore):
-        store.shredder.forget_cached(subject)
     stream = erasure_stream(subject)
     recorded = False
-    if await inner.stream_version(stream) is None:
+    if await store.stream_version(stream) is None:
         event = NewEvent(
             type=ERASURE_TYPE,
             data=_encode({"subject": subject}),
             event_id=uuid.uuid5(_NAMESPACE, "forget:" + subject),
         )
         try:
-            await inner.append(stream, [event], expected_version=NO_STREAM)
+            await store.append(stream, [event], expected_version=NO_STREAM)
             recorded = True
         except ConcurrencyError:
             recorded = False  # another forget recorded it
-    await clean_free_space(inner)
+    await clean_free_space(sql)
     return ForgetResult(
         subject, destroyed, streams, int(count[0]) if count else 0, stream, recorded
     )
-
