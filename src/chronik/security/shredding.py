@@ -82,6 +82,7 @@ Scrubber = Callable[[str, Tx], Awaitable[None]]
 transaction that destroys the key (must be idempotent)."""
 
 _MISSING = object()
+_UNKNOWN = object()
 _MARK = "chronik.pii"
 _MARK_BYTES = b'"chronik.pii"'
 _AAD = b"chronik.pii.v1\x00"
@@ -164,35 +165,54 @@ class Shredder:
 
     # -- keys ------------------------------------------------------------------------------
 
-    async def _key(self, sql: SqlStore, subject: str, *, create: bool) -> Any:
-        """The subject's cipher, ``None`` once forgotten, ``_MISSING`` without a row."""
+    def _cached(self, subject: str) -> Any:
+        """The cached cipher of a subject (``None``: forgotten), ``_UNKNOWN`` when stale."""
         cached = self._keys.get(subject)
-        fresh = cached is not None and time.monotonic() - cached[1] < self.cache_ttl
-        if cached is not None and fresh and (cached[0] is not None or not create):
+        if cached is not None and time.monotonic() - cached[1] < self.cache_ttl:
             return cached[0]
-        rows = await sql.query(_GET_KEY, {"s": subject})
-        if not rows and create:
-            wrapped = self.kek.wrap(subject, os.urandom(32))
-            async with sql.transaction() as tx:
-                await tx.execute(
-                    _NEW_KEY,
-                    {"s": subject, "k": wrapped, "kek": self.kek.key_id,
-                     "now": tx.timestamp(datetime.now(UTC))},
-                )  # fmt: skip
-                row = await tx.fetchone(_GET_KEY, {"s": subject})
-            rows = [row] if row is not None else []
-        cipher: Any = None if rows else _MISSING
-        if rows and rows[0][0] is not None:
-            cipher = aesgcm(self.kek.unwrap(subject, bytes(rows[0][0])))
+        return _UNKNOWN
+
+    def _remember(self, subject: str, wrapped: Any, present: bool) -> Any:
+        cipher: Any = _MISSING if not present else None
+        if wrapped is not None:
+            cipher = aesgcm(self.kek.unwrap(subject, bytes(wrapped)))
         self._keys[subject] = (cipher, time.monotonic())
         return cipher
 
-    async def _note_stream(self, sql: SqlStore, subject: str, stream_id: str) -> None:
-        if (subject, stream_id) in self._streams:
-            return
-        async with sql.transaction() as tx:
-            await tx.execute(_NEW_STREAM, {"s": subject, "stream": stream_id})
-        self._streams.add((subject, stream_id))
+    async def _key(self, sql: SqlStore, subject: str) -> Any:
+        """A reader's cipher of a subject: ``None`` once forgotten, ``_MISSING`` without
+        a key row."""
+        cipher = self._cached(subject)
+        if cipher is _UNKNOWN or cipher is _MISSING:
+            rows = await sql.query(_GET_KEY, {"s": subject})
+            cipher = self._remember(subject, rows[0][0] if rows else None, bool(rows))
+        return cipher
+
+    async def _writer_key(self, sql: SqlStore, subject: str, stream_id: str) -> Any:
+        """A writer's cipher of a subject (``None``: forgotten), creating the key and
+        noting the stream in one transaction when either is new."""
+        cipher = self._cached(subject)
+        noted = (subject, stream_id) in self._streams
+        if cipher is _UNKNOWN and noted:
+            rows = await sql.query(_GET_KEY, {"s": subject})
+            cipher = self._remember(subject, rows[0][0] if rows else None, bool(rows))
+        if cipher is _UNKNOWN or cipher is _MISSING or not noted:
+            wrapped = None
+            if cipher is _UNKNOWN or cipher is _MISSING:
+                wrapped = self.kek.wrap(subject, os.urandom(32))
+            async with sql.transaction() as tx:
+                if wrapped is not None:
+                    await tx.execute(
+                        _NEW_KEY,
+                        {"s": subject, "k": wrapped, "kek": self.kek.key_id,
+                         "now": tx.timestamp(datetime.now(UTC))},
+                    )  # fmt: skip
+                await tx.execute(_NEW_STREAM, {"s": subject, "stream": stream_id})
+                row = await tx.fetchone(_GET_KEY, {"s": subject}) if wrapped is not None else None
+            if wrapped is not None:
+                cipher = self._remember(subject, row[0] if row else None, row is not None)
+            self._streams.add((subject, stream_id))
+        return cipher
 
     # -- events ----------------------------------------------------------------------------
 
@@ -213,8 +233,7 @@ class Shredder:
                 f"subject field {entry.subject!r} must be a non-empty string",
                 event_type=event.type,
             )
-        cipher = await self._key(sql, subject, create=True)
-        await self._note_stream(sql, subject, stream_id)
+        cipher = await self._writer_key(sql, subject, stream_id)
         for name in entry.personal:
             raw = fields.get(name)
             if raw is None:
@@ -256,7 +275,7 @@ class Shredder:
             subject, sealed = box["s"], box[_MARK]
             if not isinstance(subject, str) or not (sealed is None or isinstance(sealed, str)):
                 raise CiphertextError(event.event_id, name, "malformed envelope")
-            cipher = None if sealed is None else await self._key(sql, subject, create=False)
+            cipher = None if sealed is None else await self._key(sql, subject)
             if cipher is _MISSING:
                 raise CiphertextError(
                     event.event_id, name, "this store has no key row for its subject "
