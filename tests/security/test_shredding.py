@@ -9,6 +9,7 @@ from __future__ import annotations
 
 import asyncio
 import dataclasses
+import json
 import os
 import subprocess
 import sys
@@ -447,3 +448,68 @@ async def test_upcasters_run_on_decrypted_and_on_erased_data(tmp_path: Path) -> 
 
 async def _decoded_with(reg: EventRegistry, store: EventStore, stream_id: str) -> list[Any]:
     return [reg.decode(e) async for e in store.read_stream(stream_id)]
+
+
+def test_cli_forget_json_twice(tmp_path: Path, capsys: pytest.CaptureFixture[str]) -> None:
+    from chronik.cli.main import main
+
+    url = f"sqlite:///{tmp_path}/cli.db"
+
+    async def write() -> None:
+        store = await _open(url)
+        await store.append(
+            "customer-9", REG.to_new_events([CustomerRegistered("c9", "a@b", "Ann")])
+        )
+        await store.close()
+
+    async def read() -> list[Any]:
+        store = await _open(url)
+        try:
+            return await _decoded(store, "customer-9")
+        finally:
+            await store.close()
+
+    asyncio.run(write())
+    assert main(["--store", url, "forget", "c9", "--json"]) == 0
+    first = json.loads(capsys.readouterr().out)
+    assert first["key_destroyed"] is True and first["streams"] == ["customer-9"]
+    assert main(["--store", url, "forget", "c9", "--json"]) == 0
+    again = json.loads(capsys.readouterr().out)
+    assert again["key_destroyed"] is False and again["erasure_recorded"] is False
+    assert asyncio.run(read())[0].name == "[erased]"
+    assert main(["--store", url, "forget", "c9"]) == 0
+    assert "c9" in capsys.readouterr().out
+
+
+async def test_events_without_their_key_row_fail_loudly(tmp_path: Path) -> None:
+    """A store restored without ``subject_keys`` must not read as if everyone was forgotten."""
+    from chronik.store.port import ImportedEvent
+
+    store = await _open(f"sqlite:///{tmp_path}/a.db")
+    await store.append("customer-r", REG.to_new_events([CustomerRegistered("r", "a@b", "Ann")]))
+    events = [e async for e in store.inner.read_stream("customer-r")]
+    await store.close()
+    fresh = await _open(f"sqlite:///{tmp_path}/b.db")
+    try:
+        async with fresh.transaction() as tx:
+            await tx.import_events([ImportedEvent.of(e) for e in events])
+        with pytest.raises(CiphertextError, match="no key row"):
+            await _decoded(fresh, "customer-r")
+    finally:
+        await fresh.close()
+
+
+async def test_forget_refuses_a_store_without_sql_and_a_bad_subject(tmp_path: Path) -> None:
+    from chronik.errors import InvalidArgument, MissingCapability
+    from chronik.store.memory import MemoryEventStore
+
+    async with MemoryEventStore() as memory:
+        with pytest.raises(MissingCapability):
+            await forget(memory, "x")
+    store = await _open(f"sqlite:///{tmp_path}/a.db")
+    try:
+        for bad in ("", "a\x00b", 7):
+            with pytest.raises(InvalidArgument, match="subject"):
+                await forget(store, bad)  # type: ignore[arg-type]
+    finally:
+        await store.close()
