@@ -117,10 +117,6 @@ _FORGOTTEN_ROW = (
     "VALUES (:s, NULL, 'none', :now, :now) ON CONFLICT (subject) DO NOTHING"
 )
 _STREAMS_OF = "SELECT stream_id FROM subject_streams WHERE subject = :s ORDER BY stream_id"
-_DROP_SNAPSHOTS = (
-    "DELETE FROM snapshots WHERE stream_id IN "
-    "(SELECT stream_id FROM subject_streams WHERE subject = :s)"
-)
 
 
 def erasure_stream(subject: str) -> str:
@@ -432,6 +428,7 @@ async def forget(
     """
     if not isinstance(subject, str) or not subject or "\x00" in subject:
         raise InvalidArgument("subject", "must be a non-empty string without NUL")
+    from chronik.snapshots.store import invalidate_streams
     from chronik.store.erasure import clean_free_space, prepare_erasure
 
     sql = require(store, SqlStore)
@@ -443,12 +440,7 @@ async def forget(
         await tx.execute(_DESTROY, {"s": subject, "now": now})
         destroyed = before is not None and before[0] is not None
         streams = tuple(str(r[0]) for r in await tx.fetchall(_STREAMS_OF, {"s": subject}))
-        count = await tx.fetchone(
-            "SELECT COUNT(*) FROM snapshots WHERE stream_id IN "
-            "(SELECT stream_id FROM subject_streams WHERE subject = :s)",
-            {"s": subject},
-        )
-        await tx.execute(_DROP_SNAPSHOTS, {"s": subject})
+        deleted = await invalidate_streams(tx, streams)
         for scrub in scrubbers:
             await scrub(subject, tx)
     stream = erasure_stream(subject)
@@ -465,6 +457,4 @@ async def forget(
         except ConcurrencyError:
             recorded = False  # another forget recorded it
     await clean_free_space(sql)
-    return ForgetResult(
-        subject, destroyed, streams, int(count[0]) if count else 0, stream, recorded
-    )
+    return ForgetResult(subject, destroyed, streams, deleted, stream, recorded)
