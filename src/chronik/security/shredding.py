@@ -181,15 +181,6 @@ class Shredder:
         self._keys[subject] = (cipher, time.monotonic())
         return cipher
 
-    async def _key(self, sql: SqlStore, subject: str) -> Any:
-        """A reader's cipher of a subject: ``None`` once forgotten, ``_MISSING`` without
-        a key row."""
-        cipher = self._cached(subject)
-        if cipher is _UNKNOWN or cipher is _MISSING:
-            rows = await sql.query(_GET_KEY, {"s": subject})
-            cipher = self._remember(subject, rows[0][0] if rows else None, bool(rows))
-        return cipher
-
     async def _writer_key(self, sql: SqlStore, subject: str, stream_id: str) -> Any:
         """A writer's cipher of a subject (``None``: forgotten), creating the key and
         noting the stream in one transaction when either is new."""
@@ -259,25 +250,64 @@ class Shredder:
         """``event`` with its personal fields in clear, or their replacement once forgotten.
 
         Raises:
-            CiphertextError: a field was altered or moved from another event or field.
+            CiphertextError: a field was altered or moved from another event or field, or
+                the store has no key row for its subject.
             KeyEncryptionKeyError: the KEK does not unwrap the subject's key.
         """
+        return (await self.decrypt_many(sql, [event]))[0]
+
+    async def decrypt_many(
+        self, sql: SqlStore, events: Sequence[RecordedEvent]
+    ) -> list[RecordedEvent]:
+        """:meth:`decrypt` for a batch: the keys not cached are read in one query."""
+        work = [(event, self._boxes(event)) for event in events]
+        subjects = {box[1] for _, found in work if found for box in found[1] if box[2] is not None}
+        ciphers = {subject: self._cached(subject) for subject in subjects}
+        stale = [k for k, v in ciphers.items() if v is _UNKNOWN or v is _MISSING]
+        for start in range(0, len(stale), 500):
+            chunk = {f"k{i}": k for i, k in enumerate(stale[start : start + 500])}
+            rows = await sql.query(
+                "SELECT subject, wrapped_key FROM subject_keys WHERE subject IN ("
+                + ", ".join(f":{k}" for k in chunk) + ")",
+                chunk,
+            )  # fmt: skip
+            got = {str(row[0]): row[1] for row in rows}
+            for subject in chunk.values():
+                ciphers[subject] = self._remember(subject, got.get(subject), subject in got)
+        return [e if found is None else self._apply(e, *found, ciphers) for e, found in work]
+
+    def _boxes(
+        self, event: RecordedEvent
+    ) -> tuple[dict[str, msgspec.Raw], list[tuple[str, str, str | None]]] | None:
+        """The event's fields and its envelopes (field, subject, sealed), ``None`` if none."""
         raw_data = event.raw_data
         if _MARK_BYTES not in raw_data:
-            return event
+            return None
         fields = dict(_fields.decode(raw_data))
-        entry = self.registry._by_name.get(event.type)
-        changed = False
+        boxes: list[tuple[str, str, str | None]] = []
         for name, raw in fields.items():
-            if _MARK_BYTES not in bytes(raw):
+            data = bytes(raw)
+            if data[:1] != b"{" or _MARK_BYTES not in data:
                 continue
-            box = _any(raw) if bytes(raw)[:1] == b"{" else None
+            box = _any(data)
             if not isinstance(box, dict) or set(box) != {_MARK, "s"}:
                 continue
             subject, sealed = box["s"], box[_MARK]
             if not isinstance(subject, str) or not (sealed is None or isinstance(sealed, str)):
                 raise CiphertextError(event.event_id, name, "malformed envelope")
-            cipher = None if sealed is None else await self._key(sql, subject)
+            boxes.append((name, subject, sealed))
+        return (fields, boxes) if boxes else None
+
+    def _apply(
+        self,
+        event: RecordedEvent,
+        fields: dict[str, msgspec.Raw],
+        boxes: list[tuple[str, str, str | None]],
+        ciphers: dict[str, Any],
+    ) -> RecordedEvent:
+        entry = self.registry._by_name.get(event.type)
+        for name, subject, sealed in boxes:
+            cipher = None if sealed is None else ciphers[subject]
             if cipher is _MISSING:
                 raise CiphertextError(
                     event.event_id, name, "this store has no key row for its subject "
@@ -288,9 +318,6 @@ class Shredder:
                 fields[name] = msgspec.Raw(_encode(value))
             else:
                 fields[name] = msgspec.Raw(self._open(cipher, event, name, subject, sealed))
-            changed = True
-        if not changed:
-            return event
         return RecordedEvent.from_stored(
             event.position,
             event.stream_id,
@@ -367,8 +394,15 @@ class ShreddingStore:
             self.shredder.forget_cached(subject)
 
     async def _open(self, events: AsyncIterator[RecordedEvent]) -> AsyncIterator[RecordedEvent]:
+        batch: list[RecordedEvent] = []
         async for event in events:
-            yield await self.shredder.decrypt(self._sql, event)
+            batch.append(event)
+            if len(batch) >= 256:
+                for clear in await self.shredder.decrypt_many(self._sql, batch):
+                    yield clear
+                batch = []
+        for clear in await self.shredder.decrypt_many(self._sql, batch):
+            yield clear
 
     def read_stream(self, stream_id: str, **options: Any) -> AsyncIterator[RecordedEvent]:
         return self._open(self.inner.read_stream(stream_id, **options))
@@ -378,11 +412,11 @@ class ShreddingStore:
 
     async def read_page(self, **options: Any) -> PageRead:
         events, caught_up_to, more = await self.inner.read_page(**options)
-        return [await self.shredder.decrypt(self._sql, e) for e in events], caught_up_to, more
+        return await self.shredder.decrypt_many(self._sql, events), caught_up_to, more
 
     async def read_correlation(self, *args: Any, **options: Any) -> list[RecordedEvent]:
         events = await self.inner.read_correlation(*args, **options)
-        return [await self.shredder.decrypt(self._sql, e) for e in events]
+        return await self.shredder.decrypt_many(self._sql, events)
 
 
 @dataclass(frozen=True, slots=True)
