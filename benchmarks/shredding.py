@@ -86,9 +86,7 @@ async def _run(url: str, personal: bool, sizes: argparse.Namespace) -> dict[str,
         start = time.perf_counter()
         for i in range(sizes.w2_streams):
             for version, ev in enumerate(_events(100_000 + i, 10)):
-                await store.append(
-                    f"one-{i}", [reg.to_new_event(ev)], expected_version=version - 1
-                )
+                await store.append(f"one-{i}", [reg.to_new_event(ev)], expected_version=version - 1)
         rates["W2"] = sizes.w2_streams * 10 / (time.perf_counter() - start)
 
         async def writer(task: int) -> None:

@@ -26,8 +26,8 @@ from hypothesis import strategies as st
 from chronik.codec import EventRegistry
 from chronik.errors import CiphertextError, KeyEncryptionKeyError, RegistryError
 from chronik.events import RecordedEvent
-from chronik.security.keys import LocalKeyEncryptionKey, generate_kek
 from chronik.projections import Projection, ProjectionRunner
+from chronik.security.keys import LocalKeyEncryptionKey, generate_kek
 from chronik.security.shredding import (
     ERASURE_CATEGORY,
     ERASURE_TYPE,
@@ -388,13 +388,19 @@ _json = st.recursive(
 
 
 @settings(max_examples=60, deadline=None, suppress_health_check=list(HealthCheck))
-@given(name=st.text() | st.text(min_size=10_000, max_size=20_000), profile=_json)
-def test_hypothesis_values_roundtrip_and_erase(tmp_path: Path, name: str, profile: Any) -> None:
+@given(
+    name=st.text() | st.text(min_size=10_000, max_size=20_000),
+    profile=_json,
+    subject=st.text(min_size=1, max_size=300).filter(lambda s: "\x00" not in s),
+)
+def test_hypothesis_values_roundtrip_and_erase(
+    tmp_path: Path, name: str, profile: Any, subject: str
+) -> None:
     async def run() -> None:
         url = f"sqlite:///{tmp_path}/h-{uuid.uuid4().hex}.db"
         store = await _open(url)
         try:
-            cid = uuid.uuid4().hex
+            cid = subject
             event = CustomerRegistered(cid, name, name, profile)
             await store.append("customer-h", REG.to_new_events([event]))
             got = (await _decoded(store, "customer-h"))[0]
