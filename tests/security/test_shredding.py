@@ -575,3 +575,19 @@ async def test_projection_scrubs_on_the_erasure_event(url: str) -> None:
         assert [tuple(r) for r in rows] == [("other", "Olaf")]
     finally:
         await store.close()
+
+
+async def test_a_bad_subject_value_is_refused_and_nothing_stored(tmp_path: Path) -> None:
+    from chronik.errors import SerializationError
+
+    store = await _open(f"sqlite:///{tmp_path}/a.db")
+    try:
+        for bad in ("", "a\x00b"):
+            with pytest.raises(SerializationError, match="customer_id"):
+                await store.append(
+                    "customer-b", REG.to_new_events([CustomerRegistered(bad, "a@b", "Ann")])
+                )
+        assert await store.stream_version("customer-b") is None
+        assert await store.query("SELECT COUNT(*) FROM subject_keys") == [(0,)]
+    finally:
+        await store.close()

@@ -204,6 +204,8 @@ class Shredder:
                 row = await tx.fetchone(_GET_KEY, {"s": subject}) if wrapped is not None else None
             if wrapped is not None:
                 cipher = self._remember(subject, row[0] if row else None, row is not None)
+            if len(self._streams) >= 100_000:  # a bound on memory; a miss costs one write
+                self._streams.clear()
             self._streams.add((subject, stream_id))
         return cipher
 
@@ -211,7 +213,7 @@ class Shredder:
 
     async def encrypt(self, sql: SqlStore, stream_id: str, event: NewEvent) -> NewEvent:
         """``event`` with its personal fields encrypted (unchanged if its type has none)."""
-        entry = self.registry._by_name.get(event.type)
+        entry = self.registry.lookup(event.type) if event.type in self.registry else None
         if entry is None or not entry.personal:
             return event
         data = event.data if isinstance(event.data, bytes) else _encode(event.data)
@@ -221,9 +223,9 @@ class Shredder:
             raise SerializationError(f"cannot encrypt: {exc}", event_type=event.type) from exc
         raw_subject = fields.get(entry.subject or "")
         subject = None if raw_subject is None else _any(raw_subject)
-        if not isinstance(subject, str) or not subject:
+        if not isinstance(subject, str) or not subject or "\x00" in subject:
             raise SerializationError(
-                f"subject field {entry.subject!r} must be a non-empty string",
+                f"subject field {entry.subject!r} must be a non-empty string without NUL",
                 event_type=event.type,
             )
         cipher = await self._writer_key(sql, subject, stream_id)
@@ -305,7 +307,7 @@ class Shredder:
         boxes: list[tuple[str, str, str | None]],
         ciphers: dict[str, Any],
     ) -> RecordedEvent:
-        entry = self.registry._by_name.get(event.type)
+        entry = self.registry.lookup(event.type) if event.type in self.registry else None
         for name, subject, sealed in boxes:
             cipher = None if sealed is None else ciphers[subject]
             if cipher is _MISSING:
