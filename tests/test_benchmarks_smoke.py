@@ -346,3 +346,12 @@ def test_wakeups_on_postgres(tmp_path: Path, pg_url: str) -> None:
     assert wakeups.main(args) == 0
     every: set[str] = set(wakeups.ALL_CASES)
     _check_wakeups(json.loads(out.read_text()), {"postgres": every})
+
+
+def test_shredding_benchmark_runs_tiny(capsys: pytest.CaptureFixture[str]) -> None:
+    from benchmarks import shredding
+
+    assert shredding.main(["--backend", "sqlite", "--reps", "1", "--w1-streams", "3",
+                           "--w2-streams", "2", "--w3-events", "3"]) == 0  # fmt: skip
+    lines = capsys.readouterr().out.splitlines()
+    assert [line.split()[0] for line in lines[1:]] == ["W1", "W2", "W3", "R"]

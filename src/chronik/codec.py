@@ -52,6 +52,13 @@ class EventType:
     version: int
     cls: type[Any]
     decoder: msgspec.json.Decoder[Any]
+    personal: tuple[str, ...] = ()
+    """Top-level fields holding personal data: stored encrypted under the key of the data
+    subject named by :attr:`subject` (see :mod:`chronik.security.shredding`)."""
+    subject: str | None = None
+    """The field naming the data subject (kept in clear: use a pseudonymous id)."""
+    erased: Mapping[str, Any] = dataclasses.field(default_factory=dict)
+    """What a personal field reads as once its subject is forgotten (default ``None``)."""
 
 
 class EventRegistry:
@@ -70,12 +77,28 @@ class EventRegistry:
         self._direct: dict[str, int] = {}
         self._floats: dict[str, bool] = {}  # by name: may the class hold a float?
 
-    def register(self, cls: type[T], name: str | None = None, *, version: int = 1) -> type[T]:
+    def register(
+        self,
+        cls: type[T],
+        name: str | None = None,
+        *,
+        version: int = 1,
+        personal: Iterable[str] = (),
+        subject: str | None = None,
+        erased: Mapping[str, Any] | None = None,
+    ) -> type[T]:
         """Register ``cls`` (a dataclass or msgspec Struct) under a stable ``name``.
+
+        ``personal`` names top-level fields holding personal data and ``subject`` the field
+        naming their data subject: a store wrapped by
+        :class:`chronik.security.ShreddingStore` keeps those fields encrypted under the
+        subject's key, and ``erased`` gives what each reads as once the subject is
+        forgotten (default ``None``; give a value the field's type accepts).
 
         Raises:
             RegistryError: the name is taken by another class, the class is registered
-                under another name, or it is neither a dataclass nor a Struct.
+                under another name, or it is neither a dataclass nor a Struct; a personal,
+                subject or erased field the class does not have, or a subject also personal.
         """
         name = name if name is not None else cls.__name__
         if not isinstance(name, str) or not name or name != name.strip():
@@ -92,18 +115,39 @@ class EventRegistry:
         other = self._by_class.get(cls)
         if other is not None and other.name != name:
             raise RegistryError(f"{cls.__qualname__} is registered already as {other.name!r}")
-        entry = EventType(name, version, cls, msgspec.json.Decoder(cls))
+        personal_fields, subject_field, replacements = _personal(
+            name, cls, personal, subject, erased
+        )
+        entry = EventType(
+            name,
+            version,
+            cls,
+            msgspec.json.Decoder(cls),
+            personal_fields,
+            subject_field,
+            replacements,
+        )
         self._by_name[name] = entry
         self._by_class[cls] = entry
         self._floats[name] = _may_hold_float(cls)
         self._checked = False
         return cls
 
-    def event(self, name: str | None = None, *, version: int = 1) -> Callable[[type[T]], type[T]]:
+    def event(
+        self,
+        name: str | None = None,
+        *,
+        version: int = 1,
+        personal: Iterable[str] = (),
+        subject: str | None = None,
+        erased: Mapping[str, Any] | None = None,
+    ) -> Callable[[type[T]], type[T]]:
         """Class decorator form of :meth:`register`."""
 
         def decorate(cls: type[T]) -> type[T]:
-            return self.register(cls, name, version=version)
+            return self.register(
+                cls, name, version=version, personal=personal, subject=subject, erased=erased
+            )
 
         return decorate
 
@@ -448,6 +492,59 @@ class EventRegistry:
             ) from exc
 
 
+def _field_names(cls: type[Any]) -> set[str]:
+    """The encoded field names of a dataclass or Struct (a Struct may rename them)."""
+    if dataclasses.is_dataclass(cls):
+        return {f.name for f in dataclasses.fields(cls)}
+    return set(getattr(cls, "__struct_encode_fields__", ()))
+
+
+def _personal(
+    name: str,
+    cls: type[Any],
+    personal: Iterable[str],
+    subject: str | None,
+    erased: Mapping[str, Any] | None,
+) -> tuple[tuple[str, ...], str | None, dict[str, Any]]:
+    """Check a personal-data declaration against the class: every field must exist."""
+    if isinstance(personal, str):
+        raise RegistryError(f"{name}: personal must be a list of field names, not a string")
+    fields = tuple(personal)
+    replacements = dict(erased or {})
+    if not fields:
+        if subject is not None or replacements:
+            raise RegistryError(f"{name}: subject/erased given without personal fields")
+        return (), None, {}
+    known = _field_names(cls)
+    for field_name in (*fields, *replacements):
+        if not isinstance(field_name, str) or field_name not in known:
+            raise RegistryError(f"{name}: {cls.__qualname__} has no field {field_name!r}")
+    if len(set(fields)) != len(fields):
+        raise RegistryError(f"{name}: a personal field is named twice")
+    for field_name in replacements:
+        if field_name not in fields:
+            raise RegistryError(f"{name}: erased value for {field_name!r}, not a personal field")
+    if subject is None or subject not in known:
+        raise RegistryError(f"{name}: personal fields need subject=<a field of the class>")
+    if subject in fields:
+        raise RegistryError(f"{name}: the subject field {subject!r} cannot be personal")
+    for field_name in fields:
+        replacements.setdefault(field_name, _default_erased(cls, field_name))
+    return fields, subject, replacements
+
+
+def _default_erased(cls: type[Any], field_name: str) -> Any:
+    """``"[erased]"`` for a field typed ``str``, else ``None``."""
+    try:
+        info = msgspec.inspect.type_info(cls)
+    except Exception:
+        return None
+    for field in getattr(info, "fields", ()):
+        if field.encode_name == field_name and isinstance(field.type, msgspec.inspect.StrType):
+            return "[erased]"
+    return None
+
+
 _FLOATING = (msgspec.inspect.FloatType, msgspec.inspect.AnyType, msgspec.inspect.CustomType)
 
 
@@ -494,6 +591,16 @@ class _Newer(Exception):
 default_registry = EventRegistry()
 
 
-def event(name: str | None = None, *, version: int = 1) -> Callable[[type[T]], type[T]]:
-    """Register an event class in the default registry under a stable type name."""
-    return default_registry.event(name, version=version)
+def event(
+    name: str | None = None,
+    *,
+    version: int = 1,
+    personal: Iterable[str] = (),
+    subject: str | None = None,
+    erased: Mapping[str, Any] | None = None,
+) -> Callable[[type[T]], type[T]]:
+    """Register an event class in the default registry under a stable type name
+    (``personal``/``subject``/``erased``: see :meth:`EventRegistry.register`)."""
+    return default_registry.event(
+        name, version=version, personal=personal, subject=subject, erased=erased
+    )

@@ -59,6 +59,10 @@
     ├── InvalidSubject (ValueError) a NATS subject token would be empty or a wildcard
     ├── AuthenticationFailed (PermissionError)
     │                               no, malformed, unknown, expired or revoked credentials
+    ├── KeyEncryptionKeyError       the key-encryption key of crypto-shredding is missing,
+    │                               malformed or not the one the subject keys were wrapped with
+    ├── CiphertextError (ValueError) an encrypted personal field was altered or moved to
+    │                               another event or field (names the event and field only)
     ├── AccessDenied (PermissionError)
     │                               the principal may not do that operation on that category
     ├── RateLimited                 a token sent more requests than its rate allows
@@ -79,6 +83,8 @@ __all__ = [
     "ArchiveError",
     "AuthenticationFailed",
     "BackupCorrupted",
+    "CiphertextError",
+    "KeyEncryptionKeyError",
     "BackupError",
     "BatchTooLarge",
     "CheckpointMoved",
@@ -618,3 +624,25 @@ class PolicyError(ChronikError, ValueError):
 class TamperDetected(ChronikError):
     """The stored events do not match their hash chain or a signed checkpoint: someone
     changed the log around chronik. The message names the first broken link."""
+
+
+class KeyEncryptionKeyError(ChronikError):
+    """The key-encryption key that wraps the subject keys (docs/security.md) is missing,
+    malformed, or does not unwrap a stored subject key: ``source`` names where it was looked
+    for (a file path or an environment variable), never its bytes."""
+
+    def __init__(self, source: str, reason: str) -> None:
+        self.source = source
+        self.reason = reason
+        super().__init__(f"key-encryption key ({source}): {reason}")
+
+
+class CiphertextError(ChronikError, ValueError):
+    """An encrypted personal field does not decrypt: it was altered, or moved from another
+    event or field. Names the event and the field, never a value."""
+
+    def __init__(self, event_id: object, field: str, reason: str) -> None:
+        self.event_id = event_id
+        self.field = field
+        self.reason = reason
+        super().__init__(f"event {event_id}: personal field {field!r}: {reason}")

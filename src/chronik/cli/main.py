@@ -94,6 +94,7 @@ COMMAND_MODULES = [
     "chronik.cli.roles",
     "chronik.cli.archive",
     "chronik.cli.verify",
+    "chronik.cli.forget",
 ]
 """Modules adding command groups: each has ``register(subparsers, common_parser)``."""
 

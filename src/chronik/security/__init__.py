@@ -4,9 +4,13 @@ One policy (:class:`Policy`: roles granting :class:`Operation` s on category pat
 answers every face through :meth:`Policy.authorize` and :meth:`Policy.readable`; a
 :class:`Guard` turns credentials (API tokens, OIDC JWTs, or the configured anonymous role)
 into an :class:`Access`.
+
+Crypto-shredding of personal data: :class:`ShreddingStore`, :class:`Shredder`,
+:func:`forget` and the key-encryption keys of :mod:`chronik.security.keys`.
 """
 
 from chronik.security.guard import Guard, RateLimiter
+from chronik.security.keys import KeyEncryptionKey, LocalKeyEncryptionKey, generate_kek
 from chronik.security.policy import (
     BUILTIN_ROLES,
     OPEN_ACCESS,
@@ -22,6 +26,16 @@ from chronik.security.policy import (
     load_policy,
     parse_policy,
 )
+from chronik.security.shredding import (
+    ERASURE_CATEGORY,
+    ERASURE_TYPE,
+    ForgetResult,
+    Shredder,
+    ShreddingStore,
+    erased_subject,
+    erasure_stream,
+    forget,
+)
 from chronik.security.tokens import (
     MemoryTokens,
     SqlTokens,
@@ -32,6 +46,17 @@ from chronik.security.tokens import (
 )
 
 __all__ = [
+    "ERASURE_CATEGORY",
+    "ERASURE_TYPE",
+    "ForgetResult",
+    "KeyEncryptionKey",
+    "LocalKeyEncryptionKey",
+    "Shredder",
+    "ShreddingStore",
+    "erased_subject",
+    "erasure_stream",
+    "forget",
+    "generate_kek",
     "BUILTIN_ROLES",
     "OPEN_ACCESS",
     "OPEN_POLICY",

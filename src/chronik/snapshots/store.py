@@ -20,6 +20,7 @@ import dataclasses
 import uuid
 import weakref
 from collections import OrderedDict
+from collections.abc import Sequence
 from dataclasses import dataclass
 from datetime import UTC, datetime, timedelta
 from typing import Any
@@ -27,9 +28,10 @@ from typing import Any
 from chronik.errors import ChronikError, StreamNotFound
 from chronik.events import RecordedEvent, category_of
 from chronik.store.capabilities import require, supports
-from chronik.store.port import EventStore, SqlStore
+from chronik.store.port import EventStore, SqlStore, Tx
 
 __all__ = [
+    "invalidate_streams",
     "MemorySnapshotStore",
     "Snapshot",
     "SnapshotProblem",
@@ -623,3 +625,18 @@ def snapshot_store(store: EventStore) -> SnapshotStore:
     with contextlib.suppress(TypeError):
         _stores[store] = created
     return created
+
+
+async def invalidate_streams(tx: Tx, stream_ids: Sequence[str]) -> int:
+    """Delete every snapshot of ``stream_ids`` inside the caller's transaction (SQL stores);
+    returns how many went. For data that must not outlive a decision taken in that same
+    transaction: crypto-shredding's ``forget`` (a snapshot holds decrypted state)."""
+    deleted = 0
+    ids = list(stream_ids)
+    for start in range(0, len(ids), 500):
+        chunk = {f"s{i}": sid for i, sid in enumerate(ids[start : start + 500])}
+        where = "stream_id IN (" + ", ".join(f":{k}" for k in chunk) + ")"
+        row = await tx.fetchone(f"SELECT COUNT(*) FROM snapshots WHERE {where}", chunk)
+        await tx.execute(f"DELETE FROM snapshots WHERE {where}", chunk)
+        deleted += int(row[0]) if row else 0
+    return deleted
