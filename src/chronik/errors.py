@@ -60,7 +60,9 @@
     ├── AccessDenied (PermissionError)
     │                               the principal may not do that operation on that category
     ├── RateLimited                 a token sent more requests than its rate allows
-    └── PolicyError (ValueError)    a security policy (TOML) is invalid; names the bad key
+    ├── PolicyError (ValueError)    a security policy (TOML) is invalid; names the bad key
+    ├── GroupNotFound (LookupError) no consumer group of that name
+    └── GroupExists                 a consumer group of that name exists already
 
 Driver exceptions never leak: each backend raises one of these ``from`` the driver's error.
 The core knows no HTTP status codes; the HTTP layer maps them. This module imports nothing
@@ -81,6 +83,8 @@ __all__ = [
     "ConcurrencyError",
     "DuplicateEventId",
     "FollowerFailed",
+    "GroupExists",
+    "GroupNotFound",
     "InvalidArgument",
     "InvalidEvent",
     "InvalidDecision",
@@ -590,3 +594,19 @@ class PolicyError(ChronikError, ValueError):
         self.key = key
         self.reason = reason
         super().__init__(f"policy: {key}: {reason}")
+
+
+class GroupNotFound(ChronikError, LookupError):
+    """No consumer group of that name exists in this store (create it first)."""
+
+    def __init__(self, name: str) -> None:
+        self.name = name
+        super().__init__(f"no consumer group {name!r}")
+
+
+class GroupExists(ChronikError):
+    """A consumer group of that name exists already (update or delete it instead)."""
+
+    def __init__(self, name: str) -> None:
+        self.name = name
+        super().__init__(f"consumer group {name!r} exists already")
