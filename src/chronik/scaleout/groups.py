@@ -410,13 +410,19 @@ class ConsumerGroup:
         )
         return [_message(self.name, r, None, r[10]) for r in rows]
 
-    async def replay_parked(self) -> int:
-        """Hand the parked messages out again (their delivery count starts over)."""
+    async def replay_parked(self, *, limit: int | None = None) -> int:
+        """Hand the parked messages out again, the oldest ``limit`` of them (``None``: all);
+        their delivery count starts over. Returns how many."""
+        if limit is not None and (type(limit) is not int or limit < 0):
+            raise InvalidArgument("limit", f"an int >= 0 or None, got {limit!r:.40}")
+        oldest = "" if limit is None else " ORDER BY position LIMIT :n"
         async with self.sql.transaction() as tx:
             rows = await tx.fetchall(
                 "UPDATE consumer_group_messages SET state = 'pending', attempts = 0, "
-                "error = NULL WHERE group_name = :g AND state = 'parked' RETURNING position",
-                {"g": self.name},
+                "error = NULL WHERE group_name = :g AND position IN (SELECT position FROM "
+                "consumer_group_messages WHERE group_name = :g AND state = 'parked'"
+                f"{oldest}) RETURNING position",
+                {"g": self.name, "n": limit},
             )
         return len(rows)
 
