@@ -401,6 +401,49 @@ class ConsumerGroup:
                  "max": self.max_retries},
             )  # fmt: skip
 
+    async def settle(
+        self,
+        member: str,
+        positions: Sequence[int],
+        action: Literal["ack", "retry", "park", "skip"] = "ack",
+        *,
+        reason: str = "",
+    ) -> int:
+        """Ack or nack, by position, the messages ``member`` holds now (in flight with it);
+        any other position is left alone. For callers that keep no :class:`GroupMessage`
+        (the HTTP face). Returns how many were settled."""
+        _check_name("member", member)
+        if action not in ("ack", "retry", "park", "skip"):
+            raise InvalidArgument("action", f"ack, retry, park or skip, got {action!r:.40}")
+        if not all(type(p) is int for p in positions) or len(positions) > 10_000:
+            raise InvalidArgument("positions", "at most 10000 ints")
+        if not positions:
+            return 0
+        marks = {f"p{i}": p for i, p in enumerate(dict.fromkeys(positions))}
+        held = (
+            "group_name = :g AND member = :m AND state = 'inflight' "
+            f"AND position IN ({', '.join(':' + k for k in marks)})"
+        )
+        p: dict[str, Any] = {"g": self.name, "m": member, "e": reason or action,
+                             "max": self.max_retries, **marks}  # fmt: skip
+        async with self.sql.transaction() as tx:
+            if action in ("ack", "skip"):
+                rows = await tx.fetchall(
+                    f"DELETE FROM consumer_group_messages WHERE {held} RETURNING position", p
+                )
+            else:
+                state = (
+                    "'parked'"
+                    if action == "park"
+                    else "CASE WHEN attempts >= :max THEN 'parked' ELSE 'pending' END"
+                )
+                rows = await tx.fetchall(
+                    f"UPDATE consumer_group_messages SET state = {state}, member = NULL, "
+                    f"deadline = NULL, error = :e WHERE {held} RETURNING position",
+                    p,
+                )
+        return len(rows)
+
     async def parked(self) -> list[GroupMessage]:
         """The parked messages (the group's dead-letter list), oldest first."""
         rows = await self.sql.query(
