@@ -138,7 +138,7 @@ class Groups:
                      {200: GroupList}, tag="groups", errors=(400, 501)),
             Endpoint("POST", "/groups", self.create_group,
                      "Create a consumer group (operate)", {201: GroupOut}, body=GroupIn,
-                     tag="groups", errors=(400, 409, 413, 415, 501)),
+                     tag="groups", errors=(400, 409, 413, 415, 422, 501)),
             Endpoint("GET", "/groups/{name}", self.group_info,
                      "A consumer group's settings and counts", {200: GroupOut},
                      tag="groups", errors=(400, 404, 501)),
@@ -151,10 +151,10 @@ class Groups:
                      errors=(400, 404, 501)),
             Endpoint("POST", "/groups/{name}/ack", self.ack,
                      "Ack messages the member holds", {200: SettleOut}, body=AckIn,
-                     tag="groups", errors=(400, 404, 413, 415, 501)),
+                     tag="groups", errors=(400, 404, 413, 415, 422, 501)),
             Endpoint("POST", "/groups/{name}/nack", self.nack,
                      "Nack messages the member holds: retry, park or skip", {200: SettleOut},
-                     body=NackIn, tag="groups", errors=(400, 404, 413, 415, 501)),
+                     body=NackIn, tag="groups", errors=(400, 404, 413, 415, 422, 501)),
         ]  # fmt: skip
 
     @staticmethod
