@@ -13,6 +13,7 @@ import sys
 import time
 import uuid
 from pathlib import Path
+from typing import Literal
 
 import pytest
 from kurrentdbclient import KurrentDBClient, NewEvent, StreamState
@@ -50,7 +51,10 @@ def test_the_order_checker_catches_a_violation() -> None:  # negative control
 
 @pytest.mark.parametrize("strategy", ["Pinned", "RoundRobin"])
 def test_competing_members_killed_lose_nothing(
-    kurrent: ServerThread, client: KurrentDBClient, tmp_path: Path, strategy: str
+    kurrent: ServerThread,
+    client: KurrentDBClient,
+    tmp_path: Path,
+    strategy: Literal["Pinned", "RoundRobin"],
 ) -> None:
     rng = random.Random(17)
     streams, per_stream = 20, 10
