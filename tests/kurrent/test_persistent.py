@@ -305,3 +305,38 @@ def test_max_subscriber_count_is_enforced(client: KurrentDBClient) -> None:
         except MaximumSubscriptionsReachedError:
             assert time.monotonic() < deadline
             time.sleep(0.1)
+
+
+_OK_OR_REFUSED = {grpc.StatusCode.INVALID_ARGUMENT, grpc.StatusCode.ALREADY_EXISTS}
+
+
+def test_hypothesis_create_never_answers_internal(kurrent: ServerThread) -> None:
+    """Any group name, strategy and numbers: created, or refused with INVALID_ARGUMENT /
+    ALREADY_EXISTS and a message; never INTERNAL or UNKNOWN (the server keeps serving)."""
+    from hypothesis import HealthCheck, given, settings
+    from hypothesis import strategies as st
+
+    stub, channel = _stub(kurrent)
+    ints = st.integers(min_value=-(2**31), max_value=2**31 - 1)
+
+    @settings(max_examples=150, deadline=None, suppress_health_check=list(HealthCheck))
+    @given(
+        name=st.text(max_size=300),
+        strategy=st.sampled_from(["RoundRobin", "Pinned", "DispatchToSingle", "", "x" * 500]),
+        retries=ints, timeout_ms=ints, live=ints, subscribers=ints,
+    )  # fmt: skip
+    def check(name: str, strategy: str, retries: int, timeout_ms: int, live: int,
+              subscribers: int) -> None:  # fmt: skip
+        request = _create(name, consumer_strategy=strategy, max_retry_count=retries,
+                          message_timeout_ms=timeout_ms, live_buffer_size=live,
+                          max_subscriber_count=subscribers)  # fmt: skip
+        try:
+            stub.Create(request, timeout=10)
+        except grpc.RpcError as exc:
+            assert exc.code() in _OK_OR_REFUSED, (exc.code(), exc.details())
+            assert exc.details()
+
+    try:
+        check()
+    finally:
+        channel.close()

@@ -372,10 +372,13 @@ class ConsumerGroup:
             await self._ack(own, messages)
 
     async def _ack(self, tx: Tx, messages: Sequence[GroupMessage]) -> None:
-        for m in messages:
+        positions = sorted({m.position for m in messages})
+        for start in range(0, len(positions), 500):  # one statement per 500 messages
+            marks = {f"p{i}": p for i, p in enumerate(positions[start : start + 500])}
             await tx.execute(
-                "DELETE FROM consumer_group_messages WHERE group_name = :g AND position = :p",
-                {"g": self.name, "p": m.position},
+                "DELETE FROM consumer_group_messages WHERE group_name = :g AND position IN "
+                f"({', '.join(':' + k for k in marks)})",
+                {"g": self.name, **marks},
             )
 
     async def nack(
