@@ -304,17 +304,24 @@ class ConsumerGroup:
             )
             if moved is None:
                 return  # another member filled first
-            for e in events:
+            for start in range(0, len(events), 100):  # one INSERT per 100 values
+                values: list[str] = []
+                params: dict[str, Any] = {"g": self.name}
+                for i, e in enumerate(events[start : start + 100]):
+                    values.append(f"(:g, :p{i}, :s{i}, :v{i}, :id{i}, :t{i}, :d{i}, 'pending', "
+                                f":md{i}, :sv{i}, :at{i})")  # fmt: skip
+                    params.update({
+                        f"p{i}": e.position, f"s{i}": e.stream_id, f"v{i}": e.version,
+                        f"id{i}": str(e.event_id), f"t{i}": e.type,
+                        f"d{i}": json.dumps(dict(e.data)), f"md{i}": json.dumps(dict(e.metadata)),
+                        f"sv{i}": e.schema_version, f"at{i}": _micros(e.recorded_at),
+                    })  # fmt: skip
                 await tx.execute(
                     "INSERT INTO consumer_group_messages (group_name, position, stream_id, "
                     "version, event_id, type, data, state, metadata, schema_version, "
-                    "recorded_at) VALUES (:g, :p, :s, :v, :id, :t, :d, 'pending', :md, :sv, "
-                    ":at) ON CONFLICT DO NOTHING",
-                    {"g": self.name, "p": e.position, "s": e.stream_id, "v": e.version,
-                     "id": str(e.event_id), "t": e.type, "d": json.dumps(dict(e.data)),
-                     "md": json.dumps(dict(e.metadata)), "sv": e.schema_version,
-                     "at": _micros(e.recorded_at)},
-                )  # fmt: skip
+                    f"recorded_at) VALUES {', '.join(values)} ON CONFLICT DO NOTHING",
+                    params,
+                )
 
     async def receive(self, member: str, *, limit: int = 10) -> list[GroupMessage]:
         """Up to ``limit`` messages for ``member`` (fewer, or none, when nothing is due)."""
