@@ -67,6 +67,8 @@
     │                               the principal may not do that operation on that category
     ├── RateLimited                 a token sent more requests than its rate allows
     ├── PolicyError (ValueError)    a security policy (TOML) is invalid; names the bad key
+    ├── GroupNotFound (LookupError) no consumer group of that name
+    ├── GroupExists                 a consumer group of that name exists already
     └── TamperDetected              the hash chain or a signed checkpoint does not match the
                                     stored events (``chronik verify``); names the first break
 
@@ -93,6 +95,8 @@ __all__ = [
     "ConcurrencyError",
     "DuplicateEventId",
     "FollowerFailed",
+    "GroupExists",
+    "GroupNotFound",
     "InvalidArgument",
     "InvalidEvent",
     "InvalidDecision",
@@ -646,3 +650,19 @@ class CiphertextError(ChronikError, ValueError):
         self.field = field
         self.reason = reason
         super().__init__(f"event {event_id}: personal field {field!r}: {reason}")
+
+
+class GroupNotFound(ChronikError, LookupError):
+    """No consumer group of that name exists in this store (create it first)."""
+
+    def __init__(self, name: str) -> None:
+        self.name = name
+        super().__init__(f"no consumer group {name!r}")
+
+
+class GroupExists(ChronikError):
+    """A consumer group of that name exists already (update or delete it instead)."""
+
+    def __init__(self, name: str) -> None:
+        self.name = name
+        super().__init__(f"consumer group {name!r} exists already")

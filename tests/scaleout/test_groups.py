@@ -16,7 +16,7 @@ from collections.abc import AsyncIterator
 import pytest
 
 import chronik
-from chronik.errors import InvalidArgument
+from chronik.errors import GroupNotFound, InvalidArgument
 from chronik.scaleout.groups import ConsumerGroup
 from chronik.store import SqlStore, require
 from chronik.store.protocol import EventStore
@@ -142,8 +142,9 @@ async def test_ack_nack_park_skip_replay_and_timeout(store: EventStore) -> None:
     assert last.version == 2
     await group.ack(last)
     assert await group.info() == {
-        "name": "one", "strategy": "pinned", "categories": ["cg"], "max_retries": 2,
-        "position": await store.head_position(), "pending": 0, "in_flight": 0, "parked": 0,
+        "name": "one", "strategy": "pinned", "categories": ["cg"], "stream_id": None,
+        "max_retries": 2, "message_timeout": 0.3, "position": await store.head_position(),
+        "pending": 0, "in_flight": 0, "parked": 0, "settings": {},
     }  # fmt: skip
 
 
@@ -170,7 +171,7 @@ async def test_bad_settings_are_typed_errors(
 
 async def test_receive_from_an_unknown_group_or_with_bad_arguments(store: EventStore) -> None:
     group = ConsumerGroup(store, "nope")
-    with pytest.raises(InvalidArgument, match="no consumer group"):
+    with pytest.raises(GroupNotFound, match="no consumer group"):
         await group.receive("a")
     await group.create()
     for member, limit in (("", 1), ("a", 0)):

@@ -27,6 +27,7 @@ import msgspec
 from chronik.cli._common import Handler, Output, Standalone, at_least, positive_float
 from chronik.errors import (
     ChronikError,
+    GroupNotFound,
     StoreNotFound,
     StoreUnavailable,
     StreamNotFound,
@@ -72,7 +73,7 @@ def exit_status(exc: BaseException) -> int:
     """The exit status for an error (see :data:`EXIT_STATUS`)."""
     if isinstance(exc, UsageError | UnsupportedStoreUrl):
         return EXIT_STATUS["usage"]
-    if isinstance(exc, StoreNotFound | StreamNotFound):
+    if isinstance(exc, StoreNotFound | StreamNotFound | GroupNotFound):
         return EXIT_STATUS["not_found"]
     if isinstance(exc, StoreUnavailable):
         return EXIT_STATUS["unavailable"]
@@ -95,6 +96,7 @@ COMMAND_MODULES = [
     "chronik.cli.archive",
     "chronik.cli.verify",
     "chronik.cli.forget",
+    "chronik.cli.groups",
 ]
 """Modules adding command groups: each has ``register(subparsers, common_parser)``."""
 

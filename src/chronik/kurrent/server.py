@@ -2,8 +2,9 @@
 
 Services: ``Streams`` (:mod:`chronik.kurrent.streams`), ``Gossip.Read`` (one leader: this
 node), ``ServerFeatures.GetSupportedMethods`` (exactly what is implemented),
-``PersistentSubscriptions.List`` (answers "none"). Every other RPC answers ``UNIMPLEMENTED``
-with a message that names it and points to docs/kurrent-protocol.md.
+``PersistentSubscriptions`` (consumer groups: :mod:`chronik.kurrent.persistent`). Every
+other RPC answers ``UNIMPLEMENTED`` with a message that names it and points to
+docs/kurrent-protocol.md.
 
 Example::
 
@@ -21,10 +22,16 @@ from typing import Any
 
 import grpc
 from google.protobuf import descriptor_pb2, descriptor_pool, message_factory
-from kurrentdbclient.protos.v1 import gossip_pb2, persistent_pb2, shared_pb2, streams_pb2_grpc
+from kurrentdbclient.protos.v1 import (
+    gossip_pb2,
+    persistent_pb2_grpc,
+    shared_pb2,
+    streams_pb2_grpc,
+)
 
 from chronik._version import __version__
 from chronik.kurrent.log import KurrentLog
+from chronik.kurrent.persistent import PersistentService
 from chronik.kurrent.streams import StreamsService
 from chronik.store.port import EventStore
 
@@ -45,7 +52,14 @@ SUPPORTED_METHODS: tuple[tuple[str, str, tuple[str, ...]], ...] = (
     (_STREAMS, "Delete", ()),
     (_STREAMS, "Tombstone", ()),
     (_GOSSIP, "Read", ()),
+    (_PERSISTENT, "Create", ("stream", "all")),
+    (_PERSISTENT, "Update", ("stream", "all")),
+    (_PERSISTENT, "Delete", ("stream", "all")),
+    (_PERSISTENT, "Read", ("stream", "all")),
+    (_PERSISTENT, "GetInfo", ("stream", "all")),
     (_PERSISTENT, "List", ()),
+    (_PERSISTENT, "ReplayParked", ()),
+    (_PERSISTENT, "RestartSubsystem", ()),
     (_FEATURES, "GetSupportedMethods", ()),
 )
 """``(service, method, features)`` of every RPC this server implements."""
@@ -112,7 +126,7 @@ class _Unimplemented(grpc.GenericRpcHandler):
             await context.abort(
                 grpc.StatusCode.UNIMPLEMENTED,
                 f"{method} is not implemented by chronik's KurrentDB protocol server "
-                f"(persistent subscriptions, projections, users and operations are not "
+                f"(projections, users and operations are not "
                 f"served); see {DOCS}",
             )
 
@@ -162,6 +176,9 @@ class KurrentServer:
         streams_pb2_grpc.add_StreamsServicer_to_server(  # type: ignore[no-untyped-call]
             StreamsService(KurrentLog(self.store)), server
         )
+        persistent_pb2_grpc.add_PersistentSubscriptionsServicer_to_server(  # type: ignore[no-untyped-call]
+            PersistentService(self.store), server
+        )
         server.add_generic_rpc_handlers(
             (
                 grpc.method_handlers_generic_handler(
@@ -171,16 +188,6 @@ class KurrentServer:
                             self._gossip,
                             request_deserializer=shared_pb2.Empty.FromString,
                             response_serializer=gossip_pb2.ClusterInfo.SerializeToString,
-                        )
-                    },
-                ),
-                grpc.method_handlers_generic_handler(
-                    _PERSISTENT,
-                    {
-                        "List": grpc.unary_unary_rpc_method_handler(
-                            self._list_persistent,
-                            request_deserializer=persistent_pb2.ListReq.FromString,
-                            response_serializer=persistent_pb2.ListResp.SerializeToString,
                         )
                     },
                 ),
@@ -227,9 +234,6 @@ class KurrentServer:
             http_end_point=gossip_pb2.EndPoint(address=self.host, port=self.port),
         )
         return gossip_pb2.ClusterInfo(members=[member])
-
-    async def _list_persistent(self, _request: Any, _context: Any) -> persistent_pb2.ListResp:
-        return persistent_pb2.ListResp()  # chronik has none: clients read an empty list
 
     async def _features(self, _request: Any, _context: Any) -> Any:
         return supported_methods()

@@ -20,6 +20,7 @@ from chronik.errors import StoreUnavailable
 from chronik.security import Guard, Policy, token_store
 from chronik.server.api import Api
 from chronik.server.console import console_routes
+from chronik.server.groups import Groups
 from chronik.server.live import live_routes
 from chronik.server.openapi import openapi_document
 from chronik.server.operations import Operations
@@ -148,6 +149,7 @@ def create_app(
             no authentication, everyone is admin (the loopback default of ``chronik serve``).
     """
     endpoints = [*Api(store, app).endpoints(), *Operations(store, app).endpoints()]
+    endpoints += Groups(store).endpoints()
     document = msgspec.json.encode(openapi_document(endpoints, secured=policy is not None))
 
     async def openapi(request: Request) -> Response:

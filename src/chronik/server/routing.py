@@ -141,6 +141,8 @@ _STATUS: list[tuple[type[Exception], int]] = [
     (errors.ConcurrencyError, 409),
     (errors.DuplicateEventId, 409),
     (errors.StreamNotFound, 404),
+    (errors.GroupNotFound, 404),
+    (errors.GroupExists, 409),
     (errors.UnknownProjection, 404),
     (errors.PayloadTooLarge, 413),
     (errors.BatchTooLarge, 413),
