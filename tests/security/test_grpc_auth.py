@@ -13,15 +13,14 @@ from pathlib import Path
 from typing import Any
 
 import pytest
-
-from tests.security.grpc_harness import SecuredKurrent, secured_kurrent
-from tests.security.harness import ALL, APPENDS, CATEGORIES, READS, ROLES
-
-from kurrentdbclient import NewEvent, StreamState  # noqa: E402  (after the importorskip)
-from kurrentdbclient.exceptions import (  # noqa: E402
+from kurrentdbclient import NewEvent, StreamState
+from kurrentdbclient.exceptions import (
     AccessDeniedError,
     UnauthenticatedError,
 )
+
+from tests.security.grpc_harness import SecuredKurrent, secured_kurrent
+from tests.security.harness import ALL, APPENDS, CATEGORIES, READS, ROLES
 
 NONE: frozenset[str] = frozenset()
 DELETES: dict[str, frozenset[str]] = {r: (ALL if r == "admin" else NONE) for r in ROLES}
@@ -107,52 +106,9 @@ def matrix_wrong(s: SecuredKurrent) -> list[str]:
                 wrong.append(f"{role} read $all backwards: saw {sorted(got_back - want_all)}")
             expect(f"{role} subscribe $all", _subscribed_categories(client), want_all)
             for category in CATEGORIES:
-
-                def cell(op: str, table: dict[str, frozenset[str]], action: Callable[[], Any]) -> None:
+                for op, (table, action) in _actions(client, category, role).items():
                     want = ALLOWED if category in table[role] else DENIED
                     expect(f"{role} {op} {category}", _outcome(action), want)
-
-                stream = f"{category}-1"
-                cell("read", READS, lambda: client.get_stream(stream))
-                cell("subscribe", READS, lambda: _first_of_stream(client, stream))
-                cell(
-                    "append",
-                    APPENDS,
-                    lambda: client.append_to_stream(
-                        f"{category}-a{role}",
-                        events=NewEvent(type="Tried", data=b"{}"),
-                        current_version=StreamState.ANY,
-                    ),
-                )
-                cell(
-                    "batch_append",
-                    APPENDS,
-                    lambda: client.append_to_stream(
-                        f"{category}-b{role}",
-                        events=[NewEvent(type="Tried", data=b"{}")],
-                        current_version=StreamState.ANY,
-                    ),
-                )
-                cell(
-                    "delete",
-                    DELETES,
-                    lambda: client.delete_stream(
-                        f"{category}-del{role}", current_version=StreamState.ANY
-                    ),
-                )
-                cell(
-                    "tombstone",
-                    DELETES,
-                    lambda: client.tombstone_stream(
-                        f"{category}-tomb{role}", current_version=StreamState.ANY
-                    ),
-                )
-                cell("read_metadata", READ_METADATA, lambda: client.get_stream_metadata(stream))
-                cell(
-                    "write_metadata",
-                    WRITE_METADATA,
-                    lambda: client.set_stream_metadata(f"{category}-m{role}", metadata={"x": 1}),
-                )
         finally:
             client.close()
     # a refused write left the store as it was: the streams exist only where allowed
@@ -175,6 +131,32 @@ def matrix_wrong(s: SecuredKurrent) -> list[str]:
                 category in DELETES[role],
             )
     return wrong
+
+
+def _actions(
+    client: Any, category: str, role: str
+) -> dict[str, tuple[dict[str, frozenset[str]], Callable[[], Any]]]:
+    """Each operation of the matrix on ``category``, with the table that says who may."""
+    stream = f"{category}-1"
+
+    def one() -> NewEvent:  # a fresh event id for each append
+        return NewEvent(type="Tried", data=b"{}")
+
+    return {
+        "read": (READS, lambda: client.get_stream(stream)),
+        "subscribe": (READS, lambda: _first_of_stream(client, stream)),
+        "append": (APPENDS, lambda: client.append_to_stream(
+            f"{category}-a{role}", events=one(), current_version=StreamState.ANY)),
+        "batch_append": (APPENDS, lambda: client.append_to_stream(
+            f"{category}-b{role}", events=[one()], current_version=StreamState.ANY)),
+        "delete": (DELETES, lambda: client.delete_stream(
+            f"{category}-del{role}", current_version=StreamState.ANY)),
+        "tombstone": (DELETES, lambda: client.tombstone_stream(
+            f"{category}-tomb{role}", current_version=StreamState.ANY)),
+        "read_metadata": (READ_METADATA, lambda: client.get_stream_metadata(stream)),
+        "write_metadata": (WRITE_METADATA, lambda: client.set_stream_metadata(
+            f"{category}-m{role}", metadata={"x": 1})),
+    }  # fmt: skip
 
 
 def _seed_event() -> Any:
@@ -227,7 +209,9 @@ def test_without_credentials_and_public_methods(tmp_path: Path) -> None:
                 lambda: client.get_stream("public-1"),
                 lambda: list(client.read_all()),
                 lambda: client.append_to_stream(
-                    "public-x", events=NewEvent(type="T", data=b"{}"), current_version=StreamState.ANY
+                    "public-x",
+                    events=NewEvent(type="T", data=b"{}"),
+                    current_version=StreamState.ANY,
                 ),
                 lambda: client.get_stream_metadata("public-1"),
             ):
@@ -341,6 +325,71 @@ def test_tls_connection_needs_the_ca(tmp_path: Path) -> None:
             assert client.get_stream("public-1")[0].type == "Seeded"
         finally:
             client.close()
-        untrusted = f"kurrentdb://u:{s.tokens['admin']}@{s.server.target}?tls=true&MaxDiscoverAttempts=1"
+        untrusted = (
+            f"kurrentdb://u:{s.tokens['admin']}@{s.server.target}?tls=true&MaxDiscoverAttempts=1"
+        )
         with pytest.raises((DiscoveryFailedError, ServiceUnavailableError)):
             KurrentDBClient(untrusted).get_stream("public-1")
+
+
+def test_chronik_serve_grpc_with_a_policy_and_tls(tmp_path: Path) -> None:
+    """``chronik serve --kurrent-grpc --no-http --policy FILE --tls-cert --tls-key``: the
+    real client with a token (``tlsCAFile``) reads what its role allows and nothing else."""
+    import asyncio
+    import socket
+    import subprocess
+    import sys
+
+    import chronik
+    from chronik.security import token_store
+    from tests.security.grpc_harness import self_signed
+    from tests.security.harness import POLICY_TOML, seed
+
+    url = f"sqlite:///{tmp_path / 'cli.db'}"
+    policy = tmp_path / "policy.toml"
+    policy.write_text(POLICY_TOML)
+    cert, key = self_signed(tmp_path)
+
+    async def prepare() -> str:
+        store = await chronik.connect(url)
+        try:
+            await seed(store)
+            _, token = await token_store(store).create("cli-clerk", ["clerk"])
+            return str(token)
+        finally:
+            await store.close()
+
+    token = asyncio.run(prepare())
+    with socket.socket() as sock:
+        sock.bind(("127.0.0.1", 0))
+        port = sock.getsockname()[1]
+    argv = [sys.executable, "-m", "chronik", "--store", url, "serve", "--no-http",
+            "--kurrent-grpc", f"127.0.0.1:{port}", "--policy", str(policy),
+            "--tls-cert", str(cert), "--tls-key", str(key)]  # fmt: skip
+    with subprocess.Popen(
+        argv, stdout=subprocess.PIPE, stderr=subprocess.DEVNULL, text=True
+    ) as server:
+        try:
+            _talk_to_the_cli_server(server, token, port, cert)
+        finally:
+            server.terminate()
+            server.wait(20)
+
+
+def _talk_to_the_cli_server(server: Any, token: str, port: int, cert: Path) -> None:
+    from kurrentdbclient import KurrentDBClient
+    from kurrentdbclient.exceptions import AccessDeniedError
+
+    assert server.stdout is not None
+    line = server.stdout.readline()
+    assert "tls=true" in line, (line, server.poll())
+    uri = f"kurrentdb://clerk:{token}@127.0.0.1:{port}?tls=true&tlsCAFile={cert}"
+    client = KurrentDBClient(uri)
+    try:
+        assert len(client.get_stream("orders-1")) == 1
+        with pytest.raises(AccessDeniedError):
+            client.get_stream("secret-1")
+        seen = {_category(e.stream_name) for e in client.read_all(filter_exclude=())}
+        assert seen == {"orders", "public"}
+    finally:
+        client.close()

@@ -19,22 +19,20 @@ from collections.abc import Iterator
 from pathlib import Path
 from typing import Any
 
+import grpc
+import jwt
 import pytest
+from cryptography.hazmat.primitives.asymmetric import rsa
 from hypothesis import HealthCheck, given, settings
 from hypothesis import strategies as st
+from kurrentdbclient import KurrentDBClient
+from kurrentdbclient.exceptions import UnauthenticatedError
+from kurrentdbclient.protos.v1 import streams_pb2_grpc
 
+from chronik.security import parse_policy, token_store
 from tests.security.grpc_harness import SecuredKurrent, secured_kurrent
+from tests.security.harness import POLICY_TOML
 from tests.security.test_grpc_auth import _read_stream_request
-
-import grpc  # noqa: E402  (after the importorskip in grpc_harness)
-import jwt  # noqa: E402
-from cryptography.hazmat.primitives.asymmetric import rsa  # noqa: E402
-from kurrentdbclient import KurrentDBClient  # noqa: E402
-from kurrentdbclient.exceptions import UnauthenticatedError  # noqa: E402
-from kurrentdbclient.protos.v1 import streams_pb2_grpc  # noqa: E402
-
-from chronik.security import parse_policy, token_store  # noqa: E402
-from tests.security.harness import POLICY_TOML  # noqa: E402
 
 
 def _status(stub: Any, value: str | None, stream: str = "orders-1") -> grpc.StatusCode:
@@ -60,7 +58,8 @@ def plain(tmp_path_factory: pytest.TempPathFactory) -> Iterator[tuple[SecuredKur
 
 _PRINTABLE = st.text(st.characters(min_codepoint=0x20, max_codepoint=0x7E), max_size=300)
 _PREFIXES = st.sampled_from(["", "Bearer ", "bearer ", "Basic ", "basic ", "Bearer chronik_",
-                             "Bearer chronik_0123456789ab_", "Bearer a.b.", "Basic dTpj"])  # fmt: skip
+                             "Bearer chronik_0123456789ab_", "Bearer a.b.",
+                             "Basic dTpj"])  # fmt: skip
 
 
 @settings(max_examples=120, deadline=None, suppress_health_check=list(HealthCheck))
