@@ -64,6 +64,7 @@ class SecuredKurrent:
         policy: Policy | None = None,
         recheck_seconds: float = 5.0,
         tls: bool = True,
+        url: str | None = None,
     ) -> None:
         self.loop = asyncio.new_event_loop()
         self.thread = threading.Thread(target=self.loop.run_forever, daemon=True)
@@ -75,7 +76,9 @@ class SecuredKurrent:
             policy_path.write_text(POLICY_TOML)
             policy = load_policy(policy_path)
         self.policy = policy
-        self.store: Any = self.call(chronik.connect(f"sqlite:///{tmp_path / 'grpc-sec.db'}"))
+        self.store: Any = self.call(
+            chronik.connect(url or f"sqlite:///{tmp_path / 'grpc-sec.db'}")
+        )
         self.call(seed(self.store))
         self.tokens: dict[str, str] = {}
         for role in ROLES:

@@ -175,8 +175,17 @@ async def _last_type(store: Any, stream_id: str) -> str | None:
     return None
 
 
-def test_grpc_matrix(tmp_path: Path) -> None:
-    with secured_kurrent(tmp_path) as s:
+@pytest.fixture(params=["sqlite", pytest.param("postgres", marks=pytest.mark.postgres)])
+def store_url(request: pytest.FixtureRequest) -> str | None:
+    """The tokens live in the store and ``$all`` is read from it: the matrix runs on both."""
+    if request.param == "sqlite":
+        return None
+    url: str = request.getfixturevalue("pg_url")
+    return url
+
+
+def test_grpc_matrix(tmp_path: Path, store_url: str | None) -> None:
+    with secured_kurrent(tmp_path, url=store_url) as s:
         wrong = matrix_wrong(s)
     assert wrong == [], "\n".join(wrong)
 

@@ -247,3 +247,51 @@ def test_oidc_jwts(tmp_path: Path) -> None:
                 assert _status(stub, bearer) == grpc.StatusCode.UNAUTHENTICATED
             finally:
                 channel.close()
+
+
+def test_an_unavailable_token_store_is_unavailable_not_unauthenticated(
+    plain: tuple[SecuredKurrent, Any], monkeypatch: pytest.MonkeyPatch
+) -> None:
+    """Token checks read the store: when it is down the call answers ``UNAVAILABLE`` (the
+    client retries), never "bad credentials" (which would make it drop a good token)."""
+    from chronik.errors import StoreUnavailable
+    from chronik.security import SqlTokens
+
+    s, stub = plain
+
+    async def down(self: object, token: str) -> None:
+        raise StoreUnavailable("the database restarts")
+
+    monkeypatch.setattr(SqlTokens, "verify", down)
+    assert _status(stub, f"Bearer {s.tokens['admin']}") == grpc.StatusCode.UNAVAILABLE
+    monkeypatch.undo()
+    assert _status(stub, f"Bearer {s.tokens['admin']}") == grpc.StatusCode.OK
+
+
+def test_cancelled_subscriptions_leave_nothing_behind(tmp_path: Path) -> None:
+    """Clients that drop watched subscriptions (the recheck running beside them) leave no
+    task behind on the server, and the server still serves."""
+    with secured_kurrent(tmp_path, recheck_seconds=0.05) as s:
+
+        async def tasks() -> int:
+            import asyncio
+
+            return len(asyncio.all_tasks())
+
+        before = s.call(tasks())
+        client = s.client("reader")
+        try:
+            for _ in range(5):
+                subscription = client.subscribe_to_all(include_caught_up=True, timeout=30)
+                for event in subscription:
+                    if event.is_caught_up:
+                        break
+                time.sleep(0.1)  # a few rechecks while it waits
+                subscription.stop()
+            deadline = time.monotonic() + 10
+            while s.call(tasks()) > before and time.monotonic() < deadline:
+                time.sleep(0.05)
+            assert s.call(tasks()) <= before
+            assert client.get_stream("public-1")
+        finally:
+            client.close()
