@@ -76,9 +76,7 @@ class SecuredKurrent:
             policy_path.write_text(POLICY_TOML)
             policy = load_policy(policy_path)
         self.policy = policy
-        self.store: Any = self.call(
-            chronik.connect(url or f"sqlite:///{tmp_path / 'grpc-sec.db'}")
-        )
+        self.store: Any = self.call(chronik.connect(url or f"sqlite:///{tmp_path / 'grpc-sec.db'}"))
         self.call(seed(self.store))
         self.tokens: dict[str, str] = {}
         for role in ROLES:
