@@ -402,3 +402,76 @@ def _talk_to_the_cli_server(server: Any, token: str, port: int, cert: Path) -> N
         assert seen == {"orders", "public"}
     finally:
         client.close()
+
+
+def test_anonymous_role_without_credentials(tmp_path: Path) -> None:
+    """``--anonymous clerk``: a client without credentials is the clerk, no more."""
+    from chronik.security import load_policy
+    from tests.security.harness import POLICY_TOML
+
+    (tmp_path / "p.toml").write_text('anonymous = "clerk"\n' + POLICY_TOML)
+    policy = load_policy(tmp_path / "p.toml")
+    with secured_kurrent(tmp_path, policy=policy, tls=False) as s:
+        client = s.client(None)
+        try:
+            assert len(client.get_stream("orders-1")) == 1
+            assert _outcome(lambda: client.get_stream("secret-1")) == DENIED
+            seen = {_category(e.stream_name) for e in client.read_all(filter_exclude=())}
+            assert seen == {"orders", "public"}
+        finally:
+            client.close()
+
+
+def test_a_new_servicer_plugs_in_with_one_declaration(tmp_path: Path) -> None:
+    """A servicer behind :class:`AuthInterceptor`: an undeclared method needs ``operate``
+    (fail closed); a declared ``CHECKED`` one runs for any authenticated caller and
+    authorises per stream with :func:`authorize`."""
+    import grpc
+
+    from chronik.kurrent.auth import AuthInterceptor, Rule, authorize, declare
+    from chronik.security import Operation
+
+    declare("test.Plugged", {"Mine": Rule.CHECKED})
+
+    async def mine(request: bytes, context: Any) -> bytes:
+        authorize(Operation.READ, request.decode())
+        return b"ok"
+
+    async def undeclared(request: bytes, context: Any) -> bytes:
+        return b"ok"
+
+    with secured_kurrent(tmp_path, tls=False) as s:
+
+        async def start() -> Any:
+            server = grpc.aio.server(interceptors=[AuthInterceptor(s.guard)])
+            server.add_generic_rpc_handlers((grpc.method_handlers_generic_handler("test.Plugged", {
+                "Mine": grpc.unary_unary_rpc_method_handler(mine),
+                "Open": grpc.unary_unary_rpc_method_handler(undeclared),
+            }),))  # fmt: skip
+            port = server.add_insecure_port("127.0.0.1:0")
+            await server.start()
+            return server, port
+
+        server, port = s.call(start())
+        try:
+            with grpc.insecure_channel(f"127.0.0.1:{port}") as channel:
+
+                def code(method: str, role: str | None, body: bytes = b"secret-1") -> Any:
+                    call: Any = channel.unary_unary(f"/test.Plugged/{method}")
+                    metadata = () if role is None else (("authorization",
+                                                         f"Bearer {s.tokens[role]}"),)  # fmt: skip
+                    try:
+                        call(body, metadata=metadata, timeout=10)
+                    except grpc.RpcError as exc:
+                        return exc.code()
+                    return grpc.StatusCode.OK
+
+                assert code("Open", None) == grpc.StatusCode.UNAUTHENTICATED
+                assert code("Open", "reader") == grpc.StatusCode.PERMISSION_DENIED
+                assert code("Open", "ops") == grpc.StatusCode.OK  # operate on *
+                assert code("Mine", None) == grpc.StatusCode.UNAUTHENTICATED
+                assert code("Mine", "clerk") == grpc.StatusCode.PERMISSION_DENIED
+                assert code("Mine", "clerk", b"orders-1") == grpc.StatusCode.OK
+                assert code("Mine", "reader") == grpc.StatusCode.OK
+        finally:
+            s.call(server.stop(0))

@@ -268,10 +268,14 @@ class _Gate:
 
 
 def _peer(context: _Ctx) -> str:
+    """The caller's address without its port (``ipv4:127.0.0.1``): one rate bucket per
+    anonymous host, as on the HTTP face, not one per connection."""
     try:
-        return str(context.peer())
+        peer = str(context.peer())
     except Exception:  # pragma: no cover - a closed call
         return ""
+    host, sep, port = peer.rpartition(":")
+    return host if sep and port.isdigit() else peer
 
 
 async def refuse(context: _Ctx, exc: BaseException) -> None:
@@ -288,6 +292,9 @@ async def refuse(context: _Ctx, exc: BaseException) -> None:
     raise exc
 
 
+_SECURITY = (AccessDenied, AuthenticationFailed, RateLimited)
+
+
 def _behaviour(handler: grpc.RpcMethodHandler[Any, Any]) -> Any:
     return (
         handler.unary_unary or handler.unary_stream or handler.stream_unary or handler.stream_stream
@@ -301,7 +308,10 @@ def _wrap(handler: grpc.RpcMethodHandler[Any, Any], gate: _Gate) -> grpc.RpcMeth
 
         async def unary(request: Any, context: _Ctx) -> Any:
             await gate.enter(context)
-            return await inner(request, context)
+            try:
+                return await inner(request, context)
+            except _SECURITY as exc:  # a servicer's own authorize(): its status, not UNKNOWN
+                await refuse(context, exc)
 
         make = (
             grpc.unary_unary_rpc_method_handler
@@ -320,22 +330,28 @@ def _wrap(handler: grpc.RpcMethodHandler[Any, Any], gate: _Gate) -> grpc.RpcMeth
 
         async def writer(request: Any, context: _Ctx) -> Any:
             await gate.enter(context)
-            if not gate.rechecks:
-                return await streaming(request, context)
-            task = asyncio.ensure_future(streaming(request, context))
-            return await _watch_task(task, gate, context)
+            try:
+                if not gate.rechecks:
+                    return await streaming(request, context)
+                task = asyncio.ensure_future(streaming(request, context))
+                return await _watch_task(task, gate, context)
+            except _SECURITY as exc:
+                await refuse(context, exc)
 
         return make_streaming(writer, handler.request_deserializer, handler.response_serializer)
 
     async def stream(request: Any, context: _Ctx) -> AsyncIterator[Any]:
         await gate.enter(context)
         source = streaming(request, context)
-        if not gate.rechecks:
-            async for item in source:
+        try:
+            if not gate.rechecks:
+                async for item in source:
+                    yield item
+                return
+            async for item in _watched(source, gate, context):
                 yield item
-            return
-        async for item in _watched(source, gate, context):
-            yield item
+        except _SECURITY as exc:
+            await refuse(context, exc)
 
     return make_streaming(stream, handler.request_deserializer, handler.response_serializer)
 
