@@ -168,15 +168,16 @@ def test_serve_refuses_a_bad_listen_address(bad: str) -> None:
 @pytest.mark.parametrize(
     "extra,message",
     [
-        (["--kurrent-grpc", "127.0.0.1:0", "--anonymous", "reader"], "cannot be combined"),
         (["--kurrent-grpc", "0.0.0.0:0", "--no-http"], "refusing to serve the KurrentDB"),
+        (["--kurrent-grpc", "0.0.0.0:0", "--no-http", "--rate-limit", "5"], "refusing to serve"),
+        (["--kurrent-grpc", "127.0.0.1:0", "--no-http", "--tls-cert", "c.pem"], "go together"),
     ],
 )
 def test_serve_refuses_an_unauthenticated_grpc_face_it_cannot_protect(
     tmp_path: Path, extra: list[str], message: str
 ) -> None:
-    """The gRPC face has no authentication yet: with a policy, or off the loopback, chronik
-    serve refuses to start (exit 1) instead of serving it open."""
+    """Off the loopback the gRPC face needs --policy or --anonymous ROLE: without them
+    chronik serve refuses to start (exit 1) instead of serving it open."""
     url = f"sqlite:///{tmp_path}/k.db"
     cli = [sys.executable, "-m", "chronik", "--store", url]
     subprocess.run([*cli, "init"], check=True, capture_output=True)

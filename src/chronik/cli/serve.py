@@ -31,21 +31,15 @@ async def cmd_serve(args: argparse.Namespace, out: Output) -> int:
     require_extra("kurrentdbclient", "chronik serve --kurrent-grpc", "kurrentdbclient", "kurrent")
     from chronik.kurrent.serving import start_kurrent
 
-    # the gRPC face has no authentication yet: fail closed rather than serve it open beside
-    # an HTTP face that enforces a policy, or on an address others can reach
-    if getattr(args, "policy", None) or getattr(args, "anonymous", None):
-        raise ChronikError(
-            "--kurrent-grpc cannot be combined with --policy/--anonymous yet: the KurrentDB "
-            "face does not enforce a policy (docs/security.md); serve it without them on "
-            "the loopback, or serve only HTTP"
-        )
-    if not _is_loopback(kurrent_listen[0]):
-        raise ChronikError(
-            f"refusing to serve the KurrentDB protocol on {kurrent_listen[0]} without "
-            "authentication (not implemented on that face yet): listen on 127.0.0.1"
-        )
     url = store_url(getattr(args, "store", None))
-    kurrent = await start_kurrent(url, kurrent_listen)
+    policy = _kurrent_policy(args, kurrent_listen[0], out)
+    tls = _tls(args)
+    kurrent = await start_kurrent(
+        url,
+        kurrent_listen,
+        policy=policy,
+        tls=None if not tls else (tls["ssl_certfile"], tls["ssl_keyfile"]),
+    )
     out.say(
         f"serving the KurrentDB protocol for {redact_url(url)} on "
         f"{kurrent.server.connection_string}"
@@ -168,6 +162,36 @@ def _policy(args: argparse.Namespace, out: Output) -> Policy | None:
     return policy
 
 
+def _kurrent_policy(args: argparse.Namespace, host: str, out: Output) -> Policy | None:
+    """The policy of the gRPC face: the HTTP face's (``--policy``, ``--anonymous``,
+    ``--rate-limit``), judged against the gRPC face's own address. ``None``: open (everyone
+    admin), which only the loopback may be."""
+    from chronik.security import OPEN_POLICY, Policy, load_policy
+
+    policy_file = getattr(args, "policy", None)
+    anonymous = getattr(args, "anonymous", None)
+    rate = getattr(args, "rate_limit", None)
+    if policy_file is None and anonymous is None:
+        if not _is_loopback(host):
+            raise ChronikError(
+                f"refusing to serve the KurrentDB protocol on {host} without authentication: "
+                "give --policy FILE or --anonymous ROLE (docs/security.md)"
+            )
+        return None if rate is None else OPEN_POLICY.with_rate(rate)
+    policy = load_policy(policy_file) if policy_file is not None else Policy()
+    if anonymous is not None:
+        policy = policy.with_anonymous(anonymous)
+    if rate is not None:
+        policy = policy.with_rate(rate)
+    if not _is_loopback(host) and getattr(args, "tls_cert", None) is None:
+        out.note(
+            ("warning: ", "bold yellow"),
+            f"the KurrentDB protocol on {host} without --tls-cert: credentials would travel "
+            "in clear text (KurrentDB clients send them only with tls=true)",
+        )
+    return policy
+
+
 def _tls(args: argparse.Namespace) -> dict[str, Any]:
     cert = getattr(args, "tls_cert", None)
     key = getattr(args, "tls_key", None)
@@ -244,8 +268,15 @@ def register(sub: Any, common: argparse.ArgumentParser) -> None:
         default=None,
         help="requests a second per principal (429 above it; overrides the policy's)",
     )
-    p.add_argument("--tls-cert", metavar="FILE", default=None, help="serve HTTPS: certificate")
-    p.add_argument("--tls-key", metavar="FILE", default=None, help="serve HTTPS: private key")
+    p.add_argument(
+        "--tls-cert",
+        metavar="FILE",
+        default=None,
+        help="serve HTTPS (and TLS on --kurrent-grpc): certificate chain (PEM)",
+    )
+    p.add_argument(
+        "--tls-key", metavar="FILE", default=None, help="the private key of --tls-cert (PEM)"
+    )
     p.add_argument(
         "--kurrent-grpc",
         metavar="[HOST:]PORT",

@@ -6,6 +6,11 @@ node), ``ServerFeatures.GetSupportedMethods`` (exactly what is implemented),
 other RPC answers ``UNIMPLEMENTED`` with a message that names it and points to
 docs/kurrent-protocol.md.
 
+Every call goes through :class:`~chronik.kurrent.auth.AuthInterceptor`: with a ``guard``
+(a :class:`~chronik.security.Guard` over a policy and the store's tokens) callers must
+authenticate and are authorised per stream; without one (the open loopback server) everyone
+is admin. ``tls`` (PEM certificate chain and key) serves TLS.
+
 Example::
 
     server = KurrentServer(store, host="127.0.0.1", port=2113)
@@ -30,9 +35,11 @@ from kurrentdbclient.protos.v1 import (
 )
 
 from chronik._version import __version__
+from chronik.kurrent.auth import RECHECK_SECONDS, AuthInterceptor
 from chronik.kurrent.log import KurrentLog
 from chronik.kurrent.persistent import PersistentService
 from chronik.kurrent.streams import StreamsService
+from chronik.security import Guard
 from chronik.store.port import EventStore
 
 __all__ = ["DEFAULT_MAX_MESSAGE_BYTES", "SUPPORTED_METHODS", "KurrentServer"]
@@ -130,6 +137,7 @@ class _Unimplemented(grpc.GenericRpcHandler):
                 f"served); see {DOCS}",
             )
 
+        refuse.chronik_unimplemented = True  # type: ignore[attr-defined]
         return grpc.stream_stream_rpc_method_handler(refuse)
 
 
@@ -146,11 +154,18 @@ class KurrentServer:
         host: str = "127.0.0.1",
         port: int = 2113,
         max_message_bytes: int = DEFAULT_MAX_MESSAGE_BYTES,
+        guard: Guard | None = None,
+        tls: tuple[bytes, bytes] | None = None,
+        recheck_seconds: float = RECHECK_SECONDS,
     ) -> None:
         self.store = store
         self.host = host
         self.port = port
         self.max_message_bytes = max_message_bytes
+        self.guard = guard
+        self.tls = tls
+        """``(certificate chain PEM, private key PEM)``: serve TLS."""
+        self.recheck_seconds = recheck_seconds
         self.instance_id = uuid.uuid4()
         self._server: grpc.aio.Server | None = None
 
@@ -162,7 +177,7 @@ class KurrentServer:
     @property
     def connection_string(self) -> str:
         """A kurrentdbclient connection string for this server."""
-        return f"kurrentdb://{self.target}?tls=false"
+        return f"kurrentdb://{self.target}?tls={'true' if self.tls else 'false'}"
 
     async def start(self) -> None:
         """Bind and start serving (``port`` 0 picks a free port, read back from ``port``)."""
@@ -171,7 +186,11 @@ class KurrentServer:
                 ("grpc.max_receive_message_length", self.max_message_bytes),
                 ("grpc.max_send_message_length", self.max_message_bytes),
                 ("grpc.so_reuseport", 0),
-            ]
+                # room for an oversized authorization header to reach the guard, which
+                # refuses it as UNAUTHENTICATED (the default limit would fail the call first)
+                ("grpc.max_metadata_size", 64 * 1024),
+            ],
+            interceptors=[AuthInterceptor(self.guard, recheck_seconds=self.recheck_seconds)],
         )
         streams_pb2_grpc.add_StreamsServicer_to_server(  # type: ignore[no-untyped-call]
             StreamsService(KurrentLog(self.store)), server
@@ -205,7 +224,12 @@ class KurrentServer:
             )
         )
         try:
-            bound = server.add_insecure_port(f"{self.host}:{self.port}")
+            address = f"{self.host}:{self.port}"
+            if self.tls is None:
+                bound = server.add_insecure_port(address)
+            else:
+                cert, key = self.tls
+                bound = server.add_secure_port(address, grpc.ssl_server_credentials([(key, cert)]))
         except RuntimeError as exc:
             from chronik.errors import ChronikError
 

@@ -3,8 +3,11 @@
 from __future__ import annotations
 
 import argparse
+from pathlib import Path
 
+from chronik.errors import ChronikError
 from chronik.kurrent.server import KurrentServer
+from chronik.security import Guard, Policy, token_store
 from chronik.store import connect
 from chronik.store.port import EventStore
 
@@ -43,11 +46,31 @@ class RunningKurrent:
             await self.store.close()
 
 
-async def start_kurrent(url: str, listen: tuple[str, int]) -> RunningKurrent:
-    """Open the store at ``url`` (it must exist) and serve the protocol on ``listen``."""
-    store = await connect(url, create=False)
-    server = KurrentServer(store, host=listen[0], port=listen[1])
+def _read_pem(paths: tuple[str, str]) -> tuple[bytes, bytes]:
     try:
+        return Path(paths[0]).read_bytes(), Path(paths[1]).read_bytes()
+    except OSError as exc:
+        raise ChronikError(f"TLS: cannot read {exc.filename!r}: {exc.strerror}") from exc
+
+
+async def start_kurrent(
+    url: str,
+    listen: tuple[str, int],
+    *,
+    policy: Policy | None = None,
+    tls: tuple[str, str] | None = None,
+) -> RunningKurrent:
+    """Open the store at ``url`` (it must exist) and serve the protocol on ``listen``.
+
+    ``policy``: callers authenticate with the store's API tokens (or the policy's OIDC
+    JWTs) and are authorised by it (``None``: open, everyone admin). ``tls``: the paths of
+    a PEM certificate chain and its key.
+    """
+    tls_pem = None if tls is None else _read_pem(tls)
+    store = await connect(url, create=False)
+    try:
+        guard = None if policy is None else Guard(policy, token_store(store))
+        server = KurrentServer(store, host=listen[0], port=listen[1], guard=guard, tls=tls_pem)
         await server.start()
     except BaseException:
         await store.close()

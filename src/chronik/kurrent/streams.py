@@ -1,8 +1,11 @@
 """The ``event_store.client.streams.Streams`` gRPC service over a chronik store.
 
 Append, BatchAppend, Read (one stream or ``$all``, both directions, filters, catch-up
-subscriptions), Delete and Tombstone. Messages come from the generated classes that ship in
-the BSD-licensed ``kurrentdbclient`` wheel; the semantics live in :mod:`chronik.kurrent.log`.
+subscriptions), Delete and Tombstone. Every request is authorised from the stream it names
+before the store is asked (:func:`chronik.kurrent.auth.authorize`); ``$all`` reads and
+subscriptions show only the events the caller may read (:func:`chronik.kurrent.auth.visible`).
+Messages come from the generated classes that ship in the BSD-licensed ``kurrentdbclient``
+wheel; the semantics live in :mod:`chronik.kurrent.log`.
 """
 
 from __future__ import annotations
@@ -17,13 +20,17 @@ from google.protobuf import any_pb2, timestamp_pb2
 from kurrentdbclient.protos.v1 import shared_pb2, status_pb2, streams_pb2, streams_pb2_grpc
 
 from chronik.errors import (
+    AccessDenied,
+    AuthenticationFailed,
     ChronikError,
     DuplicateEventId,
     InvalidEvent,
     PayloadTooLarge,
+    RateLimited,
     StoreUnavailable,
 )
 from chronik.events import ANY, NO_STREAM, STREAM_EXISTS, AppendResult, RecordedEvent
+from chronik.kurrent.auth import authorize, refuse, visible
 from chronik.kurrent.log import KurrentLog, StreamDeleted, Visibility, WrongExpectedVersion
 from chronik.kurrent.mapping import (
     TOMBSTONE_TYPE,
@@ -37,6 +44,7 @@ from chronik.kurrent.mapping import (
     to_chronik_stream,
     to_new_event,
 )
+from chronik.security import Operation
 
 __all__ = ["StreamsService"]
 
@@ -146,6 +154,7 @@ class StreamsService(streams_pb2_grpc.StreamsServicer):
         if len(proposed) > _MAX_EVENTS_PER_APPEND:
             raise ProtocolError(f"{len(proposed)} events in one append; at most 100,000")
         stream_id = to_chronik_stream(name)
+        authorize(Operation.APPEND, stream_id)
         opaque: set[int] = set()
         while True:
             events = [to_new_event(*p, opaque=i in opaque) for i, p in enumerate(proposed)]
@@ -255,6 +264,8 @@ class StreamsService(streams_pb2_grpc.StreamsServicer):
             result = await self._append(name, expected, events)
         except ProtocolError as exc:
             return _batch_error(request, str(exc))
+        except AccessDenied as exc:
+            return _batch_status(request, "PERMISSION_DENIED", str(exc), shared_pb2.AccessDenied())
         except PayloadTooLarge as exc:
             return _batch_status(
                 request,
@@ -299,7 +310,9 @@ class StreamsService(streams_pb2_grpc.StreamsServicer):
         try:
             name = decode_name(options.stream_identifier.stream_name)
             expected = expected_of(options.WhichOneof("expected_stream_revision"), options.revision)
-            position = await self.log.delete(to_chronik_stream(name), expected)
+            stream_id = to_chronik_stream(name)
+            authorize(Operation.DELETE, stream_id)
+            position = await self.log.delete(stream_id, expected)
         except Exception as exc:
             await _abort(context, exc)
             raise  # pragma: no cover
@@ -316,7 +329,9 @@ class StreamsService(streams_pb2_grpc.StreamsServicer):
         try:
             name = decode_name(options.stream_identifier.stream_name)
             expected = expected_of(options.WhichOneof("expected_stream_revision"), options.revision)
-            position = await self.log.tombstone(to_chronik_stream(name), expected)
+            stream_id = to_chronik_stream(name)
+            authorize(Operation.DELETE, stream_id)
+            position = await self.log.tombstone(stream_id, expected)
         except Exception as exc:
             await _abort(context, exc)
             raise  # pragma: no cover
@@ -341,16 +356,22 @@ class StreamsService(streams_pb2_grpc.StreamsServicer):
             if which == "stream":
                 name = decode_name(options.stream.stream_identifier.stream_name)
                 stream_id = to_chronik_stream(name)
+                authorize(Operation.READ, stream_id)
                 if subscribe:
                     source = self._subscribe_stream(stream_id, options.stream)
                 else:
                     source = self._read_stream(name, stream_id, options, backwards)
             elif which == "all":
                 accept = _Filter(options)
+                shown = visible()  # the caller's categories only, whatever it asks
                 if subscribe:
-                    source = self._subscribe_all(options.all, accept)
+                    source = self._subscribe_all(options.all, accept, shown)
                 else:
-                    source = self._read_all(options, backwards, accept)
+
+                    def both(event: RecordedEvent) -> bool:
+                        return shown(event) and accept(event)
+
+                    source = self._read_all(options, backwards, both)
             else:
                 raise ProtocolError("a ReadReq names neither a stream nor $all")
             structured = options.uuid_option.WhichOneof("content") == "structured"
@@ -444,7 +465,7 @@ class StreamsService(streams_pb2_grpc.StreamsServicer):
             await self.log.wait(marker, _LIVE_POLL)
 
     async def _subscribe_all(
-        self, all_options: Any, accept: _Filter
+        self, all_options: Any, accept: _Filter, shown: Callable[[RecordedEvent], bool]
     ) -> AsyncIterator[streams_pb2.ReadResp]:
         yield _confirmation()
         store = self.log.store
@@ -462,7 +483,7 @@ class StreamsService(streams_pb2_grpc.StreamsServicer):
             events, upto, more = await store.read_page(after=after, limit=500)
             for event in events:
                 scanned += 1
-                if accept(event):
+                if shown(event) and accept(event):
                     yield read_event(event)
                 if accept.active and scanned >= accept.window:
                     scanned = 0
@@ -568,6 +589,8 @@ async def _abort(context: _Ctx, exc: BaseException) -> None:
         raise exc
     if isinstance(exc, ProtocolError):
         await context.abort(_status(exc.status), str(exc))
+    if isinstance(exc, AccessDenied | AuthenticationFailed | RateLimited):
+        await refuse(context, exc)
     if isinstance(exc, StreamDeleted):
         name = from_chronik_stream(exc.stream_id)
         await context.abort(_status("FAILED_PRECONDITION"), f"Event stream '{name}' is deleted.")

@@ -16,6 +16,7 @@ Example (a face of its own)::
 
 from __future__ import annotations
 
+import binascii
 import time
 from collections.abc import Callable
 
@@ -23,10 +24,33 @@ from chronik.errors import AuthenticationFailed, RateLimited
 from chronik.security.policy import Access, Policy, Principal
 from chronik.security.tokens import TOKEN_PREFIX, TokenStore
 
-__all__ = ["MAX_CREDENTIAL_LENGTH", "Guard", "RateLimiter"]
+__all__ = ["MAX_CREDENTIAL_LENGTH", "Guard", "RateLimiter", "basic_credential"]
 
 MAX_CREDENTIAL_LENGTH = 8192
 """Longest ``Authorization`` value looked at (a bigger one is refused unread)."""
+
+
+def basic_credential(encoded: str) -> str:
+    """The password of a ``Basic`` credential (``base64(user:password)``), which is the
+    bearer credential itself (KurrentDB clients send ``user:password`` from their
+    connection string: ``kurrentdb://any-name:chronik_...@host``).
+
+    Raises:
+        AuthenticationFailed: not strict base64, not UTF-8, no ``:``, an empty password, or
+            a control character (NUL included) anywhere in it.
+    """
+    try:
+        decoded = binascii.a2b_base64(encoded.encode("ascii"), strict_mode=True).decode("utf-8")
+    except (UnicodeError, binascii.Error, ValueError):
+        raise AuthenticationFailed(
+            "malformed Basic credentials (not base64 of user:password)"
+        ) from None
+    _user, sep, password = decoded.partition(":")
+    if not sep or not password:
+        raise AuthenticationFailed("Basic credentials need user:password (the password: a token)")
+    if any(ord(c) < 32 or ord(c) == 127 for c in decoded):
+        raise AuthenticationFailed("Basic credentials contain a control character")
+    return password
 
 
 class RateLimiter:
@@ -81,8 +105,14 @@ class Guard:
             else RateLimiter(limits.requests_per_second, limits.burst)
         )
 
-    async def authenticate(self, authorization: str | None, *, client: str = "") -> Access:
+    async def authenticate(
+        self, authorization: str | None, *, client: str = "", basic: bool = False
+    ) -> Access:
         """The access of whoever sent ``authorization`` (``None``: no header).
+
+        With ``basic`` (the KurrentDB gRPC face), ``Basic base64(user:password)`` is accepted
+        too: the password is the credential (an API token or an OIDC JWT), the user name is
+        not used (see :func:`basic_credential`).
 
         Raises:
             AuthenticationFailed: no credentials and no anonymous role, or credentials that
@@ -97,8 +127,11 @@ class Guard:
             raise AuthenticationFailed("the Authorization header is too long")
         scheme, _, credential = authorization.strip().partition(" ")
         credential = credential.strip()
-        if scheme.lower() != "bearer" or not credential:
-            raise AuthenticationFailed("expected Authorization: Bearer <token>")
+        if basic and scheme.lower() == "basic":
+            credential = basic_credential(credential)
+        elif scheme.lower() != "bearer" or not credential:
+            expected = "Bearer <token> or Basic <user:token>" if basic else "Bearer <token>"
+            raise AuthenticationFailed(f"expected Authorization: {expected}")
         return Access(self.policy, await self.principal(credential))
 
     async def principal(self, credential: str) -> Principal:
