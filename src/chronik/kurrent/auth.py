@@ -100,10 +100,6 @@ declare(
     "event_store.client.streams.Streams",
     {m: Rule.CHECKED for m in ("Read", "Append", "BatchAppend", "Delete", "Tombstone")},
 )
-declare(
-    "event_store.client.persistent_subscriptions.PersistentSubscriptions",
-    {"List": Rule.CHECKED},  # answers an empty list: shows nothing of any category
-)
 
 _ACCESS: contextvars.ContextVar[Access | None] = contextvars.ContextVar(
     "chronik_kurrent_access", default=None

@@ -45,6 +45,7 @@ import grpc
 from kurrentdbclient.protos.v1 import persistent_pb2, persistent_pb2_grpc, shared_pb2
 
 from chronik.errors import (
+    AccessDenied,
     ChronikError,
     GroupExists,
     GroupNotFound,
@@ -52,6 +53,7 @@ from chronik.errors import (
     MissingCapability,
     StoreUnavailable,
 )
+from chronik.kurrent.auth import Rule, authorize, current_access, declare
 from chronik.kurrent.mapping import (
     TOMBSTONE_TYPE,
     ProtocolError,
@@ -61,6 +63,7 @@ from chronik.kurrent.mapping import (
 )
 from chronik.kurrent.streams import read_event
 from chronik.scaleout.groups import ConsumerGroup, GroupMessage, Strategy
+from chronik.security import Operation
 from chronik.store.port import EventStore
 
 __all__ = ["PersistentService"]
@@ -92,6 +95,19 @@ def _source_of(options: Any) -> str:
     if which == "stream_identifier":
         return _stream_name(options.stream_identifier.stream_name)
     raise ProtocolError("the request names neither a stream nor $all")
+
+
+def _may_read(source: str) -> None:
+    """The caller may read what a subscription to ``source`` delivers: ``read`` on the
+    stream's category, or on every category for ``$all`` (a group's messages are not
+    filtered per caller)."""
+    if source == _ALL:
+        access = current_access()
+        if not access.readable().everything:
+            access.authorize(Operation.READ, None)  # raises AccessDenied (the whole store)
+            raise AccessDenied(access.principal.name, "read", None)
+    else:
+        authorize(Operation.READ, to_chronik_stream(source))
 
 
 def _stream_name(raw: bytes) -> str:
@@ -440,6 +456,7 @@ class PersistentService(persistent_pb2_grpc.PersistentSubscriptionsServicer):
                 raise ProtocolError("a Read call must begin with options")
             o = first.options
             source = _source_of(o)
+            _may_read(source)  # decided from the request alone, before the group is looked up
             group = await self._load(o.group_name, source)
             if not 1 <= o.buffer_size <= 100_000:
                 raise ProtocolError(f"buffer_size must be 1 to 100000, got {o.buffer_size}")
@@ -607,3 +624,12 @@ async def _wait_any(
     finally:
         for w in waiters:
             w.cancel()
+
+
+# under a policy: reading a group needs read on what it covers (checked above); managing
+# groups and their parked messages, and listing them, is an operator's job
+declare(
+    "event_store.client.persistent_subscriptions.PersistentSubscriptions",
+    {"Read": Rule.CHECKED, **{m: Rule.OPERATE for m in ("Create", "Update", "Delete",
+     "ReplayParked", "RestartSubsystem", "GetInfo", "List")}},
+)  # fmt: skip
