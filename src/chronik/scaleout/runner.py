@@ -34,9 +34,10 @@ from chronik.projections.kinds import AnyProjection
 from chronik.projections.runner import ProjectionFollower
 from chronik.scaleout.leases import Leases
 from chronik.scaleout.partitions import partition_checkpoint, partition_of
+from chronik.scaleout.reader import SharedLog, SharedSubscription
 from chronik.store import SqlStore, require
 from chronik.store.protocol import EventStore, Tx
-from chronik.subscriptions import Backoff, Page, describe
+from chronik.subscriptions import Backoff, Page, Subscription, describe
 from chronik.workers import Worker
 
 __all__ = ["PartitionFollower", "PartitionedProjectionRunner", "fair_share", "group_name"]
@@ -76,8 +77,11 @@ class PartitionFollower(ProjectionFollower):
         epoch: int,
         batch_size: int,
         poll_interval: float,
+        shared: SharedLog | None = None,
     ) -> None:
         super().__init__(store, projection, batch_size=batch_size, poll_interval=poll_interval)
+        self.shared = shared
+        """The process's one reader of the log (``None``: this follower reads on its own)."""
         self.partition = partition
         self.partitions = leases.partitions
         self.epoch = epoch
@@ -95,6 +99,16 @@ class PartitionFollower(ProjectionFollower):
 
     async def _fence(self, tx: Tx, position: int) -> None:
         await self.leases.check(tx, self.partition, self.epoch, position)
+
+    def _subscribe(self) -> Subscription:
+        if self.shared is None:
+            return super()._subscribe()
+        return SharedSubscription(
+            self.shared, self.partition, self.partitions,
+            name=self.checkpoint_name, on_unavailable=self._store_lost, after=self.checkpoint,
+            categories=self.categories, types=self.types, batch_size=self.batch_size,
+            poll_interval=self.poll_interval, registry=self.registry, tolerant=self.tolerant,
+        )  # fmt: skip
 
     async def prepare(self) -> None:
         """Nothing: the runner created the read model's tables once for all partitions."""
@@ -145,6 +159,9 @@ class PartitionFollower(ProjectionFollower):
             self.lost = str(exc)
             logger.warning("%s: %s; stopped handling it", self.checkpoint_name, exc)
             await self._set_state("stopped")
+        finally:
+            if self.shared is not None:
+                self.shared.forget(self.partition)
 
 
 class PartitionedProjectionRunner(Worker):
@@ -182,6 +199,11 @@ class PartitionedProjectionRunner(Worker):
         self.heartbeat_interval = heartbeat if heartbeat is not None else lease_ttl / 3
         self.batch_size = batch_size
         self.poll_interval = poll_interval
+        self.shared = SharedLog(
+            store, categories=projection.categories, types=projection.stored_types,
+            batch_size=batch_size,
+        )  # fmt: skip
+        """The one reader of the log for every partition run here (reader.py)."""
         self.followers: dict[int, PartitionFollower] = {}
         """The partitions this process runs now."""
         self.members: list[str] = []
@@ -324,7 +346,7 @@ class PartitionedProjectionRunner(Worker):
         self.rebalances += 1
         follower = PartitionFollower(
             self.store, self.projection, leases=self.leases, partition=p, epoch=epoch,
-            batch_size=self.batch_size, poll_interval=self.poll_interval,
+            batch_size=self.batch_size, poll_interval=self.poll_interval, shared=self.shared,
         )  # fmt: skip
         follower.barrier = barrier
         self.followers[p] = follower
