@@ -35,7 +35,9 @@ class Cluster:
         self.log_dir = Path(os.environ.get("TMPDIR", "/tmp"))
 
     def start(self, member: str, *, handler_ms: float | None = None) -> None:
-        env = dict(os.environ, PYTHONPATH=str(ROOT))
+        env = dict(
+            os.environ, PYTHONPATH=os.pathsep.join([str(ROOT / "src"), str(ROOT)])
+        )  # this checkout
         env["CHRONIK_SO_HANDLER_MS"] = str(self.handler_ms if handler_ms is None else handler_ms)
         env["CHRONIK_SO_BLOCKING"] = "1" if self.blocking else "0"
         log = self.log_dir / f"scaleout-{os.getpid()}-{member}.log"

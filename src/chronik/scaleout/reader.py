@@ -166,9 +166,7 @@ class SharedLog:
 class SharedSubscription(Subscription):
     """A partition follower's subscription whose pages come from a :class:`SharedLog`."""
 
-    def __init__(
-        self, log: SharedLog, partition: int, partitions: int, **kwargs: object
-    ) -> None:
+    def __init__(self, log: SharedLog, partition: int, partitions: int, **kwargs: object) -> None:
         super().__init__(log.store, **kwargs)  # type: ignore[arg-type]
         self.log = log
         self.partition = partition

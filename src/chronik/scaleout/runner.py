@@ -3,10 +3,12 @@
 Each process runs a :class:`PartitionedProjectionRunner`: it joins the projection's worker
 group, takes the partitions a rebalance gives it (leases with epochs, see
 :mod:`chronik.scaleout.leases`) and runs one :class:`PartitionFollower` per partition it
-owns. A partition follower reads the log like any projection follower, keeps only the
-events of its partition (:func:`~chronik.scaleout.partitions.partition_of` of the stream
-id), and applies them with its own checkpoint (``totals:v1/p3of8``) in a transaction that
-first checks its lease: a stale owner's batch rolls back whole and it stops.
+owns. The process reads the log once for all of them (:class:`~chronik.scaleout.reader.
+SharedLog`: a window of the filtered log each follower takes *its* events from; a partition
+behind the window reads on its own until it reaches it). A partition follower applies its
+events (:func:`~chronik.scaleout.partitions.partition_of` of the stream id) with its own
+checkpoint (``totals:v1/p3of8``) in a transaction that first checks its lease: a stale
+owner's batch rolls back whole and it stops.
 
 Rebalance: every heartbeat (a third of the lease TTL by default) a member renews its leases
 and computes its share from the sorted list of live members: ``partitions // members``,
