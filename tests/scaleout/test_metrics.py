@@ -35,9 +35,7 @@ async def test_owner_and_epoch_per_partition_follow_a_takeover(pg_url: str) -> N
             '{group="projection:metrics:v1",owner="a",partition="0of2"}': 1.0,
             '{group="projection:metrics:v1",owner="",partition="1of2"}': 1.0,
         }
-        assert _samples(text, "chronik_worker_members") == {
-            '{group="projection:metrics:v1"}': 2.0
-        }
+        assert _samples(text, "chronik_worker_members") == {'{group="projection:metrics:v1"}': 2.0}
         await a.release(0, ea)
         eb = await b.acquire(0)
         assert eb is not None and eb > ea

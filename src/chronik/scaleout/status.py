@@ -26,6 +26,8 @@ class PartitionStatus:
     position: int
     lag: int
     """Positions between the partition's checkpoint and the head of the log."""
+    acquired_ago: float | None = None
+    """Seconds since the owner took the partition (its last rebalance)."""
 
 
 @dataclass(frozen=True, slots=True)
@@ -70,6 +72,7 @@ async def workers_status(store: EventStore, name: str | None = None) -> list[Gro
                     cp,
                     position,
                     max(head - position, 0),
+                    None if lease.acquired_ago is None else round(lease.acquired_ago, 3),
                 )
             )
         members = [str(m) for g, m in member_rows if g == group]
