@@ -22,6 +22,7 @@ from chronik.errors import (
     UnknownProjection,
 )
 from chronik.events import RecordedEvent
+from chronik.scaleout.status import workers_status
 from chronik.server.console.data import (
     Monitor,
     RebuildJob,
@@ -36,7 +37,6 @@ from chronik.server.console.sagas import (
     saga_detail,
     saga_instances,
 )
-from chronik.scaleout.status import workers_status
 from chronik.store.protocol import EventStore
 
 __all__ = ["Console"]
