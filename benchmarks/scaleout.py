@@ -63,11 +63,13 @@ async def _wait(check: object, timeout: float = 600) -> None:
         await asyncio.sleep(0.02)
 
 
-async def throughput(procs: int, events: int, streams: int, *, blocking: bool = True) -> float:
+async def throughput(
+    procs: int, events: int, streams: int, *, blocking: bool = True, shared: bool = True
+) -> float:
     """Events per second with ``procs`` worker processes."""
     target = create_target("postgres", f"so{procs}")
     url = target.chronik_url()
-    cluster = Cluster(url, 8, ttl=5.0, batch=100, handler_ms=1, blocking=blocking)
+    cluster = Cluster(url, 8, ttl=5.0, batch=100, handler_ms=1, blocking=blocking, shared=shared)
     try:
         async with await chronik.connect(url) as store:
             members = {f"w{i}" for i in range(procs)}
@@ -177,13 +179,16 @@ async def run(quick: bool, runs: int) -> None:
     base = await plain(events, streams)
     print(f"  unpartitioned ProjectionRunner, 1 process, blocking: {base:,.0f} events/s",
           flush=True)  # fmt: skip
-    for blocking in (True, False):
-        mode = "blocking" if blocking else "awaited"
+    modes = [(True, True, "blocking"), (False, True, "awaited"),
+             (True, False, "blocking, a reader per partition (before)")]  # fmt: skip
+    for blocking, shared, mode in modes:
         rates: dict[int, list[float]] = {1: [], 2: [], 4: []}
         ratios: dict[int, list[float]] = {2: [], 4: []}
         for r in range(runs):
             for procs in (1, 2, 4):
-                rates[procs].append(await throughput(procs, events, streams, blocking=blocking))
+                rates[procs].append(
+                    await throughput(procs, events, streams, blocking=blocking, shared=shared)
+                )
                 print(f"    {mode} round {r + 1}, {procs} process(es): "
                       f"{rates[procs][-1]:,.0f} events/s", flush=True)  # fmt: skip
             for procs in (2, 4):

@@ -26,8 +26,10 @@ class Cluster:
         batch: int = 100,
         handler_ms: float = 0,
         blocking: bool = False,
+        shared: bool = True,
     ) -> None:
         self.blocking = blocking
+        self.shared = shared
         self.url, self.partitions, self.ttl, self.batch = url, partitions, ttl, batch
         self.handler_ms = handler_ms
         self.procs: dict[str, subprocess.Popen[bytes]] = {}
@@ -40,6 +42,7 @@ class Cluster:
         )  # this checkout
         env["CHRONIK_SO_HANDLER_MS"] = str(self.handler_ms if handler_ms is None else handler_ms)
         env["CHRONIK_SO_BLOCKING"] = "1" if self.blocking else "0"
+        env["CHRONIK_SO_SHARED"] = "1" if self.shared else "0"
         log = self.log_dir / f"scaleout-{os.getpid()}-{member}.log"
         self.logs[member] = log
         with open(log, "ab") as err:

@@ -177,6 +177,8 @@ class PartitionedProjectionRunner(Worker):
         lease_ttl: seconds a lease lasts without a heartbeat; a killed process's partitions
             are taken over within about this long.
         heartbeat: seconds between heartbeats (default ``lease_ttl / 3``).
+        shared_reader: read the log once for every partition run here (``False``: each
+            partition reads it on its own, as before 0.x; for comparison).
     """
 
     def __init__(
@@ -190,6 +192,7 @@ class PartitionedProjectionRunner(Worker):
         heartbeat: float | None = None,
         batch_size: int = 500,
         poll_interval: float = 0.5,
+        shared_reader: bool = True,
     ) -> None:
         super().__init__()
         require(store, SqlStore)
@@ -201,9 +204,11 @@ class PartitionedProjectionRunner(Worker):
         self.heartbeat_interval = heartbeat if heartbeat is not None else lease_ttl / 3
         self.batch_size = batch_size
         self.poll_interval = poll_interval
-        self.shared = SharedLog(
-            store, categories=projection.categories, types=projection.stored_types,
-            batch_size=batch_size,
+        self.shared = (
+            SharedLog(store, categories=projection.categories, types=projection.stored_types,
+                      batch_size=batch_size)
+            if shared_reader
+            else None
         )  # fmt: skip
         """The one reader of the log for every partition run here (reader.py)."""
         self.followers: dict[int, PartitionFollower] = {}
