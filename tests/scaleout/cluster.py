@@ -27,7 +27,9 @@ class Cluster:
         handler_ms: float = 0,
         blocking: bool = False,
         shared: bool = True,
+        module: str = "tests.scaleout.worker",
     ) -> None:
+        self.module = module
         self.blocking = blocking
         self.shared = shared
         self.url, self.partitions, self.ttl, self.batch = url, partitions, ttl, batch
@@ -47,7 +49,7 @@ class Cluster:
         self.logs[member] = log
         with open(log, "ab") as err:
             self.procs[member] = subprocess.Popen(
-                [sys.executable, "-m", "tests.scaleout.worker", self.url, str(self.partitions),
+                [sys.executable, "-m", self.module, self.url, str(self.partitions),
                  str(self.ttl), member, str(self.batch)],
                 cwd=ROOT, env=env, stderr=err, stdout=subprocess.DEVNULL,
             )  # fmt: skip
@@ -75,20 +77,20 @@ class Cluster:
         return codes
 
 
-async def owners(store: EventStore) -> dict[int, str | None]:
+async def owners(store: EventStore, group: str = GROUP) -> dict[int, str | None]:
     """partition -> owner whose lease is live (None: free or expired)."""
     async with store.transaction() as tx:
         rows = await tx.fetchall(
             "SELECT partition, owner, expires_at > "
             f"CAST(({tx.clock_sql}) * 1000000 AS BIGINT) FROM worker_leases WHERE name = :g",
-            {"g": GROUP},
+            {"g": group},
         )
     return {int(p): (o if live else None) for p, o, live in rows}
 
 
-async def epochs(store: EventStore) -> dict[int, int]:
+async def epochs(store: EventStore, group: str = GROUP) -> dict[int, int]:
     async with store.transaction() as tx:
         rows = await tx.fetchall(
-            "SELECT partition, epoch FROM worker_leases WHERE name = :g", {"g": GROUP}
+            "SELECT partition, epoch FROM worker_leases WHERE name = :g", {"g": group}
         )
     return {int(p): int(e) for p, e in rows}

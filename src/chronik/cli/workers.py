@@ -82,6 +82,42 @@ async def cmd_workers_projections(store: EventStore, args: argparse.Namespace, o
     return code
 
 
+async def cmd_workers_sagas(store: EventStore, args: argparse.Namespace, out: Output) -> int:
+    """The workers of ``sagas run``'s factory, each SagaRunner partitioned (the dispatcher
+    and deadline workers run as they are: they claim each command or deadline first)."""
+    from chronik.cli._common import load_object
+    from chronik.errors import LoadError
+    from chronik.sagas import SagaRunner
+    from chronik.scaleout import PartitionedSagaRunner
+    from chronik.workers import Worker
+
+    factory = load_object(args.workers, "workers sagas")
+    if not callable(factory):
+        raise LoadError(args.workers, "workers sagas", "not a function taking the store")
+    workers: list[Worker] = []
+    runners: list[PartitionedSagaRunner] = []
+    for w in factory(store):
+        if isinstance(w, SagaRunner):
+            runner = PartitionedSagaRunner(
+                store, w.saga, partitions=args.partitions, member=args.member,
+                lease_ttl=args.lease_ttl, batch_size=w.batch_size, poll_interval=w.poll_interval,
+            )  # fmt: skip
+            runners.append(runner)
+            workers.append(runner)
+        else:
+            workers.append(w)
+    if not runners:
+        raise ChronikError(f"{args.workers!r} returned no SagaRunner to partition")
+    what = ", ".join(f"saga {r.saga.name} ({args.partitions} partitions)" for r in runners)
+    code = await run_until_signal(workers, out, f"{what} on {redact_url(store_url(args.store))}")
+    summary = [{"name": r.name, "rebalances": r.rebalances, "leases_lost": r.lost} for r in runners]
+    if out.as_json:
+        out.json(summary)
+    else:
+        out.note("stopped: " + ", ".join(str(s["name"]) for s in summary))
+    return code
+
+
 def register(sub: Any, common: argparse.ArgumentParser) -> None:
     workers = sub.add_parser(
         "workers", parents=[common], help="partitioned workers across processes (leases)"
@@ -91,7 +127,7 @@ def register(sub: Any, common: argparse.ArgumentParser) -> None:
     p = wsub.add_parser(
         "status", parents=[common], help="members, and per partition owner, epoch and lag"
     )
-    p.add_argument("group", nargs="?", help="only this group (projection:NAME:vN)")
+    p.add_argument("group", nargs="?", help="only this group (projection:NAME:vN, saga:NAME)")
     p.set_defaults(handler=cmd_workers_status)
 
     p = wsub.add_parser(
@@ -115,3 +151,16 @@ def register(sub: Any, common: argparse.ArgumentParser) -> None:
     p.add_argument("--batch-size", type=at_least(1), default=500, help="events per batch")
     p.add_argument("--interval", type=positive_float, default=0.5, help="poll interval in seconds")
     p.set_defaults(handler=cmd_workers_projections)
+
+    p = wsub.add_parser(
+        "sagas", parents=[common],
+        help="run sagas split into partitions (by instance); start it in N processes",
+    )  # fmt: skip
+    p.add_argument("workers", help="MODULE:OBJECT, as `sagas run` takes (its SagaRunners are "
+                   "partitioned, its other workers run as they are)")  # fmt: skip
+    p.add_argument("--partitions", type=at_least(1), default=8,
+                   help="partitions per saga (the same in every process)")  # fmt: skip
+    p.add_argument("--member", help="this process's id in the group (default host:pid:random)")
+    p.add_argument("--lease-ttl", type=positive_float, default=10.0,
+                   help="seconds a lease lasts without a heartbeat")  # fmt: skip
+    p.set_defaults(handler=cmd_workers_sagas)

@@ -24,7 +24,7 @@ from __future__ import annotations
 
 import asyncio
 import bisect
-from collections.abc import Sequence
+from collections.abc import Callable, Sequence
 
 from chronik.events import RecordedEvent
 from chronik.scaleout.partitions import stream_hash
@@ -32,6 +32,10 @@ from chronik.store.protocol import EventStore
 from chronik.subscriptions import Page, Subscription
 
 __all__ = ["SharedLog", "SharedSubscription"]
+
+
+def _stream_id(event: RecordedEvent) -> str:
+    return event.stream_id
 
 
 class SharedLog:
@@ -42,6 +46,7 @@ class SharedLog:
         categories, types: the filter (stored type names), the same for every partition.
         batch_size: events per partition page.
         window: most events kept in memory (the oldest go first).
+        key: what decides an event's partition (default: its stream id).
     """
 
     def __init__(
@@ -52,8 +57,10 @@ class SharedLog:
         types: Sequence[str] | None,
         batch_size: int,
         window: int = 20_000,
+        key: Callable[[RecordedEvent], str] | None = None,
     ) -> None:
         self.store = store
+        self.key: Callable[[RecordedEvent], str] = key or _stream_id
         self.categories = list(categories) if categories is not None else None
         self.types = list(types) if types is not None else None
         self.batch_size = batch_size
@@ -118,7 +125,7 @@ class SharedLog:
             if event.position > self._high:
                 self._positions.append(event.position)
                 self._events.append(event)
-                self._hashes.append(stream_hash(event.stream_id))
+                self._hashes.append(stream_hash(self.key(event)))
         self._high = high
         self._trim()
         return more
@@ -159,7 +166,7 @@ class SharedLog:
         events, caught_up_to, more = await self.store.read_page(
             after=after, limit=limit, categories=self.categories, types=self.types
         )
-        mine = [e for e in events if stream_hash(e.stream_id) % partitions == partition]
+        mine = [e for e in events if stream_hash(self.key(e)) % partitions == partition]
         return mine, max(caught_up_to, events[-1].position if events else 0), more
 
 

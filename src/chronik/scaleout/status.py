@@ -57,7 +57,10 @@ async def workers_status(store: EventStore, name: str | None = None) -> list[Gro
     head = await store.head_position()
     result = []
     for (group,) in groups:
-        base = str(group).partition(":")[2]
+        # a projection's checkpoints are named after its version (totals:v1/p0of8); other
+        # kinds' after the group itself (saga:orders/p0of8)
+        kind, _, rest = str(group).partition(":")
+        base = rest if kind == "projection" else str(group)
         parts = []
         for lease in await group_leases(sql, str(group)):
             cp = partition_checkpoint(base, lease.partition, lease.partitions)
