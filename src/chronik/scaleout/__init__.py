@@ -6,6 +6,7 @@ fenced leases (docs/scale-out.md).
 - :mod:`~chronik.scaleout.runner`: a partitioned projection runner (one per process).
 - :mod:`~chronik.scaleout.reader`: one read of the log per process, shared by its partitions.
 - :mod:`~chronik.scaleout.sagas`: a partitioned saga runner (by saga instance).
+- :mod:`~chronik.scaleout.snapshots`: a partitioned snapshotter (by stream).
 - :mod:`~chronik.scaleout.status`: owners, epochs and lag per partition.
 - :mod:`~chronik.scaleout.rebuild`: a rebuild across partitions while runners run.
 - :mod:`~chronik.scaleout.groups`: consumer groups for external consumers (ack / nack,
@@ -33,6 +34,7 @@ from chronik.scaleout.runner import (
     group_name,
 )
 from chronik.scaleout.sagas import PartitionedSagaRunner, saga_partition_key
+from chronik.scaleout.snapshots import PartitionedSnapshotter
 from chronik.scaleout.status import GroupStatus, PartitionStatus, workers_status
 
 __all__ = [
@@ -48,6 +50,7 @@ __all__ = [
     "PartitionedProjectionRunner",
     "PartitionedRunner",
     "PartitionedSagaRunner",
+    "PartitionedSnapshotter",
     "SharedLog",
     "fair_share",
     "group_name",

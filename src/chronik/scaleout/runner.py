@@ -112,6 +112,15 @@ class PartitionedFollower(Follower):
     async def _fence(self, tx: Tx, position: int) -> None:
         await self.leases.check(tx, self.partition, self.epoch, position)
 
+    async def _fenced_commit(self, position: int) -> None:
+        """Save ``position`` as the checkpoint in a transaction that checks the lease first
+        (a kind whose follower commits the checkpoint on its own uses it as ``commit``)."""
+        if position > self.checkpoint:
+            async with self.store.transaction() as tx:
+                await self._fence(tx, position)
+                await tx.set_checkpoint(self.checkpoint_name, position)
+            await self.advance(position)
+
     def _subscribe(self) -> Subscription:
         if self.shared is None:
             return super()._subscribe()

@@ -76,11 +76,7 @@ class SagaPartitionFollower(PartitionedFollower, SagaRunner):
 
     async def commit(self, position: int) -> None:
         """Move the checkpoint past other partitions' events, fenced too."""
-        if position > self.checkpoint:
-            async with self.store.transaction() as tx:
-                await self._fence(tx, position)
-                await tx.set_checkpoint(self.checkpoint_name, position)
-            await self.advance(position)
+        await self._fenced_commit(position)
 
 
 class PartitionedSagaRunner(PartitionedRunner):
