@@ -28,8 +28,10 @@ class Cluster:
         blocking: bool = False,
         shared: bool = True,
         module: str = "tests.scaleout.worker",
+        extra: tuple[str, ...] = (),
     ) -> None:
         self.module = module
+        self.extra = extra
         self.blocking = blocking
         self.shared = shared
         self.url, self.partitions, self.ttl, self.batch = url, partitions, ttl, batch
@@ -50,7 +52,7 @@ class Cluster:
         with open(log, "ab") as err:
             self.procs[member] = subprocess.Popen(
                 [sys.executable, "-m", self.module, self.url, str(self.partitions),
-                 str(self.ttl), member, str(self.batch)],
+                 str(self.ttl), member, str(self.batch), *self.extra],
                 cwd=ROOT, env=env, stderr=err, stdout=subprocess.DEVNULL,
             )  # fmt: skip
 
