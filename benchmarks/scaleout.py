@@ -168,6 +168,47 @@ async def lease_check(samples: int) -> tuple[float, float]:
         drop_target(target)
 
 
+async def profile(blocking: bool, shared: bool, events: int = 3000) -> None:
+    """cProfile of one process running all 8 partitions in-process on ``events`` events
+    already appended: wall and CPU time, store reads, and the top functions by own time."""
+    import cProfile
+    import pstats
+
+    import tests.scaleout.app as app
+
+    from chronik.scaleout import PartitionedProjectionRunner
+
+    app.HANDLER_SECONDS, app.BLOCKING = 0.001, blocking
+    target = create_target("postgres", "soprof")
+    try:
+        async with await chronik.connect(target.chronik_url()) as store:
+            await _append(store, 200, events)
+            runner = PartitionedProjectionRunner(
+                store, StreamOrder(), partitions=8, member="p", lease_ttl=30, batch_size=100,
+                poll_interval=0.1, shared_reader=shared,
+            )  # fmt: skip
+            prof = cProfile.Profile()
+            started, cpu = time.monotonic(), time.process_time()
+            prof.enable()
+            async with runner:
+                await _wait(lambda: _done(store, events))
+            prof.disable()
+            wall, cpu = time.monotonic() - started, time.process_time() - cpu
+            reads = runner.shared.store_reads if runner.shared is not None else "one per partition"
+            print(f"profile: {'blocking' if blocking else 'awaited'} handler, "
+                  f"{'one reader' if shared else 'a reader per partition'}: {events} events "
+                  f"in {wall:.2f}s wall, {cpu:.2f}s CPU of this process "
+                  f"({events / wall:,.0f} events/s), store reads: {reads}")  # fmt: skip
+            pstats.Stats(prof).sort_stats("tottime").print_stats(8)
+    finally:
+        app.HANDLER_SECONDS, app.BLOCKING = 0.0, False
+        drop_target(target)
+
+
+async def _done(store: EventStore, events: int) -> bool:
+    return await _applied(store) >= events
+
+
 def _spread(values: list[float]) -> str:
     return f"{statistics.median(values):,.0f} (min {min(values):,.0f}, max {max(values):,.0f})"
 
@@ -212,10 +253,17 @@ def main(argv: Sequence[str] | None = None) -> int:
     parser = argparse.ArgumentParser(description=__doc__.splitlines()[0] if __doc__ else None)
     parser.add_argument("--quick", action="store_true", help="small sizes (a smoke run)")
     parser.add_argument("--runs", type=int, default=3, help="interleaved rounds (default 3)")
+    parser.add_argument("--profile", action="store_true",
+                        help="only cProfile one in-process runner (blocking/awaited handler, "
+                        "one reader/a reader per partition)")  # fmt: skip
     args = parser.parse_args(argv)
     if not pg_reachable():
         print("PostgreSQL is not reachable: nothing measured", file=sys.stderr)
         return 1
+    if args.profile:
+        for blocking, shared in ((True, True), (True, False), (False, True), (False, False)):
+            asyncio.run(profile(blocking, shared))
+        return 0
     asyncio.run(run(args.quick, args.runs))
     return 0
 
