@@ -2,9 +2,12 @@
 
 ``python -m benchmarks.scaleout [--quick]``:
 
-- **throughput**: the projection of ``tests.scaleout.app`` whose handler blocks 1 ms per
-  event (simulated synchronous I/O: one process handles one event at a time), 8
-  partitions, run by 1, 2 and 4 worker processes
+- **throughput**: the projection of ``tests.scaleout.app`` whose handler spends 1 ms per
+  event on I/O, 8 partitions, run by 1, 2 and 4 worker processes, in two modes: the 1 ms
+  **blocks** the process (``time.sleep``: synchronous I/O, one event at a time per process;
+  what the issue's goals were set for) or is **awaited** (``asyncio.sleep``: a process's
+  partitions overlap their waits). ``--runs`` rounds, the process counts interleaved in
+  each round; median and min-max per count
   (``tests.scaleout.worker``). The workers start on an empty store and split the partitions
   first; the clock runs from the first append of E events (S streams) until the read model
   holds all of them. Also the same projection with the plain (unpartitioned)
@@ -60,11 +63,13 @@ async def _wait(check: object, timeout: float = 600) -> None:
         await asyncio.sleep(0.02)
 
 
-async def throughput(procs: int, events: int, streams: int) -> float:
+async def throughput(
+    procs: int, events: int, streams: int, *, blocking: bool = True, shared: bool = True
+) -> float:
     """Events per second with ``procs`` worker processes."""
     target = create_target("postgres", f"so{procs}")
     url = target.chronik_url()
-    cluster = Cluster(url, 8, ttl=5.0, batch=100, handler_ms=1, blocking=True)
+    cluster = Cluster(url, 8, ttl=5.0, batch=100, handler_ms=1, blocking=blocking, shared=shared)
     try:
         async with await chronik.connect(url) as store:
             members = {f"w{i}" for i in range(procs)}
@@ -163,19 +168,79 @@ async def lease_check(samples: int) -> tuple[float, float]:
         drop_target(target)
 
 
-async def run(quick: bool) -> None:
-    events, streams = (2000, 200) if quick else (10000, 500)
-    print(
-        f"throughput: {events} events on {streams} streams, 1 ms blocking handler I/O, 8 partitions"
-    )
+async def profile(blocking: bool, shared: bool, events: int = 3000) -> None:
+    """cProfile of one process running all 8 partitions in-process on ``events`` events
+    already appended: wall and CPU time, store reads, and the top functions by own time."""
+    import cProfile
+    import pstats
+
+    import tests.scaleout.app as app
+
+    from chronik.scaleout import PartitionedProjectionRunner
+
+    app.HANDLER_SECONDS, app.BLOCKING = 0.001, blocking
+    target = create_target("postgres", "soprof")
+    try:
+        async with await chronik.connect(target.chronik_url()) as store:
+            await _append(store, 200, events)
+            runner = PartitionedProjectionRunner(
+                store, StreamOrder(), partitions=8, member="p", lease_ttl=30, batch_size=100,
+                poll_interval=0.1, shared_reader=shared,
+            )  # fmt: skip
+            prof = cProfile.Profile()
+            started, cpu = time.monotonic(), time.process_time()
+            prof.enable()
+            async with runner:
+                await _wait(lambda: _done(store, events))
+            prof.disable()
+            wall, cpu = time.monotonic() - started, time.process_time() - cpu
+            reads = runner.shared.store_reads if runner.shared is not None else "one per partition"
+            print(f"profile: {'blocking' if blocking else 'awaited'} handler, "
+                  f"{'one reader' if shared else 'a reader per partition'}: {events} events "
+                  f"in {wall:.2f}s wall, {cpu:.2f}s CPU of this process "
+                  f"({events / wall:,.0f} events/s), store reads: {reads}")  # fmt: skip
+            pstats.Stats(prof).sort_stats("tottime").print_stats(8)
+    finally:
+        app.HANDLER_SECONDS, app.BLOCKING = 0.0, False
+        drop_target(target)
+
+
+async def _done(store: EventStore, events: int) -> bool:
+    return await _applied(store) >= events
+
+
+def _spread(values: list[float]) -> str:
+    return f"{statistics.median(values):,.0f} (min {min(values):,.0f}, max {max(values):,.0f})"
+
+
+async def run(quick: bool, runs: int) -> None:
+    events, streams = (2000, 200) if quick else (6000, 300)
+    print(f"throughput: {events} events on {streams} streams, 1 ms handler I/O, 8 partitions, "
+          f"{runs} interleaved rounds")  # fmt: skip
     base = await plain(events, streams)
-    print(f"  unpartitioned ProjectionRunner, 1 process: {base:,.0f} events/s", flush=True)
-    rates: dict[int, float] = {}
-    for procs in (1, 2, 4):
-        rates[procs] = await throughput(procs, events, streams)
-        ratio = rates[procs] / rates[1]
-        print(f"  {procs} process(es): {rates[procs]:,.0f} events/s ({ratio:.2f}x of one)",
-              flush=True)  # fmt: skip
+    print(f"  unpartitioned ProjectionRunner, 1 process, blocking: {base:,.0f} events/s",
+          flush=True)  # fmt: skip
+    modes = [(True, True, "blocking"), (False, True, "awaited"),
+             (True, False, "blocking, a reader per partition (before)")]  # fmt: skip
+    for blocking, shared, mode in modes:
+        rates: dict[int, list[float]] = {1: [], 2: [], 4: []}
+        ratios: dict[int, list[float]] = {2: [], 4: []}
+        for r in range(runs):
+            for procs in (1, 2, 4):
+                rates[procs].append(
+                    await throughput(procs, events, streams, blocking=blocking, shared=shared)
+                )
+                print(f"    {mode} round {r + 1}, {procs} process(es): "
+                      f"{rates[procs][-1]:,.0f} events/s", flush=True)  # fmt: skip
+            for procs in (2, 4):
+                ratios[procs].append(rates[procs][-1] / rates[1][-1])
+        print(f"  {mode} 1 ms I/O:")
+        print(f"    1 process: {_spread(rates[1])} events/s")
+        for procs in (2, 4):
+            rs = ratios[procs]
+            print(f"    {procs} processes: {_spread(rates[procs])} events/s; "
+                  f"{statistics.median(rs):.2f}x of one in the same round "
+                  f"(min {min(rs):.2f}, max {max(rs):.2f})", flush=True)  # fmt: skip
     ttl = 2.0
     took = await rebalance(ttl)
     print(f"rebalance: partitions of a killed worker owned again after {took:.2f}s (TTL {ttl}s)")
@@ -187,11 +252,19 @@ async def run(quick: bool) -> None:
 def main(argv: Sequence[str] | None = None) -> int:
     parser = argparse.ArgumentParser(description=__doc__.splitlines()[0] if __doc__ else None)
     parser.add_argument("--quick", action="store_true", help="small sizes (a smoke run)")
+    parser.add_argument("--runs", type=int, default=3, help="interleaved rounds (default 3)")
+    parser.add_argument("--profile", action="store_true",
+                        help="only cProfile one in-process runner (blocking/awaited handler, "
+                        "one reader/a reader per partition)")  # fmt: skip
     args = parser.parse_args(argv)
     if not pg_reachable():
         print("PostgreSQL is not reachable: nothing measured", file=sys.stderr)
         return 1
-    asyncio.run(run(args.quick))
+    if args.profile:
+        for blocking, shared in ((True, True), (True, False), (False, True), (False, False)):
+            asyncio.run(profile(blocking, shared))
+        return 0
+    asyncio.run(run(args.quick, args.runs))
     return 0
 
 

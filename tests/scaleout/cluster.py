@@ -26,8 +26,14 @@ class Cluster:
         batch: int = 100,
         handler_ms: float = 0,
         blocking: bool = False,
+        shared: bool = True,
+        module: str = "tests.scaleout.worker",
+        extra: tuple[str, ...] = (),
     ) -> None:
+        self.module = module
+        self.extra = extra
         self.blocking = blocking
+        self.shared = shared
         self.url, self.partitions, self.ttl, self.batch = url, partitions, ttl, batch
         self.handler_ms = handler_ms
         self.procs: dict[str, subprocess.Popen[bytes]] = {}
@@ -35,15 +41,18 @@ class Cluster:
         self.log_dir = Path(os.environ.get("TMPDIR", "/tmp"))
 
     def start(self, member: str, *, handler_ms: float | None = None) -> None:
-        env = dict(os.environ, PYTHONPATH=str(ROOT))
+        env = dict(
+            os.environ, PYTHONPATH=os.pathsep.join([str(ROOT / "src"), str(ROOT)])
+        )  # this checkout
         env["CHRONIK_SO_HANDLER_MS"] = str(self.handler_ms if handler_ms is None else handler_ms)
         env["CHRONIK_SO_BLOCKING"] = "1" if self.blocking else "0"
+        env["CHRONIK_SO_SHARED"] = "1" if self.shared else "0"
         log = self.log_dir / f"scaleout-{os.getpid()}-{member}.log"
         self.logs[member] = log
         with open(log, "ab") as err:
             self.procs[member] = subprocess.Popen(
-                [sys.executable, "-m", "tests.scaleout.worker", self.url, str(self.partitions),
-                 str(self.ttl), member, str(self.batch)],
+                [sys.executable, "-m", self.module, self.url, str(self.partitions),
+                 str(self.ttl), member, str(self.batch), *self.extra],
                 cwd=ROOT, env=env, stderr=err, stdout=subprocess.DEVNULL,
             )  # fmt: skip
 
@@ -70,20 +79,20 @@ class Cluster:
         return codes
 
 
-async def owners(store: EventStore) -> dict[int, str | None]:
+async def owners(store: EventStore, group: str = GROUP) -> dict[int, str | None]:
     """partition -> owner whose lease is live (None: free or expired)."""
     async with store.transaction() as tx:
         rows = await tx.fetchall(
             "SELECT partition, owner, expires_at > "
             f"CAST(({tx.clock_sql}) * 1000000 AS BIGINT) FROM worker_leases WHERE name = :g",
-            {"g": GROUP},
+            {"g": group},
         )
     return {int(p): (o if live else None) for p, o, live in rows}
 
 
-async def epochs(store: EventStore) -> dict[int, int]:
+async def epochs(store: EventStore, group: str = GROUP) -> dict[int, int]:
     async with store.transaction() as tx:
         rows = await tx.fetchall(
-            "SELECT partition, epoch FROM worker_leases WHERE name = :g", {"g": GROUP}
+            "SELECT partition, epoch FROM worker_leases WHERE name = :g", {"g": group}
         )
     return {int(p): int(e) for p, e in rows}

@@ -45,3 +45,51 @@ def test_workers_status_and_resize_json(
     capsys.readouterr()
     assert main(["--store", sqlite_url, "workers", "resize", "projection:nope:v1", "3"]) == 1
     assert "no worker group" in capsys.readouterr().err
+
+
+def test_workers_sagas_runs_partitions_and_status_names_them(
+    sqlite_url: str, capsys: pytest.CaptureFixture[str]
+) -> None:
+    import os
+    import signal
+    import subprocess
+    import sys
+    import time
+    from pathlib import Path
+
+    async def create() -> None:
+        async with await chronik.connect(sqlite_url):
+            pass
+
+    asyncio.run(create())
+    root = Path(__file__).parent.parent.parent
+    env = dict(os.environ, PYTHONPATH=f"{root / 'src'}{os.pathsep}{root}")
+    proc = subprocess.Popen(
+        [sys.executable, "-m", "chronik", "--store", sqlite_url, "workers", "sagas",
+         "examples.funds_transfer:workers", "--partitions", "2", "--member", "solo", "--json"],
+        cwd=root, env=env, stdout=subprocess.PIPE, stderr=subprocess.PIPE,
+    )  # fmt: skip
+    try:
+        deadline = time.monotonic() + 60
+        while True:
+            assert proc.poll() is None, proc.communicate()
+            capsys.readouterr()
+            if main(["--store", sqlite_url, "workers", "status", "saga:transfer", "--json"]) == 0:
+                groups = json.loads(capsys.readouterr().out or "[]")
+                owners = [x["owner"] for g in groups for x in g["partitions"]]
+                if owners == ["solo", "solo"]:
+                    break
+            assert time.monotonic() < deadline, "the partitions were never owned"
+            time.sleep(0.2)
+        (group,) = groups
+        assert [x["checkpoint"] for x in group["partitions"]] == [
+            "saga:transfer/p0of2",
+            "saga:transfer/p1of2",
+        ]
+    finally:
+        proc.send_signal(signal.SIGTERM)
+        out, err = proc.communicate(timeout=60)
+    assert proc.returncode == 0, err
+    assert json.loads(out.decode().strip().splitlines()[-1]) == [
+        {"name": "saga:transfer@solo", "rebalances": 2, "leases_lost": 0}
+    ]

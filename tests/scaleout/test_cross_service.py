@@ -88,7 +88,7 @@ def _worker(kind: str, url: str, nats_url: str, name: str, log: Path) -> subproc
     with open(log, "ab") as err:
         return subprocess.Popen(
             [sys.executable, "-m", "tests.integration.restart_worker", kind, url, nats_url, name],
-            cwd=ROOT, env=dict(os.environ, PYTHONPATH=str(ROOT)),
+            cwd=ROOT, env=dict(os.environ, PYTHONPATH=f"{ROOT / 'src'}{os.pathsep}{ROOT}"),
             stdout=subprocess.DEVNULL, stderr=err,
         )  # fmt: skip
 

@@ -35,7 +35,7 @@ async def store(pg_url: str) -> AsyncIterator[EventStore]:
 def _member(url: str, group: str, strategy: str, member: str) -> subprocess.Popen[bytes]:
     return subprocess.Popen(
         [sys.executable, "-m", "tests.scaleout.group_member", url, group, strategy, member],
-        cwd=ROOT, env=dict(os.environ, PYTHONPATH=str(ROOT)),
+        cwd=ROOT, env=dict(os.environ, PYTHONPATH=os.pathsep.join([str(ROOT / "src"), str(ROOT)])),
         stdout=subprocess.DEVNULL, stderr=subprocess.DEVNULL,
     )  # fmt: skip
 

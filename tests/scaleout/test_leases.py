@@ -173,7 +173,14 @@ async def test_two_runners_split_the_partitions_and_apply_everything_once(pg_url
             status = await workers_status(s1, group_name(p))
             assert [len(g.members) for g in status] == [2]
             assert {x.owner for x in status[0].partitions} == {"m1", "m2"}
-            assert all(x.lag == 0 for x in status[0].partitions)
+
+            async def no_lag() -> bool:
+                # a partition with nothing in the last page commits its checkpoint past it
+                # a moment after the last event was applied by another
+                status = await workers_status(s1, group_name(p))
+                return all(x.lag == 0 for x in status[0].partitions)
+
+            await until(no_lag, "every partition's checkpoint at the head")
             # r2 leaves gracefully: its partitions are handed over without waiting for expiry
             await r2.stop()
             await until(lambda: _async(len(r1.owned()) == 8), "r1 owns all 8", timeout=1.5)

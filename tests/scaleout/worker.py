@@ -9,6 +9,7 @@ from __future__ import annotations
 
 import asyncio
 import logging
+import os
 import signal
 import sys
 
@@ -26,6 +27,7 @@ async def main(url: str, partitions: int, ttl: float, member: str, batch: int) -
         runner = PartitionedProjectionRunner(
             store, StreamOrder(), partitions=partitions, member=member, lease_ttl=ttl,
             batch_size=batch, poll_interval=0.1,
+            shared_reader=os.environ.get("CHRONIK_SO_SHARED", "1") == "1",
         )  # fmt: skip
         await runner.run_until_stopped(stop)
         return 0 if runner.failure() is None else 3

@@ -3,6 +3,7 @@
 from __future__ import annotations
 
 import argparse
+from collections.abc import Sequence
 from typing import Any
 
 from chronik.cli._common import Output, at_least, positive_float, run_until_signal
@@ -82,6 +83,89 @@ async def cmd_workers_projections(store: EventStore, args: argparse.Namespace, o
     return code
 
 
+async def cmd_workers_sagas(store: EventStore, args: argparse.Namespace, out: Output) -> int:
+    """The workers of ``sagas run``'s factory, each SagaRunner partitioned (the dispatcher
+    and deadline workers run as they are: they claim each command or deadline first)."""
+    from chronik.cli._common import load_object
+    from chronik.errors import LoadError
+    from chronik.sagas import SagaRunner
+    from chronik.scaleout import PartitionedSagaRunner
+    from chronik.workers import Worker
+
+    factory = load_object(args.workers, "workers sagas")
+    if not callable(factory):
+        raise LoadError(args.workers, "workers sagas", "not a function taking the store")
+    workers: list[Worker] = []
+    runners: list[PartitionedSagaRunner] = []
+    for w in factory(store):
+        if isinstance(w, SagaRunner):
+            runner = PartitionedSagaRunner(
+                store, w.saga, partitions=args.partitions, member=args.member,
+                lease_ttl=args.lease_ttl, batch_size=w.batch_size, poll_interval=w.poll_interval,
+            )  # fmt: skip
+            runners.append(runner)
+            workers.append(runner)
+        else:
+            workers.append(w)
+    if not runners:
+        raise ChronikError(f"{args.workers!r} returned no SagaRunner to partition")
+    what = ", ".join(f"saga {r.saga.name} ({args.partitions} partitions)" for r in runners)
+    code = await run_until_signal(workers, out, f"{what} on {redact_url(store_url(args.store))}")
+    summary = [{"name": r.name, "rebalances": r.rebalances, "leases_lost": r.lost} for r in runners]
+    if out.as_json:
+        out.json(summary)
+    else:
+        out.note("stopped: " + ", ".join(str(s["name"]) for s in summary))
+    return code
+
+
+def _summary(out: Output, runners: Sequence[Any], code: int) -> int:
+    summary = [{"name": r.name, "rebalances": r.rebalances, "leases_lost": r.lost} for r in runners]
+    if out.as_json:
+        out.json(summary)
+    else:
+        out.note("stopped: " + ", ".join(str(s["name"]) for s in summary))
+    return code
+
+
+async def cmd_workers_snapshots(store: EventStore, args: argparse.Namespace, out: Output) -> int:
+    from chronik.app import load_app
+    from chronik.scaleout import PartitionedSnapshotter
+
+    runner = PartitionedSnapshotter.from_app(
+        store, load_app(args.app), name=args.name, partitions=args.partitions,
+        member=args.member, lease_ttl=args.lease_ttl, batch_size=args.batch_size,
+        poll_interval=args.interval,
+    )  # fmt: skip
+    what = f"snapshotter {args.name} ({args.partitions} partitions)"
+    code = await run_until_signal([runner], out, f"{what} on {redact_url(store_url(args.store))}")
+    return _summary(out, [runner], code)
+
+
+async def cmd_workers_relay(store: EventStore, args: argparse.Namespace, out: Output) -> int:
+    from chronik.cli._common import require_extra
+
+    require_extra("nats", "chronik workers relay", "nats-py", "nats")
+    from chronik.scaleout.relay import PartitionedRelay
+
+    runner = PartitionedRelay(
+        store, args.nats, name=args.name or args.stream, stream=args.stream, prefix=args.prefix,
+        categories=args.category or None, types=args.type or None, partitions=args.partitions,
+        member=args.member, lease_ttl=args.lease_ttl, batch_size=args.batch_size,
+    )  # fmt: skip
+    what = f"relay to {args.stream} at {redact_url(args.nats)} ({args.partitions} partitions)"
+    code = await run_until_signal([runner], out, what)
+    return _summary(out, [runner], code)
+
+
+def _lease_options(p: argparse.ArgumentParser, what: str) -> None:
+    p.add_argument("--partitions", type=at_least(1), default=8,
+                   help=f"partitions per {what} (the same in every process)")  # fmt: skip
+    p.add_argument("--member", help="this process's id in the group (default host:pid:random)")
+    p.add_argument("--lease-ttl", type=positive_float, default=10.0,
+                   help="seconds a lease lasts without a heartbeat")  # fmt: skip
+
+
 def register(sub: Any, common: argparse.ArgumentParser) -> None:
     workers = sub.add_parser(
         "workers", parents=[common], help="partitioned workers across processes (leases)"
@@ -91,7 +175,7 @@ def register(sub: Any, common: argparse.ArgumentParser) -> None:
     p = wsub.add_parser(
         "status", parents=[common], help="members, and per partition owner, epoch and lag"
     )
-    p.add_argument("group", nargs="?", help="only this group (projection:NAME:vN)")
+    p.add_argument("group", nargs="?", help="only this group (projection:NAME:vN, saga:NAME)")
     p.set_defaults(handler=cmd_workers_status)
 
     p = wsub.add_parser(
@@ -115,3 +199,41 @@ def register(sub: Any, common: argparse.ArgumentParser) -> None:
     p.add_argument("--batch-size", type=at_least(1), default=500, help="events per batch")
     p.add_argument("--interval", type=positive_float, default=0.5, help="poll interval in seconds")
     p.set_defaults(handler=cmd_workers_projections)
+
+    p = wsub.add_parser(
+        "sagas", parents=[common],
+        help="run sagas split into partitions (by instance); start it in N processes",
+    )  # fmt: skip
+    p.add_argument("workers", help="MODULE:OBJECT, as `sagas run` takes (its SagaRunners are "
+                   "partitioned, its other workers run as they are)")  # fmt: skip
+    p.add_argument("--partitions", type=at_least(1), default=8,
+                   help="partitions per saga (the same in every process)")  # fmt: skip
+    p.add_argument("--member", help="this process's id in the group (default host:pid:random)")
+    p.add_argument("--lease-ttl", type=positive_float, default=10.0,
+                   help="seconds a lease lasts without a heartbeat")  # fmt: skip
+    p.set_defaults(handler=cmd_workers_sagas)
+
+    p = wsub.add_parser(
+        "snapshots", parents=[common],
+        help="run the snapshotter split into partitions (by stream); start it in N processes",
+    )  # fmt: skip
+    p.add_argument("app", help="MODULE:OBJECT, an App with extras['snapshots']")
+    p.add_argument("--name", default="default", help="the snapshotter's name (checkpoint)")
+    _lease_options(p, "snapshotter")
+    p.add_argument("--batch-size", type=at_least(1), default=500, help="events per batch")
+    p.add_argument("--interval", type=positive_float, default=0.5, help="poll interval in seconds")
+    p.set_defaults(handler=cmd_workers_snapshots)
+
+    p = wsub.add_parser(
+        "relay", parents=[common],
+        help="run the outbox relay split into partitions (by stream); start it in N processes",
+    )  # fmt: skip
+    p.add_argument("--nats", default="nats://127.0.0.1:4222", help="NATS server URL")
+    p.add_argument("--stream", required=True, help="JetStream stream name")
+    p.add_argument("--prefix", required=True, help="subject prefix: PREFIX.category.type")
+    p.add_argument("--name", help="checkpoint name (default: the stream name)")
+    p.add_argument("--category", action="append", help="publish this category (repeatable)")
+    p.add_argument("--type", action="append", help="publish this event type (repeatable)")
+    _lease_options(p, "relay")
+    p.add_argument("--batch-size", type=at_least(1), default=500, help="events per batch")
+    p.set_defaults(handler=cmd_workers_relay)

@@ -22,6 +22,13 @@ name                                       type       what
 ``chronik_checkpoint_age_seconds``         gauge      time since it last moved
 ``chronik_dead_letters``                   gauge      dead letters by subscription
 ``chronik_outbox_backlog``                 gauge      saga commands pending or running, by saga
+``chronik_worker_partition_owner``         gauge      1 per partition of a worker group, labelled
+                                                      with its owner ("" when free; SQL stores)
+``chronik_worker_partition_epoch``         gauge      the lease's epoch (fencing token) per
+                                                      partition; it goes up at each takeover
+``chronik_worker_partition_lag_events``    gauge      positions between a partition's checkpoint
+                                                      and the head
+``chronik_worker_members``                 gauge      live members of each worker group
 ``chronik_projection_*``                   gauge      the projection runner's own metrics
                                                       (docs/projections.md), when one is given
 =========================================  =========  ===========================================
@@ -53,6 +60,7 @@ from prometheus_client.registry import Collector
 
 from chronik.events import category_of
 from chronik.ops.restore import DONE_PREFIX, EXPECTED_PREFIX
+from chronik.scaleout.status import workers_status
 from chronik.store.capabilities import supports
 from chronik.store.horizon import events_after, read_horizon
 from chronik.store.port import SqlStore
@@ -219,6 +227,7 @@ class StoreMetrics:
         out.extend(await self._checkpoints())
         out.extend(await self._dead_letters())
         out.append(await self._outbox())
+        out.extend(await self._leases())
         if self.projections is not None:
             out.extend(_projection_families(await self.projections()))
         return out
@@ -256,6 +265,34 @@ class StoreMetrics:
         for name, n in sorted(per.items()):
             g.add_metric([name], n)
         return [g]
+
+    async def _leases(self) -> list[Metric]:
+        """Owner, epoch and lag of every partition of every worker group (scale-out)."""
+        owner = _gauge(
+            "chronik_worker_partition_owner",
+            "1 per partition of a worker group, labelled with its owner ('' when free)",
+            ["group", "partition", "owner"],
+        )
+        epoch = _gauge(
+            "chronik_worker_partition_epoch",
+            "Lease epoch (fencing token) of a partition; goes up at each takeover",
+            ["group", "partition"],
+        )
+        lag = _gauge(
+            "chronik_worker_partition_lag_events",
+            "Positions between a partition's checkpoint and the head",
+            ["group", "partition"],
+        )
+        members = _gauge("chronik_worker_members", "Live members of a worker group", ["group"])
+        if supports(self.store, SqlStore):
+            for group in await workers_status(self.store):
+                members.add_metric([group.name], len(group.members))
+                for p in group.partitions:
+                    part = f"{p.partition}of{p.partitions}"
+                    owner.add_metric([group.name, part, p.owner or ""], 1)
+                    epoch.add_metric([group.name, part], p.epoch)
+                    lag.add_metric([group.name, part], p.lag)
+        return [owner, epoch, lag, members]
 
     async def _outbox(self) -> Metric:
         g = _gauge("chronik_outbox_backlog", "Saga commands pending or running", ["saga"])

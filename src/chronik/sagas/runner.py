@@ -181,6 +181,10 @@ class SagaRunner(Follower):
             logger.info("saga %s-%s: %d own events moved to its stream", self.saga.name, key,
                         len(events))  # fmt: skip
 
+    async def fence(self, tx: Tx, position: int) -> None:
+        """Run first in every transaction that moves the checkpoint; a partitioned
+        runner checks its lease here (chronik.scaleout.sagas). Nothing by default."""
+
     async def handle_page(self, page: Page) -> int:
         for event in page.events:
             await self.handle(event)
@@ -229,6 +233,7 @@ class SagaRunner(Follower):
         logger.warning("saga %s: dead letter after %d attempts: %s", self.saga.name,
                        self.max_attempts, reason)  # fmt: skip
         async with self.store.transaction() as tx:
+            await self.fence(tx, event.position)
             await tx.add_dead_letter(
                 self.checkpoint_name, event, describe(error), self.max_attempts
             )
@@ -243,6 +248,7 @@ class SagaRunner(Follower):
         for attempt in range(_CONFLICT_RETRIES):
             try:
                 async with self.store.transaction() as tx:
+                    await self.fence(tx, event.position)
                     if key is not None:
                         await self._apply(tx, key, event)
                     await tx.set_checkpoint(self.checkpoint_name, event.position)

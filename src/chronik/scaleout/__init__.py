@@ -4,6 +4,9 @@ fenced leases (docs/scale-out.md).
 - :mod:`~chronik.scaleout.partitions`: the stable hash of a stream id to a partition.
 - :mod:`~chronik.scaleout.leases`: leases with epochs (fencing tokens) in the database.
 - :mod:`~chronik.scaleout.runner`: a partitioned projection runner (one per process).
+- :mod:`~chronik.scaleout.reader`: one read of the log per process, shared by its partitions.
+- :mod:`~chronik.scaleout.sagas`: a partitioned saga runner (by saga instance).
+- :mod:`~chronik.scaleout.snapshots`: a partitioned snapshotter (by stream).
 - :mod:`~chronik.scaleout.status`: owners, epochs and lag per partition.
 - :mod:`~chronik.scaleout.rebuild`: a rebuild across partitions while runners run.
 - :mod:`~chronik.scaleout.groups`: consumer groups for external consumers (ack / nack,
@@ -20,13 +23,18 @@ from __future__ import annotations
 from chronik.scaleout.groups import ConsumerGroup, GroupMessage
 from chronik.scaleout.leases import Group, Lease, Leases, new_member_id, resize
 from chronik.scaleout.partitions import partition_checkpoint, partition_of
+from chronik.scaleout.reader import SharedLog
 from chronik.scaleout.rebuild import reset_partitioned
 from chronik.scaleout.runner import (
+    PartitionedFollower,
     PartitionedProjectionRunner,
+    PartitionedRunner,
     PartitionFollower,
     fair_share,
     group_name,
 )
+from chronik.scaleout.sagas import PartitionedSagaRunner, saga_partition_key
+from chronik.scaleout.snapshots import PartitionedSnapshotter
 from chronik.scaleout.status import GroupStatus, PartitionStatus, workers_status
 
 __all__ = [
@@ -38,7 +46,12 @@ __all__ = [
     "Leases",
     "PartitionFollower",
     "PartitionStatus",
+    "PartitionedFollower",
     "PartitionedProjectionRunner",
+    "PartitionedRunner",
+    "PartitionedSagaRunner",
+    "PartitionedSnapshotter",
+    "SharedLog",
     "fair_share",
     "group_name",
     "new_member_id",
@@ -46,5 +59,6 @@ __all__ = [
     "partition_of",
     "reset_partitioned",
     "resize",
+    "saga_partition_key",
     "workers_status",
 ]

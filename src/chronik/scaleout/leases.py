@@ -76,6 +76,8 @@ class Lease:
     epoch: int
     expires_in: float
     """Seconds until it expires (negative: expired), on the database's clock."""
+    acquired_ago: float | None = None
+    """Seconds since its owner took it (the partition's last rebalance; ``None``: never)."""
 
 
 def _now(tx: Tx) -> str:
@@ -324,11 +326,16 @@ async def group_leases(sql: SqlStore, name: str) -> list[Lease]:
     async with sql.transaction() as tx:
         rows = await tx.fetchall(
             "SELECT name, partitions, partition, owner, epoch, "
-            f"(expires_at - {_now(tx)}) / 1000000.0 FROM worker_leases "
+            f"(expires_at - {_now(tx)}) / 1000000.0, "
+            f"({_now(tx)} - acquired_at) / 1000000.0 FROM worker_leases "
             "WHERE name = :name ORDER BY partitions, partition",
             {"name": name},
         )
-    return [Lease(str(r[0]), int(r[1]), int(r[2]), r[3], int(r[4]), float(r[5])) for r in rows]
+    return [
+        Lease(str(r[0]), int(r[1]), int(r[2]), r[3], int(r[4]), float(r[5]),
+              None if r[6] is None else float(r[6]))
+        for r in rows
+    ]  # fmt: skip
 
 
 async def resize(store: EventStore, name: str, partitions: int) -> Group:

@@ -3,10 +3,12 @@
 Each process runs a :class:`PartitionedProjectionRunner`: it joins the projection's worker
 group, takes the partitions a rebalance gives it (leases with epochs, see
 :mod:`chronik.scaleout.leases`) and runs one :class:`PartitionFollower` per partition it
-owns. A partition follower reads the log like any projection follower, keeps only the
-events of its partition (:func:`~chronik.scaleout.partitions.partition_of` of the stream
-id), and applies them with its own checkpoint (``totals:v1/p3of8``) in a transaction that
-first checks its lease: a stale owner's batch rolls back whole and it stops.
+owns. The process reads the log once for all of them (:class:`~chronik.scaleout.reader.
+SharedLog`: a window of the filtered log each follower takes *its* events from; a partition
+behind the window reads on its own until it reaches it). A partition follower applies its
+events (:func:`~chronik.scaleout.partitions.partition_of` of the stream id) with its own
+checkpoint (``totals:v1/p3of8``) in a transaction that first checks its lease: a stale
+owner's batch rolls back whole and it stops.
 
 Rebalance: every heartbeat (a third of the lease TTL by default) a member renews its leases
 and computes its share from the sorted list of live members: ``partitions // members``,
@@ -21,6 +23,7 @@ import contextlib
 import dataclasses
 import logging
 import time
+from collections.abc import Awaitable, Callable, Sequence
 
 from chronik.errors import (
     CheckpointMoved,
@@ -33,13 +36,22 @@ from chronik.events import RecordedEvent
 from chronik.projections.kinds import AnyProjection
 from chronik.projections.runner import ProjectionFollower
 from chronik.scaleout.leases import Leases
-from chronik.scaleout.partitions import partition_checkpoint, partition_of
+from chronik.scaleout.partitions import partition_checkpoint, stream_hash
+from chronik.scaleout.reader import SharedLog, SharedSubscription
 from chronik.store import SqlStore, require
 from chronik.store.protocol import EventStore, Tx
-from chronik.subscriptions import Backoff, Page, describe
-from chronik.workers import Worker
+from chronik.subscriptions import Backoff, Page, Subscription, describe
+from chronik.workers import Follower, Worker
 
-__all__ = ["PartitionFollower", "PartitionedProjectionRunner", "fair_share", "group_name"]
+__all__ = [
+    "PartitionFollower",
+    "PartitionedFollower",
+    "PartitionedProjectionRunner",
+    "PartitionedRunner",
+    "fair_share",
+    "group_name",
+    "retried",
+]
 
 logger = logging.getLogger("chronik.scaleout")
 
@@ -61,43 +73,66 @@ class _Drained(Exception):
     """A partition reached its resize barrier: its follower ends (state ``retired``)."""
 
 
-class PartitionFollower(ProjectionFollower):
-    """Follows the log for one partition of a projection, fenced by its lease."""
+class PartitionedFollower(Follower):
+    """What a partition adds to a kind's follower (projection, saga): its lease fences
+    every batch, it keeps only its partition's events (by :meth:`partition_key`), reads
+    from the process's :class:`~chronik.scaleout.reader.SharedLog`, drains to a resize's
+    barrier and stops when its lease is lost. A kind's partition follower inherits from this
+    first, then from its follower, and calls :meth:`_as_partition` in ``__init__``."""
 
-    kind = "projection-partition"
+    partition: int
+    partitions: int
+    epoch: int
+    leases: Leases
+    shared: SharedLog | None
+    lost: str | None
+    barrier: int | None
+    _moved_checked: float
 
-    def __init__(
-        self,
-        store: EventStore,
-        projection: AnyProjection,
-        *,
-        leases: Leases,
-        partition: int,
-        epoch: int,
-        batch_size: int,
-        poll_interval: float,
+    def _as_partition(
+        self, base: str, leases: Leases, partition: int, epoch: int, shared: SharedLog | None
     ) -> None:
-        super().__init__(store, projection, batch_size=batch_size, poll_interval=poll_interval)
+        self.shared = shared
+        """The process's one reader of the log (``None``: this follower reads on its own)."""
         self.partition = partition
         self.partitions = leases.partitions
         self.epoch = epoch
         self.leases = leases
-        self.name = self.checkpoint_name = partition_checkpoint(
-            projection.checkpoint_name, partition, leases.partitions
-        )
-        self.applier.checkpoint_name = self.checkpoint_name
-        self.applier.fence = self._fence
-        self.lost: str | None = None
+        self.name = self.checkpoint_name = partition_checkpoint(base, partition, leases.partitions)
+        self.lost = None
         """Why the lease was lost (``None``: it was not)."""
         self._moved_checked = float("-inf")
-        self.barrier: int | None = None
+        self.barrier = None
         """Set during a resize: apply up to this position, then retire."""
+
+    def partition_key(self, event: RecordedEvent) -> str:
+        """What decides an event's partition (the stream id; a saga's instance stream)."""
+        return event.stream_id
 
     async def _fence(self, tx: Tx, position: int) -> None:
         await self.leases.check(tx, self.partition, self.epoch, position)
 
+    async def _fenced_commit(self, position: int) -> None:
+        """Save ``position`` as the checkpoint in a transaction that checks the lease first
+        (a kind whose follower commits the checkpoint on its own uses it as ``commit``)."""
+        if position > self.checkpoint:
+            async with self.store.transaction() as tx:
+                await self._fence(tx, position)
+                await tx.set_checkpoint(self.checkpoint_name, position)
+            await self.advance(position)
+
+    def _subscribe(self) -> Subscription:
+        if self.shared is None:
+            return super()._subscribe()
+        return SharedSubscription(
+            self.shared, self.partition, self.partitions,
+            name=self.checkpoint_name, on_unavailable=self._store_lost, after=self.checkpoint,
+            categories=self.categories, types=self.types, batch_size=self.batch_size,
+            poll_interval=self.poll_interval, registry=self.registry, tolerant=self.tolerant,
+        )  # fmt: skip
+
     async def prepare(self) -> None:
-        """Nothing: the runner created the read model's tables once for all partitions."""
+        """Nothing: the runner prepared once for all partitions."""
 
     def mine(self, page: Page) -> Page:
         """The page with only this partition's events (``caught_up_to`` kept: the
@@ -107,7 +142,7 @@ class PartitionFollower(ProjectionFollower):
             cap = page.caught_up_to + max((e.position for e in page.events), default=0) + 1
 
         def keep(event: RecordedEvent) -> bool:
-            return event.position <= cap and partition_of(event.stream_id, n) == p
+            return event.position <= cap and stream_hash(self.partition_key(event)) % n == p
 
         return dataclasses.replace(
             page,
@@ -145,44 +180,86 @@ class PartitionFollower(ProjectionFollower):
             self.lost = str(exc)
             logger.warning("%s: %s; stopped handling it", self.checkpoint_name, exc)
             await self._set_state("stopped")
+        finally:
+            if self.shared is not None:
+                self.shared.forget(self.partition)
 
 
-class PartitionedProjectionRunner(Worker):
-    """Runs one projection's partitions that this process owns (see the module docstring).
+class PartitionFollower(PartitionedFollower, ProjectionFollower):
+    """Follows the log for one partition of a projection, fenced by its lease."""
 
-    Args:
-        store: a SQL store (PostgreSQL for several processes; SQLite allows one).
-        projection: the projection (in-database for exactly-once).
-        partitions: how many partitions (the same in every process of the group).
-        member: this process's id in the group (default: host, pid and a random part).
-        lease_ttl: seconds a lease lasts without a heartbeat; a killed process's partitions
-            are taken over within about this long.
-        heartbeat: seconds between heartbeats (default ``lease_ttl / 3``).
-    """
+    kind = "projection-partition"
 
     def __init__(
         self,
         store: EventStore,
         projection: AnyProjection,
         *,
+        leases: Leases,
+        partition: int,
+        epoch: int,
+        batch_size: int,
+        poll_interval: float,
+        shared: SharedLog | None = None,
+    ) -> None:
+        super().__init__(store, projection, batch_size=batch_size, poll_interval=poll_interval)
+        self._as_partition(projection.checkpoint_name, leases, partition, epoch, shared)
+        self.applier.checkpoint_name = self.checkpoint_name
+        self.applier.fence = self._fence
+
+
+class PartitionedRunner(Worker):
+    """Runs the partitions of one worker group that this process owns (the module
+    docstring). A kind (projection, saga) gives :meth:`_follower` and :meth:`_prepare`.
+
+    Args:
+        store: a SQL store (PostgreSQL for several processes; SQLite allows one).
+        group: the worker group (``projection:totals:v1``, ``saga:orders``).
+        base: the checkpoint name partitions are named after (``totals:v1``).
+        categories, types, key: what the process's shared reader reads, and what decides
+            an event's partition (default: its stream id).
+        partitions: how many partitions (the same in every process of the group).
+        member: this process's id in the group (default: host, pid and a random part).
+        lease_ttl: seconds a lease lasts without a heartbeat; a killed process's partitions
+            are taken over within about this long.
+        heartbeat: seconds between heartbeats (default ``lease_ttl / 3``).
+        shared_reader: read the log once for every partition run here (``False``: each
+            partition reads it on its own, as before; for comparison).
+    """
+
+    def __init__(
+        self,
+        store: EventStore,
+        *,
+        group: str,
+        base: str,
+        categories: Sequence[str] | None,
+        types: Sequence[str] | None,
+        key: Callable[[RecordedEvent], str] | None = None,
         partitions: int = 8,
         member: str | None = None,
         lease_ttl: float = 10.0,
         heartbeat: float | None = None,
         batch_size: int = 500,
         poll_interval: float = 0.5,
+        shared_reader: bool = True,
     ) -> None:
         super().__init__()
         require(store, SqlStore)
         self.store = store
-        self.projection = projection
-        self.leases = Leases(store, group_name(projection), partitions, member=member,
-                             ttl=lease_ttl)  # fmt: skip
-        self.name = f"{group_name(projection)}@{self.leases.member}"
+        self.base = base
+        self.leases = Leases(store, group, partitions, member=member, ttl=lease_ttl)
+        self.name = f"{group}@{self.leases.member}"
         self.heartbeat_interval = heartbeat if heartbeat is not None else lease_ttl / 3
         self.batch_size = batch_size
         self.poll_interval = poll_interval
-        self.followers: dict[int, PartitionFollower] = {}
+        self.shared = (
+            SharedLog(store, categories=categories, types=types, batch_size=batch_size, key=key)
+            if shared_reader
+            else None
+        )
+        """The one reader of the log for every partition run here (reader.py)."""
+        self.followers: dict[int, PartitionedFollower] = {}
         """The partitions this process runs now."""
         self.members: list[str] = []
         """The live members at the last heartbeat."""
@@ -190,6 +267,12 @@ class PartitionedProjectionRunner(Worker):
         """Times this member took or gave up partitions."""
         self.lost = 0
         """Leases this member lost to a takeover (it was too slow to renew)."""
+
+    def _follower(self, partition: int, epoch: int) -> PartitionedFollower:
+        raise NotImplementedError
+
+    async def _prepare(self) -> None:
+        """Once per process before joining (tables, say)."""
 
     @property
     def member(self) -> str:
@@ -204,22 +287,8 @@ class PartitionedProjectionRunner(Worker):
         return {p: f.epoch for p, f in sorted(self.followers.items())}
 
     async def _starting(self) -> None:
-        await self._prepare_tables()
+        await self._prepare()
         await self.leases.join()
-
-    async def _prepare_tables(self) -> None:
-        """Create the read model's tables once (several processes may race: retried)."""
-        applier = self.projection.applier(self.store, self.projection)
-        for attempt in range(5):
-            try:
-                await applier.prepare()
-                return
-            except StoreUnavailable:
-                raise
-            except Exception:  # two processes creating one table: try again
-                if attempt == 4:
-                    raise
-                await asyncio.sleep(0.05 * (attempt + 1))
 
     async def _main(self) -> None:
         backoff = Backoff(first=0.1)
@@ -265,7 +334,7 @@ class PartitionedProjectionRunner(Worker):
                 )  # fmt: skip
                 del self.followers[p]
                 await follower.stop(grace=self.leases.ttl)
-        if barrier is not None and await self.leases.switch(self.projection.checkpoint_name):
+        if barrier is not None and await self.leases.switch(self.base):
             logger.info("%s: switched the group to %s partitions", self.name, group.resize_to)
             return  # the next heartbeat runs the new count
         share = fair_share(self.partitions, members, self.member)
@@ -298,9 +367,7 @@ class PartitionedProjectionRunner(Worker):
     async def _drained(self, p: int, barrier: int | None) -> bool:
         if barrier is None:
             return False
-        done = await self.store.get_checkpoint(
-            self.leases.checkpoint(self.projection.checkpoint_name, p)
-        )
+        done = await self.store.get_checkpoint(self.leases.checkpoint(self.base, p))
         return (done or 0) >= barrier
 
     async def _switch_to(self, partitions: int) -> None:
@@ -322,10 +389,7 @@ class PartitionedProjectionRunner(Worker):
         if epoch is None:
             return False
         self.rebalances += 1
-        follower = PartitionFollower(
-            self.store, self.projection, leases=self.leases, partition=p, epoch=epoch,
-            batch_size=self.batch_size, poll_interval=self.poll_interval,
-        )  # fmt: skip
+        follower = self._follower(p, epoch)
         follower.barrier = barrier
         self.followers[p] = follower
         await follower.start()
@@ -342,3 +406,61 @@ class PartitionedProjectionRunner(Worker):
 
     def failure(self) -> str | None:
         return super().failure()
+
+
+class PartitionedProjectionRunner(PartitionedRunner):
+    """Runs one projection's partitions that this process owns (see the module docstring).
+
+    Args:
+        store: a SQL store (PostgreSQL for several processes; SQLite allows one).
+        projection: the projection (in-database for exactly-once).
+        partitions, member, lease_ttl, heartbeat, batch_size, poll_interval, shared_reader:
+            see :class:`PartitionedRunner`.
+    """
+
+    def __init__(
+        self,
+        store: EventStore,
+        projection: AnyProjection,
+        *,
+        partitions: int = 8,
+        member: str | None = None,
+        lease_ttl: float = 10.0,
+        heartbeat: float | None = None,
+        batch_size: int = 500,
+        poll_interval: float = 0.5,
+        shared_reader: bool = True,
+    ) -> None:
+        super().__init__(
+            store, group=group_name(projection), base=projection.checkpoint_name,
+            categories=projection.categories, types=projection.stored_types,
+            partitions=partitions, member=member, lease_ttl=lease_ttl, heartbeat=heartbeat,
+            batch_size=batch_size, poll_interval=poll_interval, shared_reader=shared_reader,
+        )  # fmt: skip
+        self.projection = projection
+
+    def _follower(self, partition: int, epoch: int) -> PartitionedFollower:
+        return PartitionFollower(
+            self.store, self.projection, leases=self.leases, partition=partition, epoch=epoch,
+            batch_size=self.batch_size, poll_interval=self.poll_interval, shared=self.shared,
+        )  # fmt: skip
+
+    async def _prepare(self) -> None:
+        """Create the read model's tables once (several processes may race: retried)."""
+        applier = self.projection.applier(self.store, self.projection)
+        await retried(applier.prepare)
+
+
+async def retried(prepare: Callable[[], Awaitable[None]]) -> None:
+    """``prepare()``, tried again a few times when it fails (two processes creating one
+    table race); a lost store is not retried here."""
+    for attempt in range(5):
+        try:
+            await prepare()
+            return
+        except StoreUnavailable:
+            raise
+        except Exception:
+            if attempt == 4:
+                raise
+            await asyncio.sleep(0.05 * (attempt + 1))

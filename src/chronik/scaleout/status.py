@@ -26,6 +26,8 @@ class PartitionStatus:
     position: int
     lag: int
     """Positions between the partition's checkpoint and the head of the log."""
+    acquired_ago: float | None = None
+    """Seconds since the owner took the partition (its last rebalance)."""
 
 
 @dataclass(frozen=True, slots=True)
@@ -55,7 +57,10 @@ async def workers_status(store: EventStore, name: str | None = None) -> list[Gro
     head = await store.head_position()
     result = []
     for (group,) in groups:
-        base = str(group).partition(":")[2]
+        # a projection's checkpoints are named after its version (totals:v1/p0of8); other
+        # kinds' after the group itself (saga:orders/p0of8)
+        kind, _, rest = str(group).partition(":")
+        base = rest if kind == "projection" else str(group)
         parts = []
         for lease in await group_leases(sql, str(group)):
             cp = partition_checkpoint(base, lease.partition, lease.partitions)
@@ -70,6 +75,7 @@ async def workers_status(store: EventStore, name: str | None = None) -> list[Gro
                     cp,
                     position,
                     max(head - position, 0),
+                    None if lease.acquired_ago is None else round(lease.acquired_ago, 3),
                 )
             )
         members = [str(m) for g, m in member_rows if g == group]

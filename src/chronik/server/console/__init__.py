@@ -4,7 +4,8 @@ Pages (see docs/http.md, "Console"): the dashboard (head, append rate, projectio
 ETA, dead letters, sagas; live), the stream browser (by stream prefix, type, correlation id,
 time), a stream, an event (stored and upcast), time travel over a stream's versions (needs
 ``--app``), a correlation's causal tree, projections (lag, rebuild with progress), dead
-letters (inspect, retry, skip) and sagas (state, deadlines, compensations).
+letters (inspect, retry, skip), sagas (state, deadlines, compensations) and partitioned
+workers (owner, epoch, lag and last rebalance per partition).
 
 Every value is escaped (Jinja2 autoescaping); every asset ships in the package; forms
 are guarded by a same-origin check and a token. The live parts listen to the server's
@@ -49,6 +50,7 @@ def console_routes(store: EventStore, app: App | None = None) -> list[BaseRoute]
         Route("/dead-letters/skip", h(console.skip), methods=["POST"]),
         Route("/sagas", h(console.sagas), methods=["GET"], name="sagas"),
         Route("/saga", h(console.saga), methods=["GET"], name="saga"),
+        Route("/workers", h(console.workers), methods=["GET"], name="workers"),
         Mount("/static", StaticFiles(packages=[("chronik.server.console", "static")])),
         Route("/{rest:path}", h(console.not_found)),
     ]

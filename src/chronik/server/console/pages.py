@@ -22,6 +22,7 @@ from chronik.errors import (
     UnknownProjection,
 )
 from chronik.events import RecordedEvent
+from chronik.scaleout.status import workers_status
 from chronik.server.console.data import (
     Monitor,
     RebuildJob,
@@ -435,6 +436,14 @@ class Console:
             raise NotFound(f"no instance {key!r} of saga {saga!r}")
         return self.renderer.page(request, "saga.html", title=f"Saga {saga} {key}",
                                   detail=detail)  # fmt: skip
+
+    async def workers(self, request: Request) -> Response:
+        """Partitioned worker groups: owner, epoch, lag and last rebalance per partition."""
+        try:
+            groups = await workers_status(self.store)
+        except MissingCapability:
+            groups = None
+        return self.renderer.page(request, "workers.html", title="Workers", groups=groups)
 
     async def not_found(self, request: Request) -> Response:
         return self._error(request, 404, "No such page", f"{request.url.path} is not a page "
