@@ -475,3 +475,39 @@ def test_a_new_servicer_plugs_in_with_one_declaration(tmp_path: Path) -> None:
                 assert code("Mine", "reader") == grpc.StatusCode.OK
         finally:
             s.call(server.stop(0))
+
+
+def test_persistent_subscriptions_under_the_policy(tmp_path: Path) -> None:
+    """Reading a group needs read on its stream's category (every category for ``$all``);
+    creating one needs operate. Decided before the group is looked up."""
+    from kurrentdbclient.exceptions import AccessDeniedError
+
+    with secured_kurrent(tmp_path) as s:
+        admin, clerk, reader = s.client("admin"), s.client("clerk"), s.client("reader")
+        try:
+            admin.create_subscription_to_stream("g-orders", "orders-1")
+            admin.create_subscription_to_stream("g-secret", "secret-1")
+            admin.create_subscription_to_all("g-all")
+            with pytest.raises(AccessDeniedError):
+                clerk.create_subscription_to_stream("g-mine", "orders-1")
+            with pytest.raises(AccessDeniedError):
+                clerk.list_subscriptions()
+
+            def first(subscription: Any) -> Any:
+                try:
+                    return next(iter(subscription))
+                finally:
+                    subscription.stop()
+
+            event = first(clerk.read_subscription_to_stream("g-orders", "orders-1"))
+            assert event.stream_name == "orders-1"
+            for group, stream in (("g-secret", "secret-1"), ("g-all", None)):
+                with pytest.raises(AccessDeniedError):
+                    if stream is None:
+                        first(clerk.read_subscription_to_all(group))
+                    else:
+                        first(clerk.read_subscription_to_stream(group, stream))
+            assert first(reader.read_subscription_to_all("g-all")) is not None
+        finally:
+            for client in (admin, clerk, reader):
+                client.close()

@@ -250,6 +250,8 @@ class PersistentService(persistent_pb2_grpc.PersistentSubscriptionsServicer):
             )
         except StoreUnavailable as exc:
             await context.abort(grpc.StatusCode.UNAVAILABLE, str(exc))
+        except AccessDenied as exc:
+            await context.abort(grpc.StatusCode.PERMISSION_DENIED, str(exc))
         except ChronikError as exc:
             await context.abort(grpc.StatusCode.FAILED_PRECONDITION, str(exc))
 
