@@ -8,4 +8,4 @@ ALTER TABLE consumer_groups ADD COLUMN stream_id text;
 ALTER TABLE consumer_groups ADD COLUMN settings text;
 ALTER TABLE consumer_group_messages ADD COLUMN metadata text;
 ALTER TABLE consumer_group_messages ADD COLUMN schema_version integer;
-ALTER TABLE consumer_group_messages ADD COLUMN recorded_at bigint;
+ALTER TABLE consumer_group_messages ADD COLUMN recorded_at INTEGER; -- microseconds (BIGINT on PostgreSQL)
