@@ -33,8 +33,15 @@ from typing import Any
 import msgspec
 
 from chronik.context import context
-from chronik.errors import InvalidSubject, MissingDependency, StoreUnavailable
+from chronik.errors import (
+    InvalidArgument,
+    InvalidSubject,
+    LeaseLost,
+    MissingDependency,
+    StoreUnavailable,
+)
 from chronik.events import RecordedEvent
+from chronik.scaleout.partitions import check_partitions, partition_of
 from chronik.store.capabilities import require
 from chronik.store.port import SqlStore
 from chronik.store.protocol import EventStore, Tx
@@ -80,11 +87,16 @@ def validate_subject_token(token: object) -> str:
     return token
 
 
-def subject_for(prefix: str, category: str, type_: str) -> str:
-    """``<prefix>.<category>.<type>``; every token validated (the prefix may have dots)."""
+def subject_for(prefix: str, category: str, type_: str, partition: int | None = None) -> str:
+    """``<prefix>.<category>.<type>``, or ``<prefix>.<partition>.<category>.<type>`` with a
+    partition token (a partitioned :class:`~chronik.scaleout.inbox.PartitionedInbox`
+    consumes ``<prefix>.<p>.>`` per partition); every token validated (the prefix may have
+    dots)."""
     parts = prefix.split(".") if prefix else []
     for part in (*parts, category, type_):
         validate_subject_token(part)
+    if partition is not None:
+        parts.append(str(partition))
     return ".".join((*parts, category, type_))
 
 
@@ -158,10 +170,15 @@ class OutboxRelay(Follower):
         ack_timeout: float = 5.0,
         max_backoff: float = 2.0,
         in_flight: int = 1,
+        subject_partitions: int | None = None,
     ) -> None:
         _require_nats("OutboxRelay")
         if prefix:
             subject_for(prefix, "x", "x")
+        if subject_partitions is not None:
+            check_partitions(subject_partitions)
+            if not prefix:
+                raise InvalidArgument("subject_partitions", "needs a prefix")
         super().__init__(
             store,
             checkpoint_name=f"relay:{name}",
@@ -183,6 +200,10 @@ class OutboxRelay(Follower):
         """Publishes awaiting their PubAck at once. 1 keeps store order in JetStream even
         when a publish fails; more is faster, but after a failed publish inside a window a
         later message of it may be stored before the earlier one's retry."""
+        self.subject_partitions = subject_partitions
+        """Put ``partition_of(stream_id, subject_partitions)`` in each subject after the
+        prefix (``orders.3.order.Placed``), so that a partitioned inbox takes one stream's
+        messages in one partition, in order (``None``: ``orders.order.Placed``)."""
         self.published = 0
         self.duplicates = 0
         self._nc: Any = None
@@ -223,7 +244,12 @@ class OutboxRelay(Follower):
         msg = self.mapper(event)
         if msg is None:
             return None
-        subject = subject_for(self.prefix, event.category, msg.type)
+        partition = (
+            None
+            if self.subject_partitions is None
+            else partition_of(event.stream_id, self.subject_partitions)
+        )
+        subject = subject_for(self.prefix, event.category, msg.type, partition)
         data = msg.data if isinstance(msg.data, bytes) else msgspec.json.encode(dict(msg.data))
         headers = {
             HDR_MSG_ID: str(event.event_id),
@@ -354,12 +380,16 @@ class Inbox(Poller):
         ack_wait: float = 30.0,
         batch_size: int = 100,
         fetch_timeout: float = 0.5,
+        durable: str | None = None,
+        max_ack_pending: int | None = None,
     ) -> None:
         _require_nats("Inbox")
         self.sql = require(store, SqlStore)  # MissingCapability without SQL (memory://)
         if (handler is None) == (append_handler is None):
             raise ValueError("give either handler (effects in the Tx) or append_handler")
         validate_subject_token(name)
+        if durable is not None:
+            validate_subject_token(durable)
         super().__init__(name=f"inbox:{name}", poll_interval=0.0)  # a fetch waits by itself
         self.store = store
         self.servers = [servers] if isinstance(servers, str) else list(servers)
@@ -373,6 +403,13 @@ class Inbox(Poller):
         self.ack_wait = ack_wait
         self.batch_size = batch_size
         self.fetch_timeout = fetch_timeout
+        self.durable = durable or name
+        """The JetStream durable consumer (``name``; a partition has its own). Messages
+        are deduplicated by ``name`` whichever consumer delivered them."""
+        self.max_ack_pending = max_ack_pending
+        """At most this many messages delivered and not yet acked (``None``: the server's
+        default); a partition sets its batch size, so that after a takeover its messages
+        come again in order before any later one."""
         self.processed = 0
         self.duplicates = 0
         self.dead_lettered = 0
@@ -390,14 +427,15 @@ class Inbox(Poller):
         )
         js = self._nc.jetstream()
         config = ConsumerConfig(
-            durable_name=self.name,
+            durable_name=self.durable,
             ack_policy=AckPolicy.EXPLICIT,
             max_deliver=self.max_deliver + 1,  # one more, to dead-letter the last failure
             ack_wait=self.ack_wait,
             filter_subject=self.subject,
+            max_ack_pending=self.max_ack_pending,
         )
         self._sub = await js.pull_subscribe(
-            self.subject, durable=self.name, stream=self.stream, config=config
+            self.subject, durable=self.durable, stream=self.stream, config=config
         )
 
     async def close(self) -> None:
@@ -424,9 +462,27 @@ class Inbox(Poller):
             msgs = await self._sub.fetch(self.batch_size, timeout=self.fetch_timeout)
         except (nats.errors.TimeoutError, TimeoutError):  # nothing there (both are raised)
             return 0
-        for msg in msgs:
-            await self.handle(msg)
+        for n, msg in enumerate(msgs):
+            if self._stopping.is_set():
+                await self._give_back(msgs[n:])  # the next owner need not wait for ack_wait
+                break
+            try:
+                await self.handle(msg)
+            except LeaseLost:
+                await self._give_back(msgs[n:])
+                raise
         return len(msgs)
+
+    async def _give_back(self, msgs: Sequence[Any]) -> None:
+        """Hand fetched, unhandled messages back to JetStream for redelivery now."""
+        for msg in msgs:
+            with contextlib.suppress(Exception):
+                await msg.nak()
+
+    async def fence(self, tx: Tx) -> None:
+        """First statement of each message's transaction: nothing here; a partition of a
+        :class:`~chronik.scaleout.inbox.PartitionedInbox` checks its lease
+        (:class:`~chronik.errors.LeaseLost` rolls the message's effects back)."""
 
     async def handle(self, msg: Any) -> None:
         """Handle one NATS message: dedupe + effect in one transaction, then ack."""
@@ -459,6 +515,8 @@ class Inbox(Poller):
                     await msg.in_progress()
                 await backoff.sleep(self._stopping)
                 continue
+            except LeaseLost:
+                raise  # not the message's fault: handed back, the next owner handles it
             except Exception as exc:
                 if deliveries >= self.max_deliver:
                     await self._dead_letter(message, exc)
@@ -482,6 +540,7 @@ class Inbox(Poller):
             if self.appends:
                 return await self._process_appending(message)
             async with self.store.transaction() as tx:
+                await self.fence(tx)
                 seen = await tx.fetchone(
                     "SELECT 1 FROM processed_messages WHERE consumer = :c AND message_id = :m",
                     {"c": self.name, "m": message.message_id},
@@ -514,6 +573,7 @@ class Inbox(Poller):
         assert self.append_handler is not None
         await self.append_handler(message)
         async with self.store.transaction() as tx:
+            await self.fence(tx)
             await tx.execute(
                 "INSERT INTO processed_messages (consumer, message_id, processed_at) "
                 "VALUES (:c, :m, :t) ON CONFLICT (consumer, message_id) DO NOTHING",

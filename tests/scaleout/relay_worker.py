@@ -1,11 +1,13 @@
 """One process of a partitioned outbox relay, for the scale-out relay test:
 ``python -m tests.scaleout.relay_worker STORE_URL PARTITIONS TTL MEMBER BATCH NATS STREAM``
-(the ``acct`` streams to JetStream stream STREAM, subjects ``STREAM.>``)."""
+(the ``acct`` streams to JetStream stream STREAM, subjects ``STREAM.>``; with
+``CHRONIK_SO_SUBJECT_PARTITIONS=N`` in the environment, ``STREAM.<partition of N>.>``)."""
 
 from __future__ import annotations
 
 import asyncio
 import logging
+import os
 import signal
 import sys
 
@@ -22,10 +24,15 @@ async def main(url: str, partitions: int, ttl: float, member: str, nats: str, na
         runner = PartitionedRelay(
             store, nats, name=name, stream=name, prefix=name, categories=["acct"],
             partitions=partitions, member=member, lease_ttl=ttl, batch_size=13,
-            poll_interval=0.05,
+            poll_interval=0.05, subject_partitions=_subject_partitions(),
         )  # fmt: skip
         await runner.run_until_stopped(stop)
         return 0 if runner.failure() is None else 3
+
+
+def _subject_partitions() -> int | None:
+    n = os.environ.get("CHRONIK_SO_SUBJECT_PARTITIONS")
+    return int(n) if n else None
 
 
 if __name__ == "__main__":

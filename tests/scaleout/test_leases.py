@@ -119,8 +119,8 @@ async def test_a_stale_owners_batch_is_rejected_and_rolled_back(pg: EventStore) 
     assert await new.acquire(0) == 2
     cp_before = await pg.get_checkpoint(follower.checkpoint_name)
     await append_ticks(pg, 3, 1)
-    await until(lambda: _async(follower.lost is not None), "the stale owner stops")
-    assert "lost" in (follower.lost or "")
+    await until(lambda: _async(follower.lease_lost is not None), "the stale owner stops")
+    assert "lost" in (follower.lease_lost or "")
     assert await pg.get_checkpoint(follower.checkpoint_name) == cp_before  # rolled back
     assert sum(e for _, e, _ in (await model(pg)).values()) == 6  # its writes too
     # the stale runner's heartbeat also sees it lost, and it does not take it back

@@ -59,6 +59,7 @@ async def cmd_relay_run(store: EventStore, args: argparse.Namespace, out: Output
         categories=args.category or None,
         types=args.type or None,
         batch_size=args.batch_size,
+        subject_partitions=args.subject_partitions,
     )
     if args.create_stream:
         await relay.connect()
@@ -144,6 +145,9 @@ def register(sub: Any, common: argparse.ArgumentParser) -> None:
     p.add_argument("--category", action="append", help="publish this category (repeatable)")
     p.add_argument("--type", action="append", help="publish this event type (repeatable)")
     p.add_argument("--batch-size", type=at_least(1), default=500, help="events per batch")
+    p.add_argument("--subject-partitions", type=at_least(1), metavar="N",
+                   help="put a partition token (of N, by stream) after the prefix: "
+                   "PREFIX.P.category.type, for `workers inbox --partitions N`")  # fmt: skip
     p.add_argument("--create-stream", action="store_true", help="create/update the stream")
     p.add_argument(
         "--duplicate-window",

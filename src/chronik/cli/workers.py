@@ -152,8 +152,35 @@ async def cmd_workers_relay(store: EventStore, args: argparse.Namespace, out: Ou
         store, args.nats, name=args.name or args.stream, stream=args.stream, prefix=args.prefix,
         categories=args.category or None, types=args.type or None, partitions=args.partitions,
         member=args.member, lease_ttl=args.lease_ttl, batch_size=args.batch_size,
+        subject_partitions=args.subject_partitions,
     )  # fmt: skip
     what = f"relay to {args.stream} at {redact_url(args.nats)} ({args.partitions} partitions)"
+    code = await run_until_signal([runner], out, what)
+    return _summary(out, [runner], code)
+
+
+async def cmd_workers_inbox(store: EventStore, args: argparse.Namespace, out: Output) -> int:
+    from chronik.cli._common import require_extra
+
+    require_extra("nats", "chronik workers inbox", "nats-py", "nats")
+    from chronik.app import load_object
+    from chronik.errors import LoadError
+    from chronik.scaleout.inbox import PartitionedInbox
+
+    handler = load_object(args.inbox_handler, "workers inbox")
+    if not callable(handler):
+        raise LoadError(args.inbox_handler, "workers inbox", "not an async function")
+    given: dict[str, Any] = {"append_handler" if args.appends else "handler": handler}
+    runner = PartitionedInbox(
+        store, args.nats, name=args.name, stream=args.stream, prefix=args.prefix,
+        partitions=args.partitions, member=args.member, lease_ttl=args.lease_ttl,
+        batch_size=args.batch_size, max_deliver=args.max_deliver, ack_wait=args.ack_wait,
+        **given,
+    )  # fmt: skip
+    what = (
+        f"inbox {args.name} on {args.stream} ({args.prefix}.<0..{args.partitions - 1}>.>) "
+        f"at {redact_url(args.nats)}"
+    )
     code = await run_until_signal([runner], out, what)
     return _summary(out, [runner], code)
 
@@ -236,4 +263,30 @@ def register(sub: Any, common: argparse.ArgumentParser) -> None:
     p.add_argument("--type", action="append", help="publish this event type (repeatable)")
     _lease_options(p, "relay")
     p.add_argument("--batch-size", type=at_least(1), default=500, help="events per batch")
+    p.add_argument("--subject-partitions", type=at_least(1), metavar="N",
+                   help="put a partition token (of N, by stream) after the prefix, for "
+                   "`workers inbox --partitions N`")  # fmt: skip
     p.set_defaults(handler=cmd_workers_relay)
+
+    p = wsub.add_parser(
+        "inbox", parents=[common],
+        help="run a JetStream inbox split into partitions (by subject token); start it in N "
+        "processes",
+    )  # fmt: skip
+    p.add_argument("inbox_handler", metavar="handler",
+                   help="MODULE:FUNCTION, async (message, tx) -> None (with "
+                   "--appends: async (message) -> None, appending idempotently)")  # fmt: skip
+    p.add_argument("--nats", default="nats://127.0.0.1:4222", help="NATS server URL")
+    p.add_argument("--stream", required=True, help="JetStream stream name")
+    p.add_argument("--prefix", required=True,
+                   help="subject prefix before the partition token: PREFIX.P.>")  # fmt: skip
+    p.add_argument("--name", required=True, help="the inbox's name (dedupe key, consumers)")
+    p.add_argument("--appends", action="store_true",
+                   help="the handler appends to the store itself (idempotent ids)")  # fmt: skip
+    _lease_options(p, "inbox (the publisher's --subject-partitions)")
+    p.add_argument("--batch-size", type=at_least(1), default=100, help="messages per fetch")
+    p.add_argument("--max-deliver", type=at_least(1), default=5,
+                   help="deliveries before a failing message is dead-lettered")  # fmt: skip
+    p.add_argument("--ack-wait", type=positive_float, default=30.0,
+                   help="seconds until a killed owner's unacked messages come again")  # fmt: skip
+    p.set_defaults(handler=cmd_workers_inbox)

@@ -347,9 +347,16 @@ async def resize(store: EventStore, name: str, partitions: int) -> Group:
     events stay in order (before the barrier in its old partition, after it in its new one).
 
     Raises:
-        InvalidArgument: a bad count, an unknown group, or a resize already in progress.
+        InvalidArgument: a bad count, an unknown group, an inbox's group, or a resize
+            already in progress.
     """
     check_partitions(partitions)
+    if name.startswith("inbox:"):
+        raise InvalidArgument(
+            "name",
+            f"{name!r} is an inbox: its partitions are the partition tokens its publisher puts "
+            "in the subjects (subject_partitions); change both and start a new inbox name",
+        )
     sql = require(store, SqlStore)
     async with sql.transaction() as tx:
         # the row locked first (batches hold it shared): no batch is in flight while the

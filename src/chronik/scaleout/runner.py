@@ -24,6 +24,7 @@ import dataclasses
 import logging
 import time
 from collections.abc import Awaitable, Callable, Sequence
+from typing import Protocol
 
 from chronik.errors import (
     CheckpointMoved,
@@ -45,6 +46,7 @@ from chronik.workers import Follower, Worker
 
 __all__ = [
     "PartitionFollower",
+    "PartitionWorker",
     "PartitionedFollower",
     "PartitionedProjectionRunner",
     "PartitionedRunner",
@@ -69,6 +71,25 @@ def fair_share(partitions: int, members: list[str], member: str) -> int:
     return base + (1 if members.index(member) < extra else 0)
 
 
+class PartitionWorker(Protocol):
+    """What :class:`PartitionedRunner` needs of a partition's worker (a
+    :class:`PartitionedFollower` of the log, or an inbox partition of a broker)."""
+
+    epoch: int
+    lease_lost: str | None
+    barrier: int | None
+    checkpoint_name: str
+
+    @property
+    def state(self) -> str: ...
+
+    def failure(self) -> str | None: ...
+
+    async def start(self) -> None: ...
+
+    async def stop(self, *, grace: float = 10.0) -> None: ...
+
+
 class _Drained(Exception):
     """A partition reached its resize barrier: its follower ends (state ``retired``)."""
 
@@ -85,7 +106,7 @@ class PartitionedFollower(Follower):
     epoch: int
     leases: Leases
     shared: SharedLog | None
-    lost: str | None
+    lease_lost: str | None
     barrier: int | None
     _moved_checked: float
 
@@ -99,7 +120,7 @@ class PartitionedFollower(Follower):
         self.epoch = epoch
         self.leases = leases
         self.name = self.checkpoint_name = partition_checkpoint(base, partition, leases.partitions)
-        self.lost = None
+        self.lease_lost: str | None = None
         """Why the lease was lost (``None``: it was not)."""
         self._moved_checked = float("-inf")
         self.barrier = None
@@ -177,7 +198,7 @@ class PartitionedFollower(Follower):
         except _Drained:
             await self._set_state("retired")
         except LeaseLost as exc:
-            self.lost = str(exc)
+            self.lease_lost = str(exc)
             logger.warning("%s: %s; stopped handling it", self.checkpoint_name, exc)
             await self._set_state("stopped")
         finally:
@@ -259,7 +280,7 @@ class PartitionedRunner(Worker):
             else None
         )
         """The one reader of the log for every partition run here (reader.py)."""
-        self.followers: dict[int, PartitionedFollower] = {}
+        self.followers: dict[int, PartitionWorker] = {}
         """The partitions this process runs now."""
         self.members: list[str] = []
         """The live members at the last heartbeat."""
@@ -268,7 +289,7 @@ class PartitionedRunner(Worker):
         self.lost = 0
         """Leases this member lost to a takeover (it was too slow to renew)."""
 
-    def _follower(self, partition: int, epoch: int) -> PartitionedFollower:
+    def _follower(self, partition: int, epoch: int) -> PartitionWorker:
         raise NotImplementedError
 
     async def _prepare(self) -> None:
@@ -326,7 +347,7 @@ class PartitionedRunner(Worker):
                 await follower.stop()
                 await self.leases.release(p, follower.epoch)
                 continue
-            if renewed.get(p) != follower.epoch or follower.lost is not None:
+            if renewed.get(p) != follower.epoch or follower.lease_lost is not None:
                 self.lost += 1
                 logger.warning(
                     "%s: lease of partition %d (epoch %d) lost to a takeover; stopped it",

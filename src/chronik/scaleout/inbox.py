@@ -1,0 +1,190 @@
+"""An inbox split into partitions by subject, run by any number of processes (needs
+``pip install chronik[nats]``).
+
+The publisher puts a partition token after the subject prefix: ``orders.3.order.Placed``
+(:class:`~chronik.nats.OutboxRelay` with ``subject_partitions=8`` puts
+``partition_of(stream_id, 8)`` there, so one stream's messages share a token; another
+publisher can use NATS's own ``partition()`` subject mapping). Partition ``p`` of the
+inbox is a JetStream durable consumer ``NAME_p3of8`` filtered on ``orders.3.>``, owned by
+one process at a time through the same leases and epochs as every partitioned worker
+(group ``inbox:NAME``):
+
+- each message's transaction (processed id, the handler's effects) checks the partition's
+  lease first: a stale owner (paused past its lease) has its effects rolled back, hands
+  its fetched messages back and stops; the ``processed_messages`` row keyed by ``NAME``
+  makes a message's effects happen once whichever partition or process delivered it;
+- ordered (the default): a partition's consumer has ``max_ack_pending=1``: JetStream hands
+  out the partition's next message only once the one before it was acked (or
+  dead-lettered), so a killed owner's message, one whose ack was lost when nats-server
+  restarted, and one being retried after a failure all come again *before* any later
+  message of the partition. (With more in flight, a new owner would get later messages
+  while the killed owner's were still waiting out ``ack_wait``: the kill test finds
+  streams applied out of order.) Throughput comes from partitions and processes, not from
+  batches; ``ordered=False`` fetches ``batch_size`` at once and keeps no order.
+- a graceful stop or a rebalance hands fetched messages back at once.
+"""
+
+from __future__ import annotations
+
+import logging
+from collections.abc import Sequence
+from typing import Any
+
+from chronik.errors import InvalidArgument, LeaseLost
+from chronik.nats import AppendingHandler, Inbox, InboxHandler, validate_subject_token
+from chronik.scaleout.leases import Leases
+from chronik.scaleout.partitions import check_partitions, partition_checkpoint
+from chronik.scaleout.runner import PartitionedRunner, PartitionWorker
+from chronik.store.protocol import EventStore, Tx
+
+__all__ = ["InboxPartition", "PartitionedInbox", "inbox_group"]
+
+logger = logging.getLogger("chronik.scaleout")
+
+
+def inbox_group(name: str) -> str:
+    """The worker group of an inbox: ``inbox:NAME``."""
+    return f"inbox:{name}"
+
+
+class InboxPartition(Inbox):
+    """One partition of an inbox: its own durable consumer, every message fenced."""
+
+    kind = "inbox-partition"
+
+    def __init__(
+        self,
+        store: EventStore,
+        servers: str | Sequence[str],
+        *,
+        name: str,
+        stream: str,
+        prefix: str,
+        leases: Leases,
+        partition: int,
+        epoch: int,
+        **options: Any,
+    ) -> None:
+        n = leases.partitions
+        super().__init__(
+            store, servers, name=name, stream=stream, subject=f"{prefix}.{partition}.>",
+            durable=f"{name}_p{partition}of{n}", **options,
+        )  # fmt: skip
+        self.leases = leases
+        self.partition = partition
+        self.partitions = n
+        self.epoch = epoch
+        self.checkpoint_name = partition_checkpoint(inbox_group(name), partition, n)
+        self.lease_lost: str | None = None
+        self.barrier: int | None = None  # an inbox is never resized (see resize())
+
+    async def fence(self, tx: Tx) -> None:
+        await self.leases.check(tx, self.partition, self.epoch)
+
+    async def run_once(self) -> int:
+        try:
+            return await super().run_once()
+        except LeaseLost as exc:
+            self.lease_lost = str(exc)
+            logger.warning("%s: %s; stopped handling it", self.checkpoint_name, exc)
+            self._request_stop()
+            return 0
+
+
+class PartitionedInbox(PartitionedRunner):
+    """Runs the partitions of an inbox that this process owns (module docstring).
+
+    Args:
+        store: a SQL store (PostgreSQL for several processes; SQLite allows one).
+        servers: NATS server URL(s).
+        name: the inbox (group ``inbox:NAME``, dedupe key, consumer names ``NAME_pIofN``).
+        stream: the JetStream stream.
+        prefix: the subject prefix before the partition token (``orders`` for
+            ``orders.3.order.Placed``).
+        partitions: how many partition tokens the publisher uses (the relay's
+            ``subject_partitions``); the same in every process.
+        ordered: one message in flight per partition, so each partition's messages take
+            effect in stream order, through kills, restarts and retries (module docstring).
+        handler / append_handler, max_deliver, ack_wait, batch_size, fetch_timeout: as for
+            :class:`~chronik.nats.Inbox`. ``ack_wait`` also bounds how long a killed
+            owner's message waits before the next owner gets it.
+        member, lease_ttl, heartbeat: see :class:`~chronik.scaleout.runner.PartitionedRunner`.
+    """
+
+    def __init__(
+        self,
+        store: EventStore,
+        servers: str | Sequence[str],
+        *,
+        name: str,
+        stream: str,
+        prefix: str,
+        partitions: int = 8,
+        handler: InboxHandler | None = None,
+        append_handler: AppendingHandler | None = None,
+        member: str | None = None,
+        lease_ttl: float = 10.0,
+        heartbeat: float | None = None,
+        batch_size: int = 100,
+        ordered: bool = True,
+        **options: Any,
+    ) -> None:
+        validate_subject_token(name)
+        for part in prefix.split("."):
+            validate_subject_token(part)
+        check_partitions(partitions)
+        if (handler is None) == (append_handler is None):
+            raise InvalidArgument("handler", "give either handler or append_handler")
+        group = inbox_group(name)
+        super().__init__(
+            store, group=group, base=group, categories=None, types=None,
+            partitions=partitions, member=member, lease_ttl=lease_ttl, heartbeat=heartbeat,
+            batch_size=batch_size, shared_reader=False,
+        )  # fmt: skip
+        self.servers = servers
+        self.inbox_name = name
+        self.stream = stream
+        self.prefix = prefix
+        self.options: dict[str, Any] = dict(
+            handler=handler, append_handler=append_handler, batch_size=batch_size,
+            max_ack_pending=1 if ordered else None, **options,
+        )  # fmt: skip
+
+    def _follower(self, partition: int, epoch: int) -> PartitionWorker:
+        return InboxPartition(
+            self.store, self.servers, name=self.inbox_name, stream=self.stream,
+            prefix=self.prefix, leases=self.leases, partition=partition, epoch=epoch,
+            **self.options,
+        )  # fmt: skip
+
+    async def _prepare(self) -> None:
+        """Refuse to start when the stream holds messages this inbox would never take: a
+        subject under the prefix without a partition token below ``partitions`` (the
+        publisher uses another count, or none)."""
+        await check_subject_partitions(self.servers, self.stream, self.prefix, self.partitions)
+
+
+async def check_subject_partitions(
+    servers: str | Sequence[str], stream: str, prefix: str, partitions: int
+) -> None:
+    """:class:`InvalidArgument` naming a subject under ``prefix`` in ``stream`` whose
+    partition token is not ``0 .. partitions-1``."""
+    import nats
+
+    nc = await nats.connect(list([servers] if isinstance(servers, str) else servers))
+    try:
+        info = await nc.jetstream().stream_info(stream, subjects_filter=f"{prefix}.>")
+        subjects = dict(info.state.subjects or {})
+    finally:
+        await nc.close()
+    depth = len(prefix.split("."))
+    for subject, count in sorted(subjects.items()):
+        token = subject.split(".")[depth] if subject.count(".") > depth else ""
+        canonical = token.isascii() and token.isdigit() and token == str(int(token))
+        if not (canonical and int(token) < partitions):
+            raise InvalidArgument(
+                "partitions",
+                f"stream {stream} holds {count} message(s) on {subject!r}, which no partition "
+                f"of {partitions} takes (a partitioned inbox consumes {prefix}.<0..."
+                f"{partitions - 1}>.>; publish with subject_partitions={partitions})",
+            )

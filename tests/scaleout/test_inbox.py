@@ -1,0 +1,377 @@
+"""The inbox partitioned by subject (chronik.scaleout.inbox): the relay puts a partition
+token in each subject, N processes share the inbox's partitions through leases.
+
+- 3 inbox processes, one killed with SIGKILL 10 times and nats-server itself 3 times while
+  events are relayed: every message took effect once, each stream's messages in version
+  order, and more than one process did the work;
+- a stale owner (its lease taken over) has its message's effects rolled back;
+- a stream holding subjects no partition takes is refused at start, naming the subject;
+- in one process on either backend: everything once, in order, one consumer per partition;
+- bad arguments are typed errors; an inbox's group cannot be resized.
+"""
+
+from __future__ import annotations
+
+import asyncio
+import os
+import random
+import signal
+import subprocess
+import sys
+import uuid
+from collections import defaultdict
+from collections.abc import AsyncIterator
+from pathlib import Path
+from typing import Any
+
+import pytest
+from hypothesis import given, settings
+from hypothesis import strategies as st
+
+import chronik
+from chronik.errors import InvalidArgument, InvalidSubject, LeaseLost
+from chronik.nats import InboxMessage, OutboxRelay, ensure_stream, subject_for
+from chronik.scaleout import Leases, resize
+from chronik.scaleout.inbox import (
+    InboxPartition,
+    PartitionedInbox,
+    check_subject_partitions,
+    inbox_group,
+)
+from chronik.store import SqlStore, require
+from chronik.store.protocol import EventStore
+from tests.conftest import NATS_URL, require_service
+from tests.scaleout.cluster import ROOT
+from tests.scaleout.inbox_worker import EFFECTS, INBOX, effect
+from tests.scaleout.test_cross_service import PrivateNats
+from tests.scaleout.test_leases import until
+
+pytestmark = pytest.mark.nats
+
+
+def _serial(store: EventStore) -> str:
+    return "BIGSERIAL" if require(store, SqlStore).dialect == "postgresql" else "INTEGER"
+
+
+async def _effects(store: EventStore) -> list[tuple[Any, ...]]:
+    return await require(store, SqlStore).query(
+        "SELECT seq, message_id, stream_id, position, member FROM inbox_effects ORDER BY seq"
+    )
+
+
+async def _relay_events(
+    store: EventStore, nats_url: str, stream: str, partitions: int
+) -> OutboxRelay:
+    relay = OutboxRelay(
+        store, nats_url, name=stream, stream=stream, prefix=stream, categories=["acct"],
+        subject_partitions=partitions, batch_size=13, poll_interval=0.05,
+    )  # fmt: skip
+    await relay.start()
+    return relay
+
+
+def check_effects(rows: list[tuple[Any, ...]], ids: dict[str, tuple[str, int]]) -> None:
+    """Every event id applied exactly once, each stream's in position order."""
+    applied = [row[1] for row in rows]
+    twice = {m for m in applied if applied.count(m) > 1}
+    assert not twice, f"applied twice: {sorted(twice)[:5]}"
+    assert set(applied) == set(ids), f"lost: {sorted(set(ids) - set(applied))[:5]}"
+    by_stream: dict[str, list[int]] = defaultdict(list)
+    for _, _, stream_id, position, _ in rows:
+        by_stream[stream_id].append(position)
+    for stream_id, positions in by_stream.items():
+        assert positions == sorted(positions), f"{stream_id} applied out of order: {positions}"
+
+
+def test_the_check_catches_a_loss_a_duplicate_and_a_reorder() -> None:
+    ids = {"a": ("s-1", 1), "b": ("s-1", 2), "c": ("s-2", 3)}
+    good = [(1, "a", "s-1", 1, "m"), (2, "c", "s-2", 3, "m"), (3, "b", "s-1", 2, "m")]
+    check_effects(good, ids)
+    with pytest.raises(AssertionError, match="lost"):
+        check_effects(good[:2], ids)
+    with pytest.raises(AssertionError, match="twice"):
+        check_effects([*good, (4, "a", "s-1", 1, "m")], ids)
+    with pytest.raises(AssertionError, match="out of order"):
+        check_effects([good[2], good[1], good[0]], ids)
+
+
+# -- processes: kill -9 of inbox members and of nats-server ------------------------------------
+
+
+def _member(
+    url: str, nats_url: str, stream: str, member: str, log: Path
+) -> subprocess.Popen[bytes]:
+    return _process(log, "tests.scaleout.inbox_worker", url, nats_url, stream, "8", "1.0", member)
+
+
+def _relay(url: str, nats_url: str, stream: str, log: Path) -> subprocess.Popen[bytes]:
+    """A partitioned relay (2 partitions, by stream) putting 8 subject partition tokens."""
+    args = (url, "2", "1.0", "relay", "13", nats_url, stream)
+    return _process(log, "tests.scaleout.relay_worker", *args, subject_partitions=8)
+
+
+def _process(
+    log: Path, module: str, *args: str, subject_partitions: int | None = None
+) -> subprocess.Popen[bytes]:
+    env = dict(os.environ, PYTHONPATH=os.pathsep.join([str(ROOT / "src"), str(ROOT)]))
+    if subject_partitions is not None:
+        env["CHRONIK_SO_SUBJECT_PARTITIONS"] = str(subject_partitions)
+    with open(log, "ab") as err:
+        return subprocess.Popen(
+            [sys.executable, "-m", module, *args],
+            cwd=ROOT, env=env, stdout=subprocess.DEVNULL, stderr=err,
+        )  # fmt: skip
+
+
+@pytest.mark.postgres
+async def test_three_members_inbox_kill9_x10_nats_kill9_x3_once_and_in_order(
+    pg_url: str, tmp_path: Path
+) -> None:
+    import nats
+
+    server = PrivateNats(tmp_path)
+    server.start()
+    stream = f"so_{uuid.uuid4().hex[:8]}"
+    rng = random.Random(17)
+    log = tmp_path / "members.log"
+    procs: dict[str, subprocess.Popen[bytes]] = {}
+    try:
+        nc = await nats.connect(server.url)
+        await ensure_stream(nc.jetstream(), stream, [f"{stream}.>"])
+        await nc.close()
+        async with await chronik.connect(pg_url) as store:
+            async with store.transaction() as tx:
+                await tx.execute(EFFECTS.format(serial=_serial(store)))
+            procs["relay"] = _relay(pg_url, server.url, stream, log)
+            for m in ("m0", "m1", "m2"):
+                procs[m] = _member(pg_url, server.url, stream, m, log)
+            appended = 0
+            for cycle in range(10):
+                for k in range(24):
+                    await store.append(f"acct-{k % 12}", [chronik.NewEvent("Added", {"n": k})])
+                    appended += 1
+                await asyncio.sleep(rng.uniform(0.1, 0.5))
+                victim = rng.choice(["m0", "m1", "m2"])
+                procs[victim].kill()  # kill -9 of an inbox member, mid-stream
+                procs[victim].wait()
+                if cycle in (2, 5, 8):  # kill -9 of nats-server itself, then back
+                    server.kill9()
+                    await asyncio.sleep(rng.uniform(0.1, 0.5))
+                    server.start()
+                procs[victim] = _member(pg_url, server.url, stream, victim, log)
+
+            async def all_applied() -> bool:
+                rows = await require(store, SqlStore).query(
+                    "SELECT count(DISTINCT message_id) FROM inbox_effects"
+                )
+                return int(rows[0][0]) >= appended
+
+            await until(all_applied, "every message applied", timeout=180)
+            await asyncio.sleep(1.0)  # a late duplicate would show now
+            ids = {str(e.event_id): (e.stream_id, e.position)
+                   async for e in store.read_all(categories=["acct"])}  # fmt: skip
+            assert len(ids) == appended
+            rows = await _effects(store)
+            check_effects(rows, ids)
+            assert len({row[4] for row in rows}) >= 2, "one process did all the work"
+            sql = require(store, SqlStore)
+            assert await sql.query("SELECT message_id FROM inbox_dead_letters") == []
+    finally:
+        for proc in procs.values():
+            if proc.poll() is None:
+                proc.send_signal(signal.SIGTERM)
+        codes = []
+        for proc in procs.values():
+            try:
+                codes.append(proc.wait(30))
+            except subprocess.TimeoutExpired:
+                proc.kill()
+                codes.append(-9)
+        server.stop()
+    assert set(codes) <= {0}, log.read_text()[-3000:]
+
+
+# -- fencing ----------------------------------------------------------------------------------
+
+
+@pytest.mark.postgres
+async def test_a_stale_owners_message_is_rolled_back_and_the_owners_applies(pg_url: str) -> None:
+    async with await chronik.connect(pg_url) as store:
+        async with store.transaction() as tx:
+            await tx.execute(EFFECTS.format(serial="BIGSERIAL"))
+        group = inbox_group("fenced")
+        old = Leases(store, group, 2, member="old", ttl=0.3)
+        await old.join()
+        stale = await old.acquire(0)
+        assert stale is not None
+        new = Leases(store, group, 2, member="new", ttl=5.0)
+        await new.join()
+
+        async def taken() -> bool:
+            return await new.acquire(0) is not None
+
+        await until(taken, "takeover after the old lease expired")
+        (lease,) = [x for x in await new.leases() if x.partition == 0]
+
+        def partition(leases: Leases, epoch: int) -> InboxPartition:
+            return InboxPartition(
+                store, NATS_URL, name="fenced", stream="S", prefix="s", leases=leases,
+                partition=0, epoch=epoch, handler=effect,
+            )  # fmt: skip
+
+        message = InboxMessage(
+            "m-1", "s.0.acct.Added", "Added", b"{}",
+            {"Chronik-Stream-Id": "acct-1", "Chronik-Position": "1"},
+        )  # fmt: skip
+        with pytest.raises(LeaseLost):
+            await partition(old, stale).process(message)
+        sql = require(store, SqlStore)
+        assert await _effects(store) == []
+        assert await sql.query("SELECT message_id FROM processed_messages") == []
+        # the control: the current owner applies it (once)
+        assert await partition(new, lease.epoch).process(message) is True
+        assert await partition(new, lease.epoch).process(message) is False
+        assert [row[1] for row in await _effects(store)] == ["m-1"]
+
+
+# -- one process, either backend ----------------------------------------------------------------
+
+
+@pytest.fixture(params=["sqlite", "postgres"])
+async def store(request: pytest.FixtureRequest) -> AsyncIterator[EventStore]:
+    name = "sqlite_url" if request.param == "sqlite" else "pg_url"
+    async with await chronik.connect(request.getfixturevalue(name)) as s:
+        async with s.transaction() as tx:
+            await tx.execute(EFFECTS.format(serial=_serial(s)))
+        yield s
+
+
+@pytest.fixture
+def nats_url() -> str:
+    require_service("NATS", NATS_URL)
+    return NATS_URL
+
+
+@pytest.fixture
+async def jetstream(nats_url: str) -> AsyncIterator[tuple[Any, str]]:
+    import nats
+
+    nc = await nats.connect(nats_url)
+    js = nc.jetstream()
+    stream = f"so_{uuid.uuid4().hex[:8]}"
+    await ensure_stream(js, stream, [f"{stream}.>"])
+    try:
+        yield js, stream
+    finally:
+        await js.delete_stream(stream)
+        await nc.close()
+
+
+async def test_one_process_applies_every_message_once_in_order(
+    store: EventStore, jetstream: tuple[Any, str], nats_url: str
+) -> None:
+    js, stream = jetstream
+    events = [(f"acct-{k % 6}", k) for k in range(60)]
+    for stream_id, k in events:
+        await store.append(stream_id, [chronik.NewEvent("Added", {"n": k})])
+    relay = await _relay_events(store, nats_url, stream, 4)
+    inbox = PartitionedInbox(
+        store, nats_url, name=INBOX, stream=stream, prefix=stream, partitions=4, handler=effect,
+        member="solo", lease_ttl=2.0, batch_size=7, fetch_timeout=0.1,
+    )  # fmt: skip
+    try:
+        async with inbox:
+
+            async def done() -> bool:
+                return len(await _effects(store)) >= len(events)
+
+            await until(done, "every message applied", timeout=60)
+            assert sorted(inbox.owned()) == [0, 1, 2, 3]
+    finally:
+        await relay.stop()
+    ids = {str(e.event_id): (e.stream_id, e.position)
+           async for e in store.read_all(categories=["acct"])}  # fmt: skip
+    check_effects(await _effects(store), ids)
+    names = sorted([c.name async for c in _consumers(js, stream)])
+    assert names == [f"{INBOX}_p{p}of4" for p in range(4)]
+    # the subjects carry the stream's partition token
+    info = await js.stream_info(stream, subjects_filter=f"{stream}.>")
+    tokens = {s.split(".")[1] for s in info.state.subjects}
+    assert tokens <= {"0", "1", "2", "3"} and len(tokens) > 1
+
+
+async def _consumers(js: Any, stream: str) -> AsyncIterator[Any]:
+    for consumer in await js.consumers_info(stream):
+        yield consumer.config
+
+
+async def test_a_stream_with_subjects_no_partition_takes_is_refused(
+    store: EventStore, jetstream: tuple[Any, str], nats_url: str
+) -> None:
+    js, stream = jetstream
+    await js.publish(subject_for(stream, "acct", "Added", 2), b"{}", stream=stream)
+    await check_subject_partitions(nats_url, stream, stream, 4)  # token 2 of 4: fine
+    for subject in (f"{stream}.acct.Added", f"{stream}.7.acct.Added", f"{stream}.02.acct.Added"):
+        await js.publish(subject, b"{}", stream=stream)
+        with pytest.raises(InvalidArgument, match=subject.replace(".", r"\.")):
+            await check_subject_partitions(nats_url, stream, stream, 4)
+        await js.purge_stream(stream, subject=subject)
+    await js.publish(f"{stream}.acct.Added", b"{}", stream=stream)
+    inbox = PartitionedInbox(
+        store, nats_url, name=INBOX, stream=stream, prefix=stream, partitions=4, handler=effect
+    )
+    with pytest.raises(InvalidArgument, match="no partition of 4 takes"):
+        await inbox.start()
+    assert await _effects(store) == []
+
+
+# -- hostile arguments --------------------------------------------------------------------------
+
+
+@settings(max_examples=60, deadline=None)
+@given(
+    name=st.text(max_size=12),
+    prefix=st.text(max_size=12),
+    partitions=st.one_of(st.integers(-3, 2000), st.sampled_from([True, 2.0, "8", None])),
+)
+def test_bad_names_prefixes_and_counts_are_typed_errors(
+    name: str, prefix: str, partitions: object
+) -> None:
+    from chronik.store.memory import MemoryEventStore
+
+    async def handler(message: InboxMessage, tx: Any) -> None:
+        pass
+
+    try:
+        PartitionedInbox(
+            MemoryEventStore(), NATS_URL, name=name, stream="S", prefix=prefix,
+            partitions=partitions, handler=handler,  # type: ignore[arg-type]
+        )  # fmt: skip
+    except (InvalidSubject, InvalidArgument):
+        return
+    except Exception as exc:  # the memory store has no SQL: only after the arguments passed
+        assert type(exc).__name__ == "MissingCapability", repr(exc)
+    assert name and prefix and type(partitions) is int and 1 <= partitions <= 1024
+
+
+def test_relay_subject_partitions_are_checked() -> None:
+    from chronik.store.memory import MemoryEventStore
+
+    for bad in (0, -1, 1025, True, "4"):
+        with pytest.raises(InvalidArgument):
+            OutboxRelay(MemoryEventStore(), NATS_URL, name="r", stream="S", prefix="p",
+                        subject_partitions=bad)  # type: ignore[arg-type]  # fmt: skip
+    with pytest.raises(InvalidArgument, match="needs a prefix"):
+        OutboxRelay(MemoryEventStore(), NATS_URL, name="r", stream="S", prefix="",
+                    subject_partitions=4)  # fmt: skip
+    assert subject_for("a.b", "acct", "Added", 3) == "a.b.3.acct.Added"
+
+
+@pytest.mark.postgres
+async def test_an_inbox_group_cannot_be_resized(pg_url: str) -> None:
+    async with await chronik.connect(pg_url) as store:
+        await Leases(store, inbox_group("x"), 4, member="m").join()
+        with pytest.raises(InvalidArgument, match="is an inbox"):
+            await resize(store, inbox_group("x"), 8)
+        group = await Leases(store, inbox_group("x"), 4, member="m").group()
+        assert (group.partitions, group.resize_to) == (4, None)
