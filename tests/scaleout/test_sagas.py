@@ -15,9 +15,11 @@ from examples import funds_transfer as ft
 
 import chronik
 from chronik import NewEvent, RecordedEvent
+from chronik.errors import LeaseLost
 from chronik.sagas import COMPENSATED, COMPLETED, TERMINAL, saga_instance
-from chronik.scaleout import saga_partition_key
-from chronik.store.protocol import EventStore
+from chronik.scaleout import Leases, resize, saga_partition_key
+from chronik.scaleout.sagas import SagaPartitionFollower
+from chronik.store.protocol import EventStore, Tx
 from tests.scaleout.cluster import Cluster, epochs, owners
 
 GROUP = "saga:transfer"
@@ -222,3 +224,37 @@ async def test_the_checker_catches_what_it_checks(store: EventStore, tamper: str
                 await tx.execute(statement)
     with pytest.raises(AssertionError, match=tamper):
         await check_transfers(store, transfers)
+
+
+@pytest.mark.postgres
+async def test_a_step_the_fence_refuses_stops_the_partition_at_once(store: EventStore) -> None:
+    """A step past a resize's barrier (or of a stale owner) is refused by the lease check:
+    the partition stops with LeaseLost on the first attempt. It is not an event's failure:
+    not retried, no dead letter, and with on_poison="stop" not the whole runner's failure
+    (it was, before: SagaRunner.handle treated LeaseLost as poison)."""
+    leases = Leases(store, GROUP, 2, member="m", ttl=30)
+    await leases.join()
+    follower = SagaPartitionFollower(
+        store, ft.transfer_saga, leases=leases, partition=0, epoch=0, batch_size=10,
+        poll_interval=0.05,
+    )  # fmt: skip
+    follower.epoch = await leases.acquire(0) or 0
+    follower.on_poison = "stop"
+    fenced = 0
+    fence = follower.fence
+
+    async def counting(tx: Tx, position: int) -> None:
+        nonlocal fenced
+        fenced += 1
+        await fence(tx, position)
+
+    follower.fence = counting  # type: ignore[method-assign]
+    await resize(store, GROUP, 4)  # the barrier: the head now
+    await open_accounts(store)
+    await request(store, {}, 1)
+    (event,) = [e async for e in store.read_stream("transfer-t1")]
+    with pytest.raises(LeaseLost, match="resizing"):
+        await follower.handle(event)
+    assert fenced == 1 and follower.last_error is None
+    assert await store.query("SELECT count(*) FROM dead_letters") == [(0,)]  # type: ignore[attr-defined]
+    assert await saga_instance(store, ft.transfer_saga, "t1") is None
