@@ -258,3 +258,53 @@ async def test_a_step_the_fence_refuses_stops_the_partition_at_once(store: Event
     assert fenced == 1 and follower.last_error is None
     assert await store.query("SELECT count(*) FROM dead_letters") == [(0,)]  # type: ignore[attr-defined]
     assert await saga_instance(store, ft.transfer_saga, "t1") is None
+
+
+@pytest.mark.postgres
+@pytest.mark.parametrize("fenced", [True, False])
+async def test_a_stale_owner_stepping_one_instance_again(store: EventStore, fenced: bool) -> None:
+    """Control for the fence: owner a's lease expired and b took the partition over and
+    stepped two transfers; a (paused, say) steps the first one again. With the fence a's
+    step is refused and rolls back whole. With the fence patched away it commits: the
+    partition's checkpoint moves back (what b handled would be handed out again). The
+    command is in the outbox once either way: its id is derived from the event and the step,
+    so the outbox itself refuses a second copy; the fence guards the checkpoint."""
+    a, b = (Leases(store, GROUP, 2, member=m, ttl=0.1) for m in ("a", "b"))
+    await a.join()
+    epoch_a = await a.acquire(0)
+    await asyncio.sleep(0.3)  # a's lease expires: b takes the partition at a newer epoch
+    await b.join()
+    epoch_b = await b.acquire(0)
+    assert epoch_a is not None and epoch_b is not None and epoch_b > epoch_a
+    owner_a, owner_b = (
+        SagaPartitionFollower(store, ft.transfer_saga, leases=leases, partition=0, epoch=epoch,
+                              batch_size=10, poll_interval=0.05)
+        for leases, epoch in ((a, epoch_a), (b, epoch_b))
+    )  # fmt: skip
+    if not fenced:
+        owner_a.fence = _no_fence  # type: ignore[method-assign]
+    await open_accounts(store)
+    transfers: dict[str, tuple[str, int]] = {}
+    for n in (1, 2):
+        await request(store, transfers, n)
+    (t1,) = [e async for e in store.read_stream("transfer-t1")]
+    (t2,) = [e async for e in store.read_stream("transfer-t2")]
+    await owner_b.handle(t1)
+    await owner_b.handle(t2)
+    name = owner_b.checkpoint_name
+    assert await store.get_checkpoint(name) == t2.position
+    if fenced:
+        with pytest.raises(LeaseLost, match="now owned by b"):
+            await owner_a.handle(t1)
+        assert await store.get_checkpoint(name) == t2.position
+    else:
+        await owner_a.handle(t1)
+        assert await store.get_checkpoint(name) == t1.position  # moved back
+    rows = await store.query(  # type: ignore[attr-defined]
+        "SELECT count(*) FROM saga_commands WHERE saga_key = 't1'"
+    )
+    assert rows == [(1,)]
+
+
+async def _no_fence(tx: Tx, position: int) -> None:
+    """The lease check patched away."""
