@@ -9,6 +9,7 @@ import asyncio
 import random
 import time
 import uuid
+from collections import Counter
 from collections.abc import AsyncIterator
 
 import pytest
@@ -37,27 +38,29 @@ async def _until(check: object, what: str, timeout: float = 90) -> None:
         await asyncio.sleep(0.05)
 
 
-def _check(ids: list[str], appended: dict[str, tuple[str, int]]) -> None:
-    """Deduplicated by message id: each appended event once, each stream in order."""
-    seen: list[str] = []
-    for i in ids:
-        if i not in seen:
-            seen.append(i)
-    assert sorted(seen) == sorted(appended), "lost or unknown messages"
+def check_published(ids: list[str], appended: dict[str, tuple[str, int]]) -> None:
+    """``ids``: the Nats-Msg-Id of every message in the JetStream stream, in stream order
+    (after JetStream's own deduplication). Each appended event there exactly once, each
+    stream's messages in version order."""
+    twice = sorted(i for i, n in Counter(ids).items() if n > 1)
+    assert not twice, f"published twice: {twice}"
+    assert sorted(ids) == sorted(appended), "lost or unknown messages"
     last: dict[str, int] = {}
-    for i in seen:
+    for i in ids:
         stream, version = appended[i]
         assert version > last.get(stream, -1), f"{stream} out of order at version {version}"
         last[stream] = version
 
 
-def test_the_check_catches_a_loss_and_a_reorder() -> None:
+def test_the_check_catches_a_loss_a_duplicate_and_a_reorder() -> None:
     appended = {"a": ("s-1", 0), "b": ("s-1", 1), "c": ("s-2", 0)}
-    _check(["a", "c", "a", "b"], appended)  # a duplicate: deduplicated
+    check_published(["a", "c", "b"], appended)
+    with pytest.raises(AssertionError, match="twice"):
+        check_published(["a", "c", "a", "b"], appended)
     with pytest.raises(AssertionError, match="lost"):
-        _check(["a", "c"], appended)
+        check_published(["a", "c"], appended)
     with pytest.raises(AssertionError, match="out of order"):
-        _check(["b", "a", "c"], appended)
+        check_published(["b", "a", "c"], appended)
 
 
 async def test_three_relays_one_killed_every_event_once_in_stream_order(
@@ -105,7 +108,7 @@ async def test_three_relays_one_killed_every_event_once_in_stream_order(
         await _until(all_published, "every event published")
         after = await epochs(store, group)
         assert orphaned and all(after[p] > before[p] for p in orphaned), (before, after)
-        _check(await stream_msg_ids(js, name), appended)
+        check_published(await stream_msg_ids(js, name), appended)
     finally:
         cluster.stop_all()
         await js.delete_stream(name)

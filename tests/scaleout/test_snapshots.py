@@ -7,7 +7,7 @@ from __future__ import annotations
 import asyncio
 import random
 import time
-from collections.abc import AsyncIterator
+from collections.abc import AsyncIterator, Iterable
 
 import pytest
 
@@ -42,6 +42,12 @@ async def _newest(store: EventStore) -> dict[str, int]:
     return newest
 
 
+async def all_snapshotted(store: EventStore, streams: Iterable[str]) -> bool:
+    """Whether the newest snapshot of every stream written is at its last version."""
+    versions = {s: await store.stream_version(s) for s in streams}
+    return await _newest(store) == {s: v for s, v in versions.items() if v is not None and v >= 0}
+
+
 @pytest.mark.postgres
 async def test_three_processes_one_killed_every_stream_snapshotted(
     pg_url: str, store: EventStore
@@ -68,13 +74,7 @@ async def test_three_processes_one_killed_every_stream_snapshotted(
             if n % 10 == 0:
                 await asyncio.sleep(0.01)
 
-        async def done() -> bool:
-            versions = {s: await store.stream_version(s) for s in streams}
-            return await _newest(store) == {
-                s: v for s, v in versions.items() if v is not None and v >= 0
-            }
-
-        await _until(done, "a snapshot at every stream's last version")
+        await _until(lambda: all_snapshotted(store, streams), "a snapshot at every last version")
         after = await epochs(store, GROUP)
         assert orphaned and all(after[p] > before[p] for p in orphaned), (before, after)
         owned = await owners(store, GROUP)

@@ -23,6 +23,7 @@ from chronik.errors import (
     ConcurrencyError,
     DuplicateEventId,
     FollowerFailed,
+    LeaseLost,
     StoreUnavailable,
 )
 from chronik.events import RecordedEvent, category_of, validate_stream_id
@@ -216,8 +217,8 @@ class SagaRunner(Follower):
             try:
                 await self._handle_once(event)
                 return
-            except (StoreUnavailable, CheckpointMoved):
-                raise
+            except (StoreUnavailable, CheckpointMoved, LeaseLost):
+                raise  # nothing to do with the event: not retried, never a dead letter
             except Exception as exc:
                 error = exc
                 self.last_error = describe(exc)
