@@ -13,6 +13,7 @@ import logging
 import os
 import signal
 import sys
+import time
 
 import chronik
 from chronik.nats import InboxMessage
@@ -26,9 +27,15 @@ EFFECTS = (
 )
 
 
+HANDLER_SECONDS = float(os.environ.get("CHRONIK_SO_HANDLER_MS", "0")) / 1000
+"""The benchmark's handler I/O: blocks the process this long per message."""
+
+
 async def effect(message: InboxMessage, tx: Tx) -> None:
     """One row per application, in the order applied (``seq``): a message applied twice has
     two rows, a stream applied out of order has positions out of ``seq`` order."""
+    if HANDLER_SECONDS:
+        time.sleep(HANDLER_SECONDS)
     await tx.execute(
         "INSERT INTO inbox_effects (message_id, stream_id, position, member) "
         "VALUES (:m, :s, :p, :w)",

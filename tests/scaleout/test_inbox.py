@@ -31,7 +31,7 @@ from hypothesis import strategies as st
 import chronik
 from chronik.errors import InvalidArgument, InvalidSubject, LeaseLost
 from chronik.nats import InboxMessage, OutboxRelay, ensure_stream, subject_for
-from chronik.scaleout import Leases, resize
+from chronik.scaleout import Leases, resize, workers_status
 from chronik.scaleout.inbox import (
     InboxPartition,
     PartitionedInbox,
@@ -287,6 +287,8 @@ async def test_one_process_applies_every_message_once_in_order(
 
             await until(done, "every message applied", timeout=60)
             assert sorted(inbox.owned()) == [0, 1, 2, 3]
+            (status,) = await workers_status(store, inbox_group(INBOX))
+            assert [(p.owner, p.lag) for p in status.partitions] == [("solo", None)] * 4
     finally:
         await relay.stop()
     ids = {str(e.event_id): (e.stream_id, e.position)

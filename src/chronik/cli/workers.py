@@ -29,7 +29,8 @@ async def cmd_workers_status(store: EventStore, args: argparse.Namespace, out: O
         cols = ["partition", "owner", "epoch", "expires_in", "checkpoint", "position", "lag"]
         rows = [
             [f"{x.partition}/{x.partitions}", x.owner or "-", x.epoch,
-             "-" if x.expires_in is None else x.expires_in, x.checkpoint, x.position, x.lag]
+             "-" if x.expires_in is None else x.expires_in, x.checkpoint, x.position,
+             "-" if x.lag is None else x.lag]
             for x in g.partitions
         ]  # fmt: skip
         out.table(f"{g.name}: {len(g.members)} live member(s)", cols, rows)

@@ -291,7 +291,8 @@ class StoreMetrics:
                     part = f"{p.partition}of{p.partitions}"
                     owner.add_metric([group.name, part, p.owner or ""], 1)
                     epoch.add_metric([group.name, part], p.epoch)
-                    lag.add_metric([group.name, part], p.lag)
+                    if p.lag is not None:  # an inbox's lag is its JetStream consumers'
+                        lag.add_metric([group.name, part], p.lag)
         return [owner, epoch, lag, members]
 
     async def _outbox(self) -> Metric:

@@ -20,7 +20,8 @@ one process at a time through the same leases and epochs as every partitioned wo
   message of the partition. (With more in flight, a new owner would get later messages
   while the killed owner's were still waiting out ``ack_wait``: the kill test finds
   streams applied out of order.) Throughput comes from partitions and processes, not from
-  batches; ``ordered=False`` fetches ``batch_size`` at once and keeps no order.
+  batches (each message is one fetch, one transaction, one ack); ``ordered=False``
+  fetches ``batch_size`` at once and keeps no order.
 - a graceful stop or a rebalance hands fetched messages back at once.
 """
 
@@ -146,8 +147,11 @@ class PartitionedInbox(PartitionedRunner):
         self.stream = stream
         self.prefix = prefix
         self.options: dict[str, Any] = dict(
-            handler=handler, append_handler=append_handler, batch_size=batch_size,
-            max_ack_pending=1 if ordered else None, **options,
+            handler=handler, append_handler=append_handler,
+            # ordered: one in flight, so a fetch asks for one (a fetch of more would wait out
+            # its timeout for messages JetStream holds back until the first is acked)
+            batch_size=1 if ordered else batch_size, max_ack_pending=1 if ordered else None,
+            **options,
         )  # fmt: skip
 
     def _follower(self, partition: int, epoch: int) -> PartitionWorker:

@@ -24,8 +24,10 @@ class PartitionStatus:
     """Seconds left on the lease (negative: expired, up for takeover; ``None``: free)."""
     checkpoint: str
     position: int
-    lag: int
-    """Positions between the partition's checkpoint and the head of the log."""
+    lag: int | None
+    """Positions between the partition's checkpoint and the head of the log (``None`` for
+    an inbox: it follows a JetStream stream, not the log; its consumers' pending counts are
+    its lag)."""
     acquired_ago: float | None = None
     """Seconds since the owner took the partition (its last rebalance)."""
 
@@ -74,7 +76,7 @@ async def workers_status(store: EventStore, name: str | None = None) -> list[Gro
                     round(lease.expires_in, 3) if lease.owner is not None else None,
                     cp,
                     position,
-                    max(head - position, 0),
+                    None if kind == "inbox" else max(head - position, 0),
                     None if lease.acquired_ago is None else round(lease.acquired_ago, 3),
                 )
             )
