@@ -377,3 +377,52 @@ async def test_an_inbox_group_cannot_be_resized(pg_url: str) -> None:
             await resize(store, inbox_group("x"), 8)
         group = await Leases(store, inbox_group("x"), 4, member="m").group()
         assert (group.partitions, group.resize_to) == (4, None)
+
+
+async def test_a_broker_down_at_start_is_waited_for_not_fatal(
+    sqlite_url: str, tmp_path: Path
+) -> None:
+    """The inbox starts while nats-server is down; once it is up, every message arrives."""
+    broker = PrivateNats(tmp_path)  # not started yet
+    async with await chronik.connect(sqlite_url) as store:
+        async with require(store, SqlStore).transaction() as tx:
+            await tx.execute(EFFECTS.format(serial=_serial(store)))
+        for k in range(20):
+            await store.append(f"acct-{k % 4}", [chronik.NewEvent("Added", {"n": k})])
+        inbox = PartitionedInbox(
+            store, broker.url, name=INBOX, stream="S", prefix="s", partitions=2,
+            handler=effect, member="solo", lease_ttl=2.0, fetch_timeout=0.1,
+        )  # fmt: skip
+        try:
+            async with inbox:
+                await until(lambda: _true(len(inbox.owned()) == 2), "both partitions owned")
+                await asyncio.sleep(1.0)
+                assert inbox.failure() is None and await _effects(store) == []
+                broker.start()
+                import nats
+
+                nc = await nats.connect(broker.url)
+                await ensure_stream(nc.jetstream(), "S", ["s.>"])
+                await nc.close()
+                relay = OutboxRelay(
+                    store, broker.url, name="S", stream="S", prefix="s", categories=["acct"],
+                    subject_partitions=2, poll_interval=0.05,
+                )  # fmt: skip
+                await relay.start()
+                try:
+
+                    async def done() -> bool:
+                        return len(await _effects(store)) >= 20
+
+                    await until(done, "every message applied after the broker came up", 60)
+                finally:
+                    await relay.stop()
+        finally:
+            broker.stop()
+        ids = {str(e.event_id): (e.stream_id, e.position)
+               async for e in store.read_all(categories=["acct"])}  # fmt: skip
+        check_effects(await _effects(store), ids)
+
+
+async def _true(value: bool) -> bool:
+    return value

@@ -164,8 +164,16 @@ class PartitionedInbox(PartitionedRunner):
     async def _prepare(self) -> None:
         """Refuse to start when the stream holds messages this inbox would never take: a
         subject under the prefix without a partition token below ``partitions`` (the
-        publisher uses another count, or none)."""
-        await check_subject_partitions(self.servers, self.stream, self.prefix, self.partitions)
+        publisher uses another count, or none). A broker that cannot be reached now is not
+        a reason to refuse: the partitions connect (and retry) on their own."""
+        try:
+            await check_subject_partitions(self.servers, self.stream, self.prefix, self.partitions)
+        except InvalidArgument:
+            raise
+        except Exception as exc:  # the broker is down: the partitions retry on their own
+            logger.warning(
+                "%s: could not check the stream's subjects (%r); starting without", self.name, exc
+            )
 
 
 async def check_subject_partitions(
@@ -175,7 +183,16 @@ async def check_subject_partitions(
     partition token is not ``0 .. partitions-1``."""
     import nats
 
-    nc = await nats.connect(list([servers] if isinstance(servers, str) else servers))
+    urls = [servers] if isinstance(servers, str) else list(servers)
+
+    async def quiet(exc: Exception) -> None:
+        pass  # the caller reports the failure once
+
+    # one quick attempt per server (0 would mean "retry forever" to nats-py)
+    nc = await nats.connect(
+        urls, connect_timeout=2, max_reconnect_attempts=1, reconnect_time_wait=0.2,
+        allow_reconnect=False, error_cb=quiet,
+    )  # fmt: skip
     try:
         info = await nc.jetstream().stream_info(stream, subjects_filter=f"{prefix}.>")
         subjects = dict(info.state.subjects or {})
