@@ -36,7 +36,7 @@ from tests.scaleout.cluster import Cluster, owners
 import chronik
 from benchmarks.common import create_target, drop_target, pg_reachable
 from chronik.projections import ProjectionRunner
-from chronik.scaleout import Leases
+from chronik.scaleout import Leases, partition_of
 from chronik.store.protocol import EventStore
 
 __all__ = ["main"]
@@ -63,10 +63,19 @@ async def _wait(check: object, timeout: float = 600) -> None:
         await asyncio.sleep(0.02)
 
 
+def busiest_share(owned: dict[int, str | None], streams: int) -> float:
+    """The largest share of the streams one member owns (by ``partition_of``): with one
+    event at a time per process, ``1 / share`` bounds the speed-up over one process."""
+    from collections import Counter
+
+    load = Counter(owned.get(partition_of(f"tick-{s}", 8)) for s in range(streams))
+    return max(load.values()) / streams
+
+
 async def throughput(
     procs: int, events: int, streams: int, *, blocking: bool = True, shared: bool = True
-) -> float:
-    """Events per second with ``procs`` worker processes."""
+) -> tuple[float, float]:
+    """Events per second with ``procs`` worker processes, and the busiest member's share."""
     target = create_target("postgres", f"so{procs}")
     url = target.chronik_url()
     cluster = Cluster(url, 8, ttl=5.0, batch=100, handler_ms=1, blocking=blocking, shared=shared)
@@ -76,11 +85,12 @@ async def throughput(
             for m in sorted(members):
                 cluster.start(m)
 
-            async def balanced() -> bool:
-                owned = await owners(store)
-                return len(owned) == 8 and set(owned.values()) == members
+            async def balanced() -> bool:  # the rebalance is done: 8 / procs each
+                owned = list((await owners(store)).values())
+                return len(owned) == 8 and all(owned.count(m) == 8 // procs for m in members)
 
             await _wait(balanced)
+            share = busiest_share(await owners(store), streams)
             started = time.monotonic()
             await _append(store, streams, events)
 
@@ -88,7 +98,7 @@ async def throughput(
                 return await _applied(store) >= events
 
             await _wait(done)
-            return events / (time.monotonic() - started)
+            return events / (time.monotonic() - started), share
     finally:
         cluster.stop_all()
         drop_target(target)
@@ -124,9 +134,9 @@ async def rebalance(ttl: float) -> float:
             for m in sorted(members):
                 cluster.start(m)
 
-            async def balanced() -> bool:
-                owned = await owners(store)
-                return len(owned) == 8 and set(owned.values()) == members
+            async def balanced() -> bool:  # the rebalance is done: 2 each
+                owned = list((await owners(store)).values())
+                return len(owned) == 8 and all(owned.count(m) == 2 for m in members)
 
             await _wait(balanced)
             orphaned = {p for p, o in (await owners(store)).items() if o == "w0"}
@@ -213,8 +223,8 @@ def _spread(values: list[float]) -> str:
     return f"{statistics.median(values):,.0f} (min {min(values):,.0f}, max {max(values):,.0f})"
 
 
-async def run(quick: bool, runs: int) -> None:
-    events, streams = (2000, 200) if quick else (6000, 300)
+async def run(quick: bool, runs: int, streams: int | None, modes_wanted: set[str]) -> None:
+    events, streams = (2000, streams or 200) if quick else (6000, streams or 300)
     print(f"throughput: {events} events on {streams} streams, 1 ms handler I/O, 8 partitions, "
           f"{runs} interleaved rounds")  # fmt: skip
     base = await plain(events, streams)
@@ -223,24 +233,34 @@ async def run(quick: bool, runs: int) -> None:
     modes = [(True, True, "blocking"), (False, True, "awaited"),
              (True, False, "blocking, a reader per partition (before)")]  # fmt: skip
     for blocking, shared, mode in modes:
+        if mode not in modes_wanted:
+            continue
         rates: dict[int, list[float]] = {1: [], 2: [], 4: []}
         ratios: dict[int, list[float]] = {2: [], 4: []}
+        shares: dict[int, list[float]] = {1: [], 2: [], 4: []}
         for r in range(runs):
             for procs in (1, 2, 4):
-                rates[procs].append(
-                    await throughput(procs, events, streams, blocking=blocking, shared=shared)
+                rate, share = await throughput(
+                    procs, events, streams, blocking=blocking, shared=shared
                 )
-                print(f"    {mode} round {r + 1}, {procs} process(es): "
-                      f"{rates[procs][-1]:,.0f} events/s", flush=True)  # fmt: skip
+                rates[procs].append(rate)
+                shares[procs].append(share)
+                print(f"    {mode} round {r + 1}, {procs} process(es): {rate:,.0f} events/s; "
+                      f"busiest process owns {share:.0%} of the streams "
+                      f"(speed-up bound {1 / share:.2f}x)", flush=True)  # fmt: skip
             for procs in (2, 4):
                 ratios[procs].append(rates[procs][-1] / rates[1][-1])
         print(f"  {mode} 1 ms I/O:")
         print(f"    1 process: {_spread(rates[1])} events/s")
         for procs in (2, 4):
             rs = ratios[procs]
-            print(f"    {procs} processes: {_spread(rates[procs])} events/s; "
-                  f"{statistics.median(rs):.2f}x of one in the same round "
-                  f"(min {min(rs):.2f}, max {max(rs):.2f})", flush=True)  # fmt: skip
+            print(
+                f"    {procs} processes: {_spread(rates[procs])} events/s; "
+                f"{statistics.median(rs):.2f}x of one in the same round "
+                f"(min {min(rs):.2f}, max {max(rs):.2f}); hash-balance bound "
+                f"{statistics.median([1 / x for x in shares[procs]]):.2f}x",
+                flush=True,
+            )
     ttl = 2.0
     took = await rebalance(ttl)
     print(f"rebalance: partitions of a killed worker owned again after {took:.2f}s (TTL {ttl}s)")
@@ -253,6 +273,17 @@ def main(argv: Sequence[str] | None = None) -> int:
     parser = argparse.ArgumentParser(description=__doc__.splitlines()[0] if __doc__ else None)
     parser.add_argument("--quick", action="store_true", help="small sizes (a smoke run)")
     parser.add_argument("--runs", type=int, default=3, help="interleaved rounds (default 3)")
+    parser.add_argument(
+        "--streams",
+        type=int,
+        default=None,
+        help="streams the events are spread over (default 300; --quick 200)",
+    )
+    parser.add_argument(
+        "--modes",
+        default="blocking,awaited,before",
+        help="comma list of blocking, awaited, before (default: all)",
+    )
     parser.add_argument("--profile", action="store_true",
                         help="only cProfile one in-process runner (blocking/awaited handler, "
                         "one reader/a reader per partition)")  # fmt: skip
@@ -264,7 +295,9 @@ def main(argv: Sequence[str] | None = None) -> int:
         for blocking, shared in ((True, True), (True, False), (False, True), (False, False)):
             asyncio.run(profile(blocking, shared))
         return 0
-    asyncio.run(run(args.quick, args.runs))
+    wanted = {"blocking, a reader per partition (before)" if m == "before" else m
+              for m in args.modes.split(",")}  # fmt: skip
+    asyncio.run(run(args.quick, args.runs, args.streams, wanted))
     return 0
 
 
