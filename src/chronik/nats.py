@@ -21,7 +21,9 @@ Needs ``pip install chronik[nats]`` (nats-py).
 from __future__ import annotations
 
 import asyncio
+import base64
 import contextlib
+import hashlib
 import logging
 import time
 import unicodedata
@@ -69,6 +71,58 @@ HDR_POSITION = "Chronik-Position"
 HDR_CORRELATION = "Chronik-Correlation-Id"
 HDR_CAUSATION = "Chronik-Causation-Id"
 HDR_TRACEPARENT = "traceparent"
+
+
+def broker_error_logger(who: str, every: float = 10.0) -> Callable[[Exception], Awaitable[None]]:
+    """A nats-py ``error_cb`` that logs one line per ``every`` seconds (nats-py's default
+    logs a traceback on every reconnect attempt: thousands of lines while a broker is down)."""
+    last = [0.0]
+
+    async def log(exc: Exception) -> None:
+        now = time.monotonic()
+        if now - last[0] >= every:
+            last[0] = now
+            logger.warning("%s: broker: %r (retrying)", who, exc)
+
+    return log
+
+
+MAX_KEY_BYTES = 1024
+"""A message id longer than this (UTF-8 bytes) is deduplicated by its SHA-256: an index row
+has a size limit (PostgreSQL: about 2.7 kB), and an id from outside may be any length."""
+
+
+def dedupe_key(message_id: str) -> str:
+    """The key ``processed_messages`` and ``inbox_dead_letters`` hold for ``message_id``."""
+    raw = message_id.encode("utf-8", "surrogatepass")
+    try:
+        message_id.encode("utf-8")  # a lone surrogate cannot be stored as text
+    except UnicodeEncodeError:
+        pass
+    else:
+        if len(raw) <= MAX_KEY_BYTES and b"\x00" not in raw:
+            return message_id
+    return f"sha256:{hashlib.sha256(raw).hexdigest()}"
+
+
+def _close(a: tuple[Any, ...], b: tuple[Any, ...]) -> bool:
+    """Consumer settings equal (``ack_wait`` comes back from the server as a float)."""
+    return all(
+        abs(x - y) < 1e-3 if isinstance(x, float) or isinstance(y, float) else x == y
+        for x, y in zip(a, b, strict=True)
+    )
+
+
+def stored_payload(data: bytes) -> str:
+    """A payload as the ``data`` text column keeps it: the text when it is UTF-8 without
+    NUL, else ``base64:`` and its Base64 (so a binary message can be dead-lettered whole)."""
+    try:
+        text = data.decode("utf-8")
+    except UnicodeDecodeError:
+        text = None
+    if text is not None and "\x00" not in text and not text.startswith("base64:"):
+        return text
+    return "base64:" + base64.b64encode(data).decode("ascii")
 
 
 def validate_subject_token(token: object) -> str:
@@ -223,6 +277,7 @@ class OutboxRelay(Follower):
             reconnect_time_wait=0.2,
             connect_timeout=2,
             allow_reconnect=True,
+            error_cb=broker_error_logger(self.name),
         )
         self._js = self._nc.jetstream(timeout=self.ack_timeout)
 
@@ -423,8 +478,9 @@ class Inbox(Poller):
         if self._sub is not None:
             return
         self._nc = await nats.connect(
-            self.servers, max_reconnect_attempts=-1, reconnect_time_wait=0.2
-        )
+            self.servers, max_reconnect_attempts=-1, reconnect_time_wait=0.2,
+            error_cb=broker_error_logger(self.name),
+        )  # fmt: skip
         js = self._nc.jetstream()
         config = ConsumerConfig(
             durable_name=self.durable,
@@ -434,9 +490,53 @@ class Inbox(Poller):
             filter_subject=self.subject,
             max_ack_pending=self.max_ack_pending,
         )
+        await self._create_or_update(js, config)
         self._sub = await js.pull_subscribe(
             self.subject, durable=self.durable, stream=self.stream, config=config
         )
+
+    async def _create_or_update(self, js: Any, config: Any) -> None:
+        """Make the durable consumer, or bring an existing one to ``config``: nats-py's
+        ``pull_subscribe`` binds to an existing consumer as it is, so a changed
+        ``max_deliver``, ``ack_wait`` or ``max_ack_pending`` (one in flight: the order of an
+        ordered partition) would silently not apply. A setting the server cannot change
+        in place is a typed error naming the consumer."""
+        import nats.js.errors
+
+        try:
+            info = await js.consumer_info(self.stream, self.durable)
+        except nats.js.errors.NotFoundError:
+            info = None
+        if info is not None and (info.config.filter_subject or "") != self.subject:
+            raise InvalidArgument(
+                "durable",
+                f"consumer {self.durable!r} on stream {self.stream!r} takes "
+                f"{info.config.filter_subject!r}, not {self.subject!r}; delete it or use "
+                "another name",
+            )
+        wanted = (config.max_deliver, config.ack_wait, config.max_ack_pending)
+        if info is not None:
+            have = info.config
+            current = (have.max_deliver, have.ack_wait, have.max_ack_pending)
+            if config.max_ack_pending is None:  # the server's default: keep what is there
+                wanted = (*wanted[:2], have.max_ack_pending)
+            if _close(current, wanted):
+                return
+            logger.info(
+                "inbox %s: updating consumer %s (max_deliver, ack_wait, max_ack_pending) "
+                "%s -> %s", self.name, self.durable, current, wanted,
+            )  # fmt: skip
+            if config.max_ack_pending is None:
+                config.max_ack_pending = have.max_ack_pending
+        try:
+            await js.add_consumer(self.stream, config)
+        except nats.js.errors.BadRequestError as exc:
+            raise InvalidArgument(
+                "durable",
+                f"consumer {self.durable!r} on stream {self.stream!r} could not be brought "
+                f"to max_deliver={config.max_deliver}, ack_wait={config.ack_wait}, "
+                f"max_ack_pending={config.max_ack_pending}: {exc.description}",
+            ) from exc
 
     async def close(self) -> None:
         if self._nc is not None:
@@ -488,7 +588,9 @@ class Inbox(Poller):
         """Handle one NATS message: dedupe + effect in one transaction, then ack."""
         headers = dict(msg.headers or {})
         deliveries = int(msg.metadata.num_delivered) if msg.metadata else 1
-        message_id = headers.get(HDR_MSG_ID) or f"{self.stream}:{msg.metadata.sequence.stream}"
+        message_id = dedupe_key(
+            headers.get(HDR_MSG_ID) or f"{self.stream}:{msg.metadata.sequence.stream}"
+        )
         message = InboxMessage(
             message_id,
             msg.subject,
@@ -524,10 +626,28 @@ class Inbox(Poller):
                     self.dead_lettered += 1
                 else:
                     logger.warning("inbox %s: %s failed (%r)", self.name, message_id, exc)
-                    await msg.nak(delay=min(0.1 * 2**deliveries, 5.0))
+                    await self._retry_later(msg, min(0.1 * 2**deliveries, 5.0))
                 return
             await msg.ack()
             return
+
+    async def _retry_later(self, msg: Any, delay: float) -> None:
+        """Have a failed message delivered again after ``delay`` seconds.
+
+        With one message in flight (an ordered partition) nothing else can be delivered
+        meanwhile, so it waits here, holding the message, and naks it without a delay:
+        nats-server 2.9 loses the timer of a delayed nak when no pull request is waiting as
+        it fires (measured: 6 of 30 redeliveries came only after ``ack_wait``, 30 s), which
+        would stall the partition. With more in flight, the server holds it back
+        (``nak(delay=...)``) while the others go on."""
+        if self.max_ack_pending != 1:
+            await msg.nak(delay=delay)
+            return
+        with contextlib.suppress(Exception):
+            await msg.in_progress()
+        with contextlib.suppress(TimeoutError):
+            await asyncio.wait_for(self._stopping.wait(), delay)
+        await msg.nak()
 
     async def process(self, message: InboxMessage) -> bool:
         """Run the handler unless the message was processed already; ``False``: a duplicate."""
@@ -589,7 +709,7 @@ class Inbox(Poller):
                 "error, deliveries, created_at) VALUES (:c, :m, :s, :d, :h, :e, :n, :t) "
                 "ON CONFLICT (consumer, message_id) DO NOTHING",
                 {"c": self.name, "m": message.message_id, "s": message.subject,
-                 "d": message.data.decode("utf-8", "replace"),
+                 "d": stored_payload(message.data),
                  "h": msgspec.json.encode(message.headers).decode(), "e": repr(exc),
                  "n": message.deliveries, "t": time.time()},
             )  # fmt: skip

@@ -93,3 +93,19 @@ def test_workers_sagas_runs_partitions_and_status_names_them(
     assert json.loads(out.decode().strip().splitlines()[-1]) == [
         {"name": "saga:transfer@solo", "rebalances": 2, "leases_lost": 0}
     ]
+
+
+def _plain_handler(message: object, tx: object) -> None:
+    """Not async: would run, return no awaitable and fail every message."""
+
+
+def test_workers_inbox_refuses_a_plain_function_as_handler(
+    sqlite_url: str, capsys: pytest.CaptureFixture[str]
+) -> None:
+    pytest.importorskip("nats")
+    assert main(["--store", sqlite_url, "init"]) == 0
+    handler = "tests.scaleout.test_cli:_plain_handler"
+    args = ["--store", sqlite_url, "workers", "inbox", handler, "--stream", "S",
+            "--prefix", "s", "--name", "n", "--nats", "nats://127.0.0.1:1"]  # fmt: skip
+    assert main(args) != 0
+    assert "not an async function" in capsys.readouterr().err

@@ -30,7 +30,15 @@ from hypothesis import strategies as st
 
 import chronik
 from chronik.errors import InvalidArgument, InvalidSubject, LeaseLost
-from chronik.nats import InboxMessage, OutboxRelay, ensure_stream, subject_for
+from chronik.nats import (
+    MAX_KEY_BYTES,
+    InboxMessage,
+    OutboxRelay,
+    dedupe_key,
+    ensure_stream,
+    stored_payload,
+    subject_for,
+)
 from chronik.scaleout import Leases, resize, workers_status
 from chronik.scaleout.inbox import (
     InboxPartition,
@@ -38,8 +46,9 @@ from chronik.scaleout.inbox import (
     check_subject_partitions,
     inbox_group,
 )
+from chronik.scaleout.partitions import partition_of
 from chronik.store import SqlStore, require
-from chronik.store.protocol import EventStore
+from chronik.store.protocol import EventStore, Tx
 from tests.conftest import NATS_URL, require_service
 from tests.scaleout.cluster import ROOT
 from tests.scaleout.inbox_worker import EFFECTS, INBOX, effect
@@ -294,7 +303,7 @@ async def test_one_process_applies_every_message_once_in_order(
     ids = {str(e.event_id): (e.stream_id, e.position)
            async for e in store.read_all(categories=["acct"])}  # fmt: skip
     check_effects(await _effects(store), ids)
-    names = sorted([c.name async for c in _consumers(js, stream)])
+    names = sorted([c.durable_name or c.name async for c in _consumers(js, stream)])
     assert names == [f"{INBOX}_p{p}of4" for p in range(4)]
     # the subjects carry the stream's partition token
     info = await js.stream_info(stream, subjects_filter=f"{stream}.>")
@@ -426,3 +435,96 @@ async def test_a_broker_down_at_start_is_waited_for_not_fatal(
 
 async def _true(value: bool) -> bool:
     return value
+
+
+# -- found by a reviewer trying to break it ------------------------------------------------
+
+
+@given(st.text(max_size=3000))
+def test_a_dedupe_key_is_short_storable_text_and_stable(message_id: str) -> None:
+    key = dedupe_key(message_id)
+    assert key == dedupe_key(message_id)
+    assert len(key.encode("utf-8")) <= MAX_KEY_BYTES and "\x00" not in key
+    ordinary = all(c != "\x00" and not 0xD800 <= ord(c) <= 0xDFFF for c in message_id)
+    if ordinary and len(message_id.encode("utf-8")) <= 64:
+        assert key == message_id  # ordinary ids are kept as they are
+
+
+@given(st.binary(max_size=300))
+def test_a_stored_payload_is_text_without_nul_and_gives_the_bytes_back(data: bytes) -> None:
+    import base64
+
+    stored = stored_payload(data)
+    assert "\x00" not in stored
+    if stored.startswith("base64:"):
+        assert base64.b64decode(stored.removeprefix("base64:")) == data
+    else:
+        assert stored.encode("utf-8") == data
+
+
+async def _publish(js: Any, stream: str, stream_id: str, position: int, **kw: Any) -> None:
+    headers = {"Nats-Msg-Id": kw.pop("msg_id", str(uuid.uuid4())),
+               "Chronik-Stream-Id": stream_id, "Chronik-Position": str(position)}  # fmt: skip
+    token = partition_of(stream_id, 2)
+    await js.publish(f"{stream}.{token}.acct.Added", kw.pop("data", b"{}"), stream=stream,
+                     headers=headers)  # fmt: skip
+
+
+async def failing_on_fail(message: InboxMessage, tx: Tx) -> None:
+    if message.data.startswith(b"FAIL"):
+        raise ValueError("this message always fails")
+    await effect(message, tx)
+
+
+def _solo(store: EventStore, nats_url: str, stream: str, partitions: int = 2, **kw: Any) -> Any:
+    return PartitionedInbox(
+        store, nats_url, name=INBOX, stream=stream, prefix=stream, partitions=partitions,
+        handler=failing_on_fail, member="solo", lease_ttl=2.0, fetch_timeout=0.1, **kw,
+    )  # fmt: skip
+
+
+async def test_hostile_ids_and_binary_poison_neither_wedge_nor_vanish(
+    store: EventStore, jetstream: tuple[Any, str], nats_url: str
+) -> None:
+    js, stream = jetstream
+    await _publish(js, stream, "acct-1", 0, msg_id=os.urandom(4000).hex())  # 8 kB id
+    await _publish(js, stream, "acct-1", 1, data=b"FAIL\x00\xff binary")  # poison, NUL
+    await _publish(js, stream, "acct-1", 2)
+    async with _solo(store, nats_url, stream, max_deliver=2):
+
+        async def done() -> bool:
+            dead = await require(store, SqlStore).query(
+                "SELECT data FROM inbox_dead_letters WHERE consumer = :c", {"c": INBOX}
+            )
+            return len(await _effects(store)) >= 2 and len(dead) == 1
+
+        await until(done, "the long id applied, the poison dead-lettered, the next applied")
+    rows = await _effects(store)
+    assert [r[3] for r in rows] == [0, 2] and rows[0][1].startswith("sha256:")
+    (data,) = (await require(store, SqlStore).query("SELECT data FROM inbox_dead_letters"))[0]
+    assert data.startswith("base64:")
+
+
+async def test_changed_consumer_settings_apply_on_restart(
+    store: EventStore, jetstream: tuple[Any, str], nats_url: str
+) -> None:
+    js, stream = jetstream
+    async with _solo(store, nats_url, stream, ordered=False, max_deliver=2, ack_wait=30.0):
+        await asyncio.sleep(0.5)
+    async with _solo(store, nats_url, stream, max_deliver=5, ack_wait=2.0) as inbox:
+        await until(lambda: _true(len(inbox.owned()) == 2), "both partitions owned")
+        await asyncio.sleep(0.5)
+    for p in range(2):
+        info = await js.consumer_info(stream, f"{INBOX}_p{p}of2")
+        assert info.config.max_deliver == 6 and info.config.max_ack_pending == 1
+        assert abs(info.config.ack_wait - 2.0) < 1e-3
+
+
+async def test_restarting_under_one_name_with_another_count_is_refused(
+    store: EventStore, jetstream: tuple[Any, str], nats_url: str
+) -> None:
+    _, stream = jetstream
+    async with _solo(store, nats_url, stream, partitions=2):
+        pass
+    with pytest.raises(InvalidArgument, match="created with 2 partitions, not 4"):
+        await _solo(store, nats_url, stream, partitions=4).start()

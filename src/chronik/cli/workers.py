@@ -164,12 +164,17 @@ async def cmd_workers_inbox(store: EventStore, args: argparse.Namespace, out: Ou
     from chronik.cli._common import require_extra
 
     require_extra("nats", "chronik workers inbox", "nats-py", "nats")
+    import inspect
+
     from chronik.app import load_object
     from chronik.errors import LoadError
     from chronik.scaleout.inbox import PartitionedInbox
 
     handler = load_object(args.inbox_handler, "workers inbox")
-    if not callable(handler):
+    if not (  # a plain function would run, return no awaitable and fail every message
+        inspect.iscoroutinefunction(handler)
+        or inspect.iscoroutinefunction(getattr(handler, "__call__", None))  # noqa: B004
+    ):
         raise LoadError(args.inbox_handler, "workers inbox", "not an async function")
     given: dict[str, Any] = {"append_handler" if args.appends else "handler": handler}
     runner = PartitionedInbox(

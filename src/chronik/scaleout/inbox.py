@@ -27,6 +27,7 @@ one process at a time through the same leases and epochs as every partitioned wo
 
 from __future__ import annotations
 
+import contextlib
 import logging
 from collections.abc import Sequence
 from typing import Any
@@ -160,6 +161,19 @@ class PartitionedInbox(PartitionedRunner):
             prefix=self.prefix, leases=self.leases, partition=partition, epoch=epoch,
             **self.options,
         )  # fmt: skip
+
+    async def _starting(self) -> None:
+        wanted = self.partitions
+        await super()._starting()
+        if self.partitions != wanted:  # join() took the group's stored count
+            with contextlib.suppress(Exception):
+                await self.leases.leave()
+            raise InvalidArgument(
+                "partitions",
+                f"inbox {self.inbox_name!r} was created with {self.partitions} partitions, "
+                f"not {wanted}: the subjects' partition count cannot change under one name "
+                "(see docs/scale-out.md, changing the partition count of an inbox)",
+            )
 
     async def _prepare(self) -> None:
         """Refuse to start when the stream holds messages this inbox would never take: a
