@@ -63,34 +63,45 @@ async def _wait(check: object, timeout: float = 600) -> None:
         await asyncio.sleep(0.02)
 
 
-def busiest_share(owned: dict[int, str | None], streams: int) -> float:
+def busiest_share(owned: dict[int, str | None], streams: int, partitions: int = 8) -> float:
     """The largest share of the streams one member owns (by ``partition_of``): with one
     event at a time per process, ``1 / share`` bounds the speed-up over one process."""
     from collections import Counter
 
-    load = Counter(owned.get(partition_of(f"tick-{s}", 8)) for s in range(streams))
+    load = Counter(owned.get(partition_of(f"tick-{s}", partitions)) for s in range(streams))
     return max(load.values()) / streams
 
 
 async def throughput(
-    procs: int, events: int, streams: int, *, blocking: bool = True, shared: bool = True
+    procs: int,
+    events: int,
+    streams: int,
+    *,
+    blocking: bool = True,
+    shared: bool = True,
+    partitions: int = 8,
 ) -> tuple[float, float]:
     """Events per second with ``procs`` worker processes, and the busiest member's share."""
     target = create_target("postgres", f"so{procs}")
     url = target.chronik_url()
-    cluster = Cluster(url, 8, ttl=5.0, batch=100, handler_ms=1, blocking=blocking, shared=shared)
+    cluster = Cluster(
+        url, partitions, ttl=5.0, batch=100, handler_ms=1, blocking=blocking, shared=shared
+    )
     try:
         async with await chronik.connect(url) as store:
             members = {f"w{i}" for i in range(procs)}
             for m in sorted(members):
                 cluster.start(m)
 
-            async def balanced() -> bool:  # the rebalance is done: 8 / procs each
+            async def balanced() -> bool:  # the rebalance is done: partitions / procs each
                 owned = list((await owners(store)).values())
-                return len(owned) == 8 and all(owned.count(m) == 8 // procs for m in members)
+                even = partitions // procs
+                return len(owned) == partitions and all(
+                    even <= owned.count(m) <= even + 1 for m in members
+                )
 
             await _wait(balanced)
-            share = busiest_share(await owners(store), streams)
+            share = busiest_share(await owners(store), streams, partitions)
             started = time.monotonic()
             await _append(store, streams, events)
 
@@ -223,10 +234,12 @@ def _spread(values: list[float]) -> str:
     return f"{statistics.median(values):,.0f} (min {min(values):,.0f}, max {max(values):,.0f})"
 
 
-async def run(quick: bool, runs: int, streams: int | None, modes_wanted: set[str]) -> None:
+async def run(
+    quick: bool, runs: int, streams: int | None, modes_wanted: set[str], partitions: int = 8
+) -> None:
     events, streams = (2000, streams or 200) if quick else (6000, streams or 300)
-    print(f"throughput: {events} events on {streams} streams, 1 ms handler I/O, 8 partitions, "
-          f"{runs} interleaved rounds")  # fmt: skip
+    print(f"throughput: {events} events on {streams} streams, 1 ms handler I/O, "
+          f"{partitions} partitions, {runs} interleaved rounds")  # fmt: skip
     base = await plain(events, streams)
     print(f"  unpartitioned ProjectionRunner, 1 process, blocking: {base:,.0f} events/s",
           flush=True)  # fmt: skip
@@ -241,8 +254,9 @@ async def run(quick: bool, runs: int, streams: int | None, modes_wanted: set[str
         for r in range(runs):
             for procs in (1, 2, 4):
                 rate, share = await throughput(
-                    procs, events, streams, blocking=blocking, shared=shared
-                )
+                    procs, events, streams, blocking=blocking, shared=shared,
+                    partitions=partitions,
+                )  # fmt: skip
                 rates[procs].append(rate)
                 shares[procs].append(share)
                 print(f"    {mode} round {r + 1}, {procs} process(es): {rate:,.0f} events/s; "
@@ -284,6 +298,8 @@ def main(argv: Sequence[str] | None = None) -> int:
         default="blocking,awaited,before",
         help="comma list of blocking, awaited, before (default: all)",
     )
+    parser.add_argument("--partitions", type=int, default=8,
+                        help="partitions of the projection (default 8)")  # fmt: skip
     parser.add_argument("--profile", action="store_true",
                         help="only cProfile one in-process runner (blocking/awaited handler, "
                         "one reader/a reader per partition)")  # fmt: skip
@@ -297,7 +313,7 @@ def main(argv: Sequence[str] | None = None) -> int:
         return 0
     wanted = {"blocking, a reader per partition (before)" if m == "before" else m
               for m in args.modes.split(",")}  # fmt: skip
-    asyncio.run(run(args.quick, args.runs, args.streams, wanted))
+    asyncio.run(run(args.quick, args.runs, args.streams, wanted, args.partitions))
     return 0
 
 

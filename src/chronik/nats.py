@@ -36,6 +36,7 @@ import msgspec
 
 from chronik.context import context
 from chronik.errors import (
+    ChronikError,
     InvalidArgument,
     InvalidSubject,
     LeaseLost,
@@ -52,11 +53,15 @@ from chronik.workers import Follower, Poller
 
 __all__ = [
     "Inbox",
+    "InboxDeadLetter",
     "InboxMessage",
     "IntegrationMessage",
     "InvalidSubject",
     "OutboxRelay",
+    "discard_inbox_dead_letter",
     "ensure_stream",
+    "inbox_dead_letters",
+    "retry_inbox_dead_letters",
     "subject_for",
     "validate_subject_token",
 ]
@@ -123,6 +128,21 @@ def stored_payload(data: bytes) -> str:
     if text is not None and "\x00" not in text and not text.startswith("base64:"):
         return text
     return "base64:" + base64.b64encode(data).decode("ascii")
+
+
+STREAM_NOT_FOUND = 10059
+"""JetStream's error code for an unknown stream."""
+
+
+class StreamMissing(ChronikError):
+    """The JetStream stream a consumer reads does not exist (yet): retried, with a hint."""
+
+    def __init__(self, stream: str) -> None:
+        super().__init__(
+            f"JetStream stream {stream!r} does not exist (yet): it is waited for; create it "
+            "(`chronik relay run --create-stream`, `nats stream add`) or check --stream"
+        )
+        self.stream = stream
 
 
 def validate_subject_token(token: object) -> str:
@@ -470,6 +490,7 @@ class Inbox(Poller):
         self.dead_lettered = 0
         self._nc: Any = None
         self._sub: Any = None
+        self._stream_created = ""
 
     async def connect(self) -> None:
         import nats
@@ -504,9 +525,13 @@ class Inbox(Poller):
         import nats.js.errors
 
         try:
+            stream = await js.stream_info(self.stream)
             info = await js.consumer_info(self.stream, self.durable)
-        except nats.js.errors.NotFoundError:
+        except nats.js.errors.NotFoundError as exc:
+            if exc.err_code == STREAM_NOT_FOUND:
+                raise StreamMissing(self.stream) from exc
             info = None
+        self._stream_created = str(stream.created or "")
         if info is not None and (info.config.filter_subject or "") != self.subject:
             raise InvalidArgument(
                 "durable",
@@ -588,9 +613,7 @@ class Inbox(Poller):
         """Handle one NATS message: dedupe + effect in one transaction, then ack."""
         headers = dict(msg.headers or {})
         deliveries = int(msg.metadata.num_delivered) if msg.metadata else 1
-        message_id = dedupe_key(
-            headers.get(HDR_MSG_ID) or f"{self.stream}:{msg.metadata.sequence.stream}"
-        )
+        message_id = dedupe_key(headers.get(HDR_MSG_ID) or self._fallback_id(msg))
         message = InboxMessage(
             message_id,
             msg.subject,
@@ -648,6 +671,16 @@ class Inbox(Poller):
         with contextlib.suppress(TimeoutError):
             await asyncio.wait_for(self._stopping.wait(), delay)
         await msg.nak()
+
+    def _fallback_id(self, msg: Any) -> str:
+        """The id of a message published without ``Nats-Msg-Id``: its stream sequence,
+        qualified by when the stream was created (a stream deleted and created again under
+        its name counts from 1 again: a bare ``STREAM:SEQ`` made new messages look
+        processed)."""
+        seq = msg.metadata.sequence.stream
+        if self._stream_created:
+            return f"{self.stream}@{self._stream_created}:{seq}"
+        return f"{self.stream}:{seq}"
 
     async def process(self, message: InboxMessage) -> bool:
         """Run the handler unless the message was processed already; ``False``: a duplicate."""
@@ -713,3 +746,102 @@ class Inbox(Poller):
                  "h": msgspec.json.encode(message.headers).decode(), "e": repr(exc),
                  "n": message.deliveries, "t": time.time()},
             )  # fmt: skip
+
+
+def loaded_payload(stored: str) -> bytes:
+    """The bytes :func:`stored_payload` kept as text."""
+    if stored.startswith("base64:"):
+        return base64.b64decode(stored.removeprefix("base64:"))
+    return stored.encode("utf-8")
+
+
+@dataclass(frozen=True, slots=True)
+class InboxDeadLetter:
+    """A message an inbox gave up on after ``max_deliver`` failed deliveries."""
+
+    id: int
+    consumer: str
+    message_id: str
+    subject: str
+    data: bytes
+    headers: dict[str, str]
+    error: str
+    deliveries: int
+    created_at: float
+
+    def message(self) -> InboxMessage:
+        """The message as its handler saw it."""
+        kind = self.headers.get(HDR_TYPE, self.subject.rsplit(".", 1)[-1])
+        return InboxMessage(
+            self.message_id, self.subject, kind, self.data, self.headers, self.deliveries
+        )
+
+
+async def inbox_dead_letters(store: EventStore, name: str | None = None) -> list[InboxDeadLetter]:
+    """The dead letters of inbox ``name`` (every inbox's with ``None``), oldest first."""
+    where, params = ("WHERE consumer = :c", {"c": name}) if name is not None else ("", {})
+    rows = await require(store, SqlStore).query(
+        "SELECT id, consumer, message_id, subject, data, headers, error, deliveries, "
+        f"created_at FROM inbox_dead_letters {where} ORDER BY id",
+        params,
+    )
+    return [_dead_letter_of(row) for row in rows]
+
+
+def _dead_letter_of(r: tuple[Any, ...]) -> InboxDeadLetter:
+    return InboxDeadLetter(
+        int(r[0]), r[1], r[2], r[3], loaded_payload(r[4]),
+        dict(msgspec.json.decode(r[5])), r[6], int(r[7]), float(r[8]),
+    )  # fmt: skip
+
+
+async def discard_inbox_dead_letter(store: EventStore, name: str, message_id: str) -> bool:
+    """Drop one dead letter (after deciding the message needs nothing); ``False`` when
+    there was none."""
+    async with store.transaction() as tx:
+        row = await tx.fetchone(
+            "DELETE FROM inbox_dead_letters WHERE consumer = :c AND message_id = :m RETURNING id",
+            {"c": name, "m": message_id},
+        )
+    return row is not None
+
+
+async def retry_inbox_dead_letters(
+    store: EventStore,
+    name: str,
+    *,
+    handler: InboxHandler | None = None,
+    append_handler: AppendingHandler | None = None,
+) -> tuple[int, int]:
+    """Run each dead letter of inbox ``name`` through ``handler`` (the fixed one) again;
+    returns ``(fixed, still_failing)``.
+
+    Each message goes through the inbox's own path (its id recorded in
+    ``processed_messages`` in the handler's transaction), so its effects happen once even if
+    two retries run at once or the inbox had applied it after all; a dead letter is removed
+    once its message is applied, and one that fails again stays, with the new error. A
+    retried message takes effect after later messages of its stream, which went on
+    meanwhile."""
+    retrier = Inbox(
+        store, [], name=name, stream="", subject="", handler=handler,
+        append_handler=append_handler,
+    )  # fmt: skip
+    fixed = failing = 0
+    for letter in await inbox_dead_letters(store, name):
+        try:
+            await retrier.process(letter.message())
+        except (StoreUnavailable, asyncio.CancelledError):
+            raise
+        except Exception as exc:
+            failing += 1
+            logger.warning("inbox %s: dead letter %s failed again: %r", name, letter.id, exc)
+            async with store.transaction() as tx:
+                await tx.execute(
+                    "UPDATE inbox_dead_letters SET error = :e WHERE id = :i",
+                    {"e": repr(exc), "i": letter.id},
+                )
+            continue
+        async with store.transaction() as tx:
+            await tx.execute("DELETE FROM inbox_dead_letters WHERE id = :i", {"i": letter.id})
+        fixed += 1
+    return fixed, failing

@@ -471,6 +471,24 @@ async def test_read_models_live_in_the_store_schema_and_roll_back(
         await store.query("SELECT * FROM no_such_table")
 
 
+async def test_a_program_limit_is_the_statements_error_not_an_outage(
+    store: PostgresEventStore,
+) -> None:
+    """Class 54 (here: an index row over PostgreSQL's size limit) fails the same statement
+    every time; as StoreUnavailable a worker would retry it for ever, holding its partition."""
+    async with store.transaction() as tx:
+        await tx.execute("CREATE TABLE keyed (k text PRIMARY KEY)")
+    huge = uuid.uuid4().hex * 400  # 12.8 kB of incompressible-enough text
+    huge = "".join(chr(0x4E00 + (ord(c) * 7919 + i) % 20000) for i, c in enumerate(huge))
+    with pytest.raises(psycopg.errors.ProgramLimitExceeded):
+        async with store.transaction() as tx:
+            await tx.execute("INSERT INTO keyed VALUES (:k)", {"k": huge})
+    with pytest.raises(psycopg.errors.ProgramLimitExceeded):
+        await store.query("INSERT INTO keyed VALUES (:k) RETURNING k", {"k": huge})
+    assert await store.query("SELECT count(*) FROM keyed") == [(0,)]
+    await store.append("after-1", [NewEvent("E", {})])  # the store is fine
+
+
 async def test_checkpoint_reads_in_transactions_are_serialised(store: PostgresEventStore) -> None:
     async with store.transaction() as tx:
         await tx.set_checkpoint("sub", 1)

@@ -109,3 +109,16 @@ def test_workers_inbox_refuses_a_plain_function_as_handler(
             "--prefix", "s", "--name", "n", "--nats", "nats://127.0.0.1:1"]  # fmt: skip
     assert main(args) != 0
     assert "not an async function" in capsys.readouterr().err
+
+
+def test_workers_inbox_batch_size_needs_unordered(
+    sqlite_url: str, capsys: pytest.CaptureFixture[str]
+) -> None:
+    pytest.importorskip("nats")
+    assert main(["--store", sqlite_url, "init"]) == 0
+    handler = "tests.scaleout.inbox_worker:effect"
+    args = ["--store", sqlite_url, "workers", "inbox", handler, "--stream", "S",
+            "--prefix", "s", "--name", "n", "--nats", "nats://127.0.0.1:1",
+            "--batch-size", "10"]  # fmt: skip
+    assert main(args) == 1
+    assert "--batch-size" in capsys.readouterr().err

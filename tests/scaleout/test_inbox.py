@@ -45,6 +45,7 @@ from chronik.scaleout.inbox import (
     PartitionedInbox,
     check_subject_partitions,
     inbox_group,
+    overlaps,
 )
 from chronik.scaleout.partitions import partition_of
 from chronik.store import SqlStore, require
@@ -465,6 +466,8 @@ def test_a_stored_payload_is_text_without_nul_and_gives_the_bytes_back(data: byt
 async def _publish(js: Any, stream: str, stream_id: str, position: int, **kw: Any) -> None:
     headers = {"Nats-Msg-Id": kw.pop("msg_id", str(uuid.uuid4())),
                "Chronik-Stream-Id": stream_id, "Chronik-Position": str(position)}  # fmt: skip
+    if headers["Nats-Msg-Id"] is None:  # a publisher that sets no message id
+        del headers["Nats-Msg-Id"]
     token = partition_of(stream_id, 2)
     await js.publish(f"{stream}.{token}.acct.Added", kw.pop("data", b"{}"), stream=stream,
                      headers=headers)  # fmt: skip
@@ -473,6 +476,9 @@ async def _publish(js: Any, stream: str, stream_id: str, position: int, **kw: An
 async def failing_on_fail(message: InboxMessage, tx: Tx) -> None:
     if message.data.startswith(b"FAIL"):
         raise ValueError("this message always fails")
+    if message.data.startswith(b"HUGE"):  # over PostgreSQL's index row limit: class 54
+        key = "".join(chr(0x4E00 + (i * 7919) % 20000) for i in range(12000))
+        await tx.execute("INSERT INTO keyed VALUES (:k)", {"k": key})
     await effect(message, tx)
 
 
@@ -505,6 +511,32 @@ async def test_hostile_ids_and_binary_poison_neither_wedge_nor_vanish(
     assert data.startswith("base64:")
 
 
+@pytest.mark.postgres
+async def test_a_handler_hitting_a_program_limit_is_dead_lettered_not_retried_for_ever(
+    pg_url: str, jetstream: tuple[Any, str], nats_url: str
+) -> None:
+    """A class-54 error of the handler's SQL is the message's failure (max_deliver, then a
+    dead letter), not the store being down (retried holding the partition, for ever)."""
+    js, stream = jetstream
+    async with await chronik.connect(pg_url) as store:
+        async with store.transaction() as tx:
+            await tx.execute(EFFECTS.format(serial="BIGSERIAL"))
+            await tx.execute("CREATE TABLE keyed (k text PRIMARY KEY)")
+        await _publish(js, stream, "acct-1", 0, data=b"HUGE")
+        await _publish(js, stream, "acct-1", 1)
+        async with _solo(store, nats_url, stream, max_deliver=2):
+
+            async def done() -> bool:
+                dead = await require(store, SqlStore).query(
+                    "SELECT error FROM inbox_dead_letters WHERE consumer = :c", {"c": INBOX}
+                )
+                return len(await _effects(store)) == 1 and len(dead) == 1
+
+            await until(done, "the message dead-lettered and the next one applied")
+        ((error,),) = await require(store, SqlStore).query("SELECT error FROM inbox_dead_letters")
+        assert "ProgramLimitExceeded" in error
+
+
 async def test_changed_consumer_settings_apply_on_restart(
     store: EventStore, jetstream: tuple[Any, str], nats_url: str
 ) -> None:
@@ -528,3 +560,120 @@ async def test_restarting_under_one_name_with_another_count_is_refused(
         pass
     with pytest.raises(InvalidArgument, match="created with 2 partitions, not 4"):
         await _solo(store, nats_url, stream, partitions=4).start()
+
+
+# -- misconfiguration: a typo in the prefix, a stream not there yet ----------------------------
+
+
+def _matches(pattern: str, subject: str) -> bool:
+    p, s = pattern.split("."), subject.split(".")
+    for i, token in enumerate(p):
+        if token == ">":
+            return len(s) > i
+        if i >= len(s) or token not in ("*", s[i]):
+            return False
+    return len(s) == len(p)
+
+
+def test_overlaps_examples() -> None:
+    assert overlaps("orders.>", "orders.>") and overlaps("*.3.>", "orders.>")
+    assert overlaps("orders.*.order.Placed", "orders.>") and overlaps(">", "a.b.>")
+    assert not overlaps("ordres.>", "orders.>") and not overlaps("orders", "orders.>")
+    assert not overlaps("orders.*", "orders.*.x")
+
+
+_filters = st.lists(st.sampled_from(["a", "b", "*", ">"]), min_size=1, max_size=4).filter(
+    lambda t: ">" not in t[:-1]
+)
+
+
+@given(_filters, _filters, st.lists(st.sampled_from(["a", "b"]), min_size=1, max_size=5))
+def test_overlaps_when_a_subject_matches_both(x: list[str], y: list[str], s: list[str]) -> None:
+    a, b, subject = ".".join(x), ".".join(y), ".".join(s)
+    if _matches(a, subject) and _matches(b, subject):
+        assert overlaps(a, b)
+    if not overlaps(a, b):  # no witness among the concrete subjects of both
+        assert not (_matches(a, subject) and _matches(b, subject))
+
+
+async def test_a_prefix_outside_the_streams_subjects_is_refused(
+    store: EventStore, jetstream: tuple[Any, str], nats_url: str
+) -> None:
+    _, stream = jetstream
+    inbox = PartitionedInbox(
+        store, nats_url, name=INBOX, stream=stream, prefix=f"{stream}x", partitions=2,
+        handler=effect, member="solo",
+    )  # fmt: skip
+    with pytest.raises(InvalidArgument, match="none under"):
+        await inbox.start()
+
+
+async def test_a_stream_created_after_start_is_waited_for_with_a_hint(
+    store: EventStore, nats_url: str, caplog: pytest.LogCaptureFixture
+) -> None:
+    import nats
+
+    stream = f"so_{uuid.uuid4().hex[:8]}"
+    async with _solo(store, nats_url, stream) as inbox:
+        await until(lambda: _true(len(inbox.owned()) == 2), "both partitions owned")
+
+        async def hinted() -> bool:
+            return "does not exist (yet)" in caplog.text
+
+        await until(hinted, "a log line naming the missing stream")
+        nc = await nats.connect(nats_url)
+        try:
+            js = nc.jetstream()
+            await ensure_stream(js, stream, [f"{stream}.>"])
+            await _publish(js, stream, "acct-1", 0)
+
+            async def applied() -> bool:
+                return len(await _effects(store)) == 1
+
+            await until(applied, "the message applied once the stream exists")
+        finally:
+            await js.delete_stream(stream)
+            await nc.close()
+
+
+async def test_without_msg_ids_a_recreated_stream_is_not_taken_for_duplicates(
+    store: EventStore, jetstream: tuple[Any, str], nats_url: str
+) -> None:
+    """Sequences start at 1 again in a stream created again under its name; the inbox's
+    fallback id (no Nats-Msg-Id) must not take its messages for ones already processed."""
+    js, stream = jetstream
+
+    async def applied(n: int) -> None:
+        async def enough() -> bool:
+            return len(await _effects(store)) >= n
+
+        await until(enough, f"{n} message(s) applied")
+
+    await _publish(js, stream, "acct-1", 0, msg_id=None)
+    async with _solo(store, nats_url, stream):
+        await applied(1)
+    await js.delete_stream(stream)
+    await ensure_stream(js, stream, [f"{stream}.>"])
+    await _publish(js, stream, "acct-2", 0, msg_id=None)  # sequence 1 again
+    async with _solo(store, nats_url, stream):
+        await applied(2)
+    rows = await _effects(store)
+    assert [r[2] for r in rows] == ["acct-1", "acct-2"]
+    assert rows[0][1] != rows[1][1] and rows[0][1].startswith(f"{stream}@")
+
+
+async def test_subjects_no_partition_takes_published_after_start_are_reported(
+    store: EventStore, jetstream: tuple[Any, str], nats_url: str, caplog: pytest.LogCaptureFixture
+) -> None:
+    js, stream = jetstream
+    inbox = _solo(store, nats_url, stream, partitions=2)
+    inbox.recheck_every = 0.2
+    async with inbox:
+        await until(lambda: _true(len(inbox.owned()) == 2), "both partitions owned")
+        await js.publish(f"{stream}.7.acct.Added", b"{}", stream=stream)  # a relay with 8
+
+        async def reported() -> bool:
+            return "which no partition of 2 takes" in caplog.text
+
+        await until(reported, "an error naming the subject no partition takes")
+        assert f"{stream}.7.acct.Added" in (inbox.last_error or "")

@@ -121,6 +121,58 @@ async def cmd_relay_status(store: EventStore, args: argparse.Namespace, out: Out
     return 0
 
 
+async def cmd_inbox_dead_letters(store: EventStore, args: argparse.Namespace, out: Output) -> int:
+    """List an inbox's dead letters, retry them with a fixed handler, or discard one."""
+    require_extra("nats", "chronik inbox dead-letters", "nats-py", "nats")
+    import inspect
+
+    from chronik.errors import InvalidArgument
+    from chronik.nats import (
+        discard_inbox_dead_letter,
+        inbox_dead_letters,
+        retry_inbox_dead_letters,
+    )
+
+    if (args.retry or args.discard) and not args.name:
+        raise InvalidArgument("name", "--retry and --discard need the inbox's NAME")
+    if args.retry and args.discard:
+        raise InvalidArgument("--discard", "give --retry or --discard, not both")
+    if args.discard:
+        found = await discard_inbox_dead_letter(store, args.name, args.discard)
+        if out.as_json:
+            out.json({"discarded": found})
+        else:
+            out.say(f"discarded {args.discard}" if found else f"no dead letter {args.discard}")
+        return 0 if found else 1
+    if args.retry:
+        handler = load_object(args.retry, "inbox dead-letters --retry")
+        if not inspect.iscoroutinefunction(handler):
+            raise LoadError(args.retry, "inbox dead-letters --retry", "not an async function")
+        given: dict[str, Any] = {"append_handler" if args.appends else "handler": handler}
+        fixed, failing = await retry_inbox_dead_letters(store, args.name, **given)
+        if out.as_json:
+            out.json({"fixed": fixed, "still_failing": failing})
+        else:
+            out.say(f"retried dead letters of {args.name}: {fixed} fixed, {failing} still failing")
+        return 0 if failing == 0 else 1
+    rows = [
+        {
+            "consumer": d.consumer,
+            "message_id": d.message_id,
+            "subject": d.subject,
+            "deliveries": d.deliveries,
+            "error": d.error,
+            "created_at": d.created_at,
+            "headers": d.headers,
+            "data": d.data.decode("utf-8", "backslashreplace"),
+        }
+        for d in await inbox_dead_letters(store, args.name)
+    ]
+    columns = ["consumer", "message_id", "subject", "deliveries", "error"]
+    out.records(f"{len(rows)} dead letter(s)", rows, empty="no dead letters", columns=columns)
+    return 0
+
+
 def register(sub: Any, common: argparse.ArgumentParser) -> None:
     sagas = sub.add_parser("sagas", parents=[common], help="run and inspect sagas")
     ssub = sagas.add_subparsers(dest="subcommand", required=True)
@@ -166,3 +218,21 @@ def register(sub: Any, common: argparse.ArgumentParser) -> None:
     )
     p.add_argument("--type", action="append", help="count lag of this type only (repeatable)")
     p.set_defaults(handler=cmd_relay_status)
+
+    inbox = sub.add_parser("inbox", parents=[common], help="JetStream inbox dead letters")
+    isub = inbox.add_subparsers(dest="subcommand", required=True)
+    p = isub.add_parser(
+        "dead-letters", parents=[common],
+        help="list an inbox's dead letters, --retry them with a fixed handler, or --discard one",
+    )  # fmt: skip
+    p.add_argument("name", nargs="?", help="the inbox's name (default: every inbox's)")
+    p.add_argument(
+        "--retry", metavar="MODULE:FUNCTION",
+        help="run each through this (fixed) handler; applied ones are removed",
+    )  # fmt: skip
+    p.add_argument(
+        "--appends", action="store_true",
+        help="the --retry handler appends to the store itself (idempotent ids)",
+    )  # fmt: skip
+    p.add_argument("--discard", metavar="MESSAGE_ID", help="drop this dead letter")
+    p.set_defaults(handler=cmd_inbox_dead_letters)

@@ -167,7 +167,7 @@ async def cmd_workers_inbox(store: EventStore, args: argparse.Namespace, out: Ou
     import inspect
 
     from chronik.app import load_object
-    from chronik.errors import LoadError
+    from chronik.errors import InvalidArgument, LoadError
     from chronik.scaleout.inbox import PartitionedInbox
 
     handler = load_object(args.inbox_handler, "workers inbox")
@@ -176,12 +176,16 @@ async def cmd_workers_inbox(store: EventStore, args: argparse.Namespace, out: Ou
         or inspect.iscoroutinefunction(getattr(handler, "__call__", None))  # noqa: B004
     ):
         raise LoadError(args.inbox_handler, "workers inbox", "not an async function")
+    if args.batch_size is not None and not args.unordered:
+        raise InvalidArgument(
+            "--batch-size", "applies with --unordered only (an ordered partition fetches one)"
+        )
     given: dict[str, Any] = {"append_handler" if args.appends else "handler": handler}
     runner = PartitionedInbox(
         store, args.nats, name=args.name, stream=args.stream, prefix=args.prefix,
         partitions=args.partitions, member=args.member, lease_ttl=args.lease_ttl,
-        batch_size=args.batch_size, max_deliver=args.max_deliver, ack_wait=args.ack_wait,
-        **given,
+        batch_size=args.batch_size or 100, ordered=not args.unordered,
+        max_deliver=args.max_deliver, ack_wait=args.ack_wait, **given,
     )  # fmt: skip
     what = (
         f"inbox {args.name} on {args.stream} ({args.prefix}.<0..{args.partitions - 1}>.>) "
@@ -290,7 +294,10 @@ def register(sub: Any, common: argparse.ArgumentParser) -> None:
     p.add_argument("--appends", action="store_true",
                    help="the handler appends to the store itself (idempotent ids)")  # fmt: skip
     _lease_options(p, "inbox (the publisher's --subject-partitions)")
-    p.add_argument("--batch-size", type=at_least(1), default=100, help="messages per fetch")
+    p.add_argument("--unordered", action="store_true",
+                   help="many messages in flight per partition: no per-stream order")  # fmt: skip
+    p.add_argument("--batch-size", type=at_least(1),
+                   help="messages per fetch with --unordered (default 100)")  # fmt: skip
     p.add_argument("--max-deliver", type=at_least(1), default=5,
                    help="deliveries before a failing message is dead-lettered")  # fmt: skip
     p.add_argument("--ack-wait", type=positive_float, default=30.0,

@@ -29,11 +29,18 @@ from __future__ import annotations
 
 import contextlib
 import logging
+import time
 from collections.abc import Sequence
 from typing import Any
 
 from chronik.errors import InvalidArgument, LeaseLost
-from chronik.nats import AppendingHandler, Inbox, InboxHandler, validate_subject_token
+from chronik.nats import (
+    AppendingHandler,
+    Inbox,
+    InboxHandler,
+    StreamMissing,
+    validate_subject_token,
+)
 from chronik.scaleout.leases import Leases
 from chronik.scaleout.partitions import check_partitions, partition_checkpoint
 from chronik.scaleout.runner import PartitionedRunner, PartitionWorker
@@ -144,6 +151,7 @@ class PartitionedInbox(PartitionedRunner):
             batch_size=batch_size, shared_reader=False,
         )  # fmt: skip
         self.servers = servers
+        self._checked = time.monotonic()
         self.inbox_name = name
         self.stream = stream
         self.prefix = prefix
@@ -154,6 +162,22 @@ class PartitionedInbox(PartitionedRunner):
             batch_size=1 if ordered else batch_size, max_ack_pending=1 if ordered else None,
             **options,
         )  # fmt: skip
+
+    recheck_every = 60.0
+    """Seconds between checks, while running, for subjects no partition takes."""
+
+    async def tick(self) -> None:
+        await super().tick()
+        if time.monotonic() - self._checked < self.recheck_every:
+            return
+        self._checked = time.monotonic()
+        try:
+            await check_subject_partitions(self.servers, self.stream, self.prefix, self.partitions)
+        except InvalidArgument as exc:  # published since start: logged, the rest goes on
+            self.last_error = exc.reason
+            logger.error("%s: %s", self.name, exc.reason)
+        except Exception:  # the broker is down: the partitions say so themselves
+            pass
 
     def _follower(self, partition: int, epoch: int) -> PartitionWorker:
         return InboxPartition(
@@ -184,10 +208,26 @@ class PartitionedInbox(PartitionedRunner):
             await check_subject_partitions(self.servers, self.stream, self.prefix, self.partitions)
         except InvalidArgument:
             raise
+        except StreamMissing as exc:  # it may be created later (a relay's --create-stream)
+            logger.warning("%s: %s", self.name, exc)
         except Exception as exc:  # the broker is down: the partitions retry on their own
             logger.warning(
                 "%s: could not check the stream's subjects (%r); starting without", self.name, exc
             )
+
+
+def overlaps(a: str, b: str) -> bool:
+    """Whether two NATS subject filters (``*`` one token, ``>`` the rest) can match one
+    subject."""
+    x, y = a.split("."), b.split(".")
+    for i in range(max(len(x), len(y))):
+        if i == len(x) or i == len(y):
+            return False
+        if x[i] == ">" or y[i] == ">":
+            return True
+        if x[i] != y[i] and "*" not in (x[i], y[i]):
+            return False
+    return True
 
 
 async def check_subject_partitions(
@@ -196,6 +236,7 @@ async def check_subject_partitions(
     """:class:`InvalidArgument` naming a subject under ``prefix`` in ``stream`` whose
     partition token is not ``0 .. partitions-1``."""
     import nats
+    import nats.js.errors
 
     urls = [servers] if isinstance(servers, str) else list(servers)
 
@@ -208,10 +249,20 @@ async def check_subject_partitions(
         allow_reconnect=False, error_cb=quiet,
     )  # fmt: skip
     try:
-        info = await nc.jetstream().stream_info(stream, subjects_filter=f"{prefix}.>")
+        try:
+            info = await nc.jetstream().stream_info(stream, subjects_filter=f"{prefix}.>")
+        except nats.js.errors.NotFoundError as exc:
+            raise StreamMissing(stream) from exc
         subjects = dict(info.state.subjects or {})
     finally:
         await nc.close()
+    taken = list(info.config.subjects or [])
+    if taken and not any(overlaps(f, f"{prefix}.>") for f in taken):
+        raise InvalidArgument(
+            "prefix",
+            f"stream {stream} takes subjects {taken}, none under {prefix}.>: this inbox "
+            "would never receive a message (a typo in the prefix, or the wrong stream?)",
+        )
     depth = len(prefix.split("."))
     for subject, count in sorted(subjects.items()):
         token = subject.split(".")[depth] if subject.count(".") > depth else ""

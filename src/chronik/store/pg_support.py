@@ -116,6 +116,14 @@ def _retryable(exc: psycopg.Error) -> bool:
     )
 
 
+def _lost(exc: psycopg.Error) -> bool:
+    """An error of the server or the connection (:class:`StoreUnavailable`), not of the
+    SQL: psycopg files both under ``OperationalError``, but class 54 (a program limit: an
+    index row too large, too many columns or arguments) fails the same statement every time,
+    so it is the statement's own error; retrying it would hold a worker for ever."""
+    return isinstance(exc, psycopg.OperationalError) and not (exc.sqlstate or "").startswith("54")
+
+
 def _unavailable(exc: psycopg.Error) -> StoreUnavailable:
     if isinstance(exc, PoolClosed):
         return StoreUnavailable("the PostgreSQL store is closed")

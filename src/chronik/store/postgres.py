@@ -71,6 +71,7 @@ from chronik.store.pg_support import (
     _Conflict,
     _Conn,
     _dead_letter,
+    _lost,
     _migrate,
     _record,
     _retryable,
@@ -521,9 +522,9 @@ class PostgresEventStore(EventStoreBase):
                     with contextlib.suppress(psycopg.Error):
                         await self._pool.check()
                     continue
-                if user_sql and not isinstance(exc, psycopg.OperationalError):
+                if user_sql and not _lost(exc):
                     raise
-                if isinstance(exc, psycopg.DataError):
+                if isinstance(exc, psycopg.DataError | psycopg.errors.ProgramLimitExceeded):
                     raise SerializationError(f"PostgreSQL rejected a value: {exc}") from exc
                 raise _unavailable(exc) from exc
 
@@ -1174,9 +1175,9 @@ class PostgresEventStore(EventStoreBase):
                 await wait_uninterrupted(self._end_transaction(conn, scope, exc))
                 raise
             await wait_uninterrupted(self._end_transaction(conn, scope, None))
-        except psycopg.OperationalError as exc:
-            raise _unavailable(exc) from exc
         except psycopg.Error as exc:
+            if _lost(exc):
+                raise _unavailable(exc) from exc
             if exc.sqlstate == CHECKPOINT_MOVED:
                 raise _checkpoint_moved(exc) from exc
             if exc.sqlstate == PROJECTION_PAUSED:
