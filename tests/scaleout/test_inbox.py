@@ -677,3 +677,49 @@ async def test_subjects_no_partition_takes_published_after_start_are_reported(
 
         await until(reported, "an error naming the subject no partition takes")
         assert f"{stream}.7.acct.Added" in (inbox.last_error or "")
+
+
+def test_workers_status_shows_an_inbox_lag_from_jetstream(
+    sqlite_url: str, nats_url: str, capsys: pytest.CaptureFixture[str]
+) -> None:
+    import json
+
+    import nats
+
+    from chronik.cli.main import main
+
+    stream = f"so_{uuid.uuid4().hex[:8]}"
+
+    async def prepare() -> None:
+        nc = await nats.connect(nats_url)
+        js = nc.jetstream()
+        await ensure_stream(js, stream, [f"{stream}.>"])
+        async with await chronik.connect(sqlite_url) as store:
+            async with store.transaction() as tx:
+                await tx.execute(EFFECTS.format(serial="INTEGER"))
+            async with _solo(store, nats_url, stream) as inbox:  # makes both consumers
+                await until(lambda: _true(len(inbox.owned()) == 2), "both partitions owned")
+                await asyncio.sleep(0.3)
+        for n in range(3):  # while no member runs
+            await _publish(js, stream, "acct-1", n)
+        await nc.close()
+
+    async def cleanup() -> None:
+        nc = await nats.connect(nats_url)
+        await nc.jetstream().delete_stream(stream)
+        await nc.close()
+
+    asyncio.run(prepare())
+    try:
+        base = ["--store", sqlite_url, "workers", "status", f"inbox:{INBOX}", "--json"]
+        assert main([*base, "--nats", nats_url, "--stream", stream]) == 0
+        (group,) = json.loads(capsys.readouterr().out)
+        lag = {p["partition"]: p["lag"] for p in group["partitions"]}
+        assert lag == {partition_of("acct-1", 2): 3, 1 - partition_of("acct-1", 2): 0}
+        assert main(base) == 0  # without the broker: no lag known
+        (group,) = json.loads(capsys.readouterr().out)
+        assert [p["lag"] for p in group["partitions"]] == [None, None]
+        assert main([*base, "--nats", nats_url]) == 1
+        assert "--stream" in capsys.readouterr().err
+    finally:
+        asyncio.run(cleanup())

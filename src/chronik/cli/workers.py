@@ -8,7 +8,8 @@ from typing import Any
 
 from chronik.cli._common import Output, at_least, positive_float, run_until_signal
 from chronik.cli.projections import load_projections
-from chronik.errors import ChronikError
+from chronik.errors import ChronikError, InvalidArgument
+from chronik.scaleout.status import GroupStatus
 from chronik.store import redact_url, store_url
 from chronik.store.protocol import EventStore
 
@@ -19,6 +20,13 @@ async def cmd_workers_status(store: EventStore, args: argparse.Namespace, out: O
     from chronik.scaleout import workers_status
 
     groups = await workers_status(store, args.group)
+    if (args.nats is None) != (args.stream is None):
+        raise InvalidArgument("--nats", "give --nats and --stream together (an inbox's lag)")
+    if args.stream is not None:
+        from chronik.cli._common import require_extra
+
+        require_extra("nats", "chronik workers status --nats", "nats-py", "nats")
+        groups = [await _with_inbox_lag(g, args.nats, args.stream) for g in groups]
     if out.as_json:
         out.json([g.to_dict() for g in groups])
         return 0
@@ -35,6 +43,20 @@ async def cmd_workers_status(store: EventStore, args: argparse.Namespace, out: O
         ]  # fmt: skip
         out.table(f"{g.name}: {len(g.members)} live member(s)", cols, rows)
     return 0
+
+
+async def _with_inbox_lag(group: GroupStatus, servers: str, stream: str) -> GroupStatus:
+    """An inbox group with each partition's lag: what JetStream holds for it unacked."""
+    import dataclasses
+
+    from chronik.scaleout.inbox import inbox_pending
+
+    kind, _, name = group.name.partition(":")
+    if kind != "inbox" or not group.partitions:
+        return group
+    pending = await inbox_pending(servers, stream, name, group.partitions[0].partitions)
+    parts = [dataclasses.replace(x, lag=pending.get(x.partition)) for x in group.partitions]
+    return dataclasses.replace(group, partitions=parts)
 
 
 async def cmd_workers_resize(store: EventStore, args: argparse.Namespace, out: Output) -> int:
@@ -167,7 +189,7 @@ async def cmd_workers_inbox(store: EventStore, args: argparse.Namespace, out: Ou
     import inspect
 
     from chronik.app import load_object
-    from chronik.errors import InvalidArgument, LoadError
+    from chronik.errors import LoadError
     from chronik.scaleout.inbox import PartitionedInbox
 
     handler = load_object(args.inbox_handler, "workers inbox")
@@ -213,6 +235,8 @@ def register(sub: Any, common: argparse.ArgumentParser) -> None:
         "status", parents=[common], help="members, and per partition owner, epoch and lag"
     )
     p.add_argument("group", nargs="?", help="only this group (projection:NAME:vN, saga:NAME)")
+    p.add_argument("--nats", help="with --stream: an inbox's lag from JetStream (NATS URL)")
+    p.add_argument("--stream", help="with --nats: the JetStream stream inbox groups read")
     p.set_defaults(handler=cmd_workers_status)
 
     p = wsub.add_parser(

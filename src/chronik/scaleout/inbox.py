@@ -35,6 +35,7 @@ from typing import Any
 
 from chronik.errors import InvalidArgument, LeaseLost
 from chronik.nats import (
+    STREAM_NOT_FOUND,
     AppendingHandler,
     Inbox,
     InboxHandler,
@@ -46,7 +47,7 @@ from chronik.scaleout.partitions import check_partitions, partition_checkpoint
 from chronik.scaleout.runner import PartitionedRunner, PartitionWorker
 from chronik.store.protocol import EventStore, Tx
 
-__all__ = ["InboxPartition", "PartitionedInbox", "inbox_group"]
+__all__ = ["InboxPartition", "PartitionedInbox", "inbox_group", "inbox_pending"]
 
 logger = logging.getLogger("chronik.scaleout")
 
@@ -274,3 +275,37 @@ async def check_subject_partitions(
                 f"of {partitions} takes (a partitioned inbox consumes {prefix}.<0..."
                 f"{partitions - 1}>.>; publish with subject_partitions={partitions})",
             )
+
+
+async def inbox_pending(
+    servers: str | Sequence[str], stream: str, name: str, partitions: int
+) -> dict[int, int]:
+    """Per partition of inbox ``name``, the messages JetStream holds for it that are not
+    acked yet (not delivered, plus delivered and unacked): the inbox's lag. A partition
+    whose consumer does not exist yet is left out."""
+    import nats
+    import nats.js.errors
+
+    urls = [servers] if isinstance(servers, str) else list(servers)
+
+    async def quiet(exc: Exception) -> None:
+        pass  # the caller reports the failure
+
+    nc = await nats.connect(
+        urls, connect_timeout=2, max_reconnect_attempts=1, reconnect_time_wait=0.2,
+        allow_reconnect=False, error_cb=quiet,
+    )  # fmt: skip
+    pending: dict[int, int] = {}
+    try:
+        js = nc.jetstream()
+        for p in range(partitions):
+            try:
+                info = await js.consumer_info(stream, f"{name}_p{p}of{partitions}")
+            except nats.js.errors.NotFoundError as exc:
+                if exc.err_code == STREAM_NOT_FOUND:
+                    raise StreamMissing(stream) from exc
+                continue
+            pending[p] = int(info.num_pending or 0) + int(info.num_ack_pending or 0)
+    finally:
+        await nc.close()
+    return pending

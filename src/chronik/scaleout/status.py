@@ -26,8 +26,9 @@ class PartitionStatus:
     position: int
     lag: int | None
     """Positions between the partition's checkpoint and the head of the log (``None`` for
-    an inbox: it follows a JetStream stream, not the log; its consumers' pending counts are
-    its lag)."""
+    an inbox: it follows a JetStream stream, not the log; ``chronik workers status --nats
+    URL --stream S`` fills in its consumers' unacked messages,
+    :func:`chronik.scaleout.inbox.inbox_pending`)."""
     acquired_ago: float | None = None
     """Seconds since the owner took the partition (its last rebalance)."""
 
