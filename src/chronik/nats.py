@@ -30,6 +30,7 @@ import unicodedata
 import uuid
 from collections.abc import Awaitable, Callable, Mapping, Sequence
 from dataclasses import dataclass, field
+from datetime import UTC, datetime
 from typing import Any
 
 import msgspec
@@ -143,6 +144,22 @@ class StreamMissing(ChronikError):
             "(`chronik relay run --create-stream`, `nats stream add`) or check --stream"
         )
         self.stream = stream
+
+
+def stream_epoch(info: Any) -> str:
+    """When a JetStream stream was created, as ``YYYYmmddTHHMMSS.ffffffZ`` (UTC), from its
+    stream info; ``""`` when the server or nats-py does not say (nats-py before 2.7 has no
+    ``created``). Formatted here, not by nats-py, so that a message id built from it stays
+    the same across nats-py versions."""
+    created = getattr(info, "created", None)
+    if isinstance(created, str):
+        with contextlib.suppress(ValueError):
+            created = datetime.fromisoformat(created.replace("Z", "+00:00"))
+    if isinstance(created, datetime):
+        if created.tzinfo is None:
+            created = created.replace(tzinfo=UTC)
+        return created.astimezone(UTC).strftime("%Y%m%dT%H%M%S.%fZ")
+    return ""
 
 
 def validate_subject_token(token: object) -> str:
@@ -526,12 +543,15 @@ class Inbox(Poller):
 
         try:
             stream = await js.stream_info(self.stream)
+        except nats.js.errors.NotFoundError as exc:
+            raise StreamMissing(self.stream) from exc
+        self._stream_created = stream_epoch(stream)
+        try:
             info = await js.consumer_info(self.stream, self.durable)
         except nats.js.errors.NotFoundError as exc:
-            if exc.err_code == STREAM_NOT_FOUND:
+            if exc.err_code == STREAM_NOT_FOUND:  # deleted in between
                 raise StreamMissing(self.stream) from exc
             info = None
-        self._stream_created = str(stream.created or "")
         if info is not None and (info.config.filter_subject or "") != self.subject:
             raise InvalidArgument(
                 "durable",
@@ -749,10 +769,24 @@ class Inbox(Poller):
 
 
 def loaded_payload(stored: str) -> bytes:
-    """The bytes :func:`stored_payload` kept as text."""
+    """The bytes :func:`stored_payload` kept as text (text that only looks like Base64 after
+    the prefix, from a release that stored payloads as text, is taken as text)."""
     if stored.startswith("base64:"):
-        return base64.b64decode(stored.removeprefix("base64:"))
-    return stored.encode("utf-8")
+        with contextlib.suppress(ValueError):
+            return base64.b64decode(stored.removeprefix("base64:"), validate=True)
+    return stored.encode("utf-8", "surrogatepass")
+
+
+def _loaded_headers(stored: str) -> dict[str, str]:
+    """Headers as stored (JSON of an object of strings); anything else (a row written by
+    hand, say) is kept whole under ``""``, so one bad row does not hide the others."""
+    try:
+        headers = msgspec.json.decode(stored)
+    except msgspec.DecodeError:
+        headers = None
+    if isinstance(headers, dict) and all(isinstance(v, str) for v in headers.values()):
+        return headers
+    return {"": stored}
 
 
 @dataclass(frozen=True, slots=True)
@@ -791,7 +825,7 @@ async def inbox_dead_letters(store: EventStore, name: str | None = None) -> list
 def _dead_letter_of(r: tuple[Any, ...]) -> InboxDeadLetter:
     return InboxDeadLetter(
         int(r[0]), r[1], r[2], r[3], loaded_payload(r[4]),
-        dict(msgspec.json.decode(r[5])), r[6], int(r[7]), float(r[8]),
+        _loaded_headers(r[5]), r[6], int(r[7]), float(r[8]),
     )  # fmt: skip
 
 
@@ -804,6 +838,18 @@ async def discard_inbox_dead_letter(store: EventStore, name: str, message_id: st
             {"c": name, "m": message_id},
         )
     return row is not None
+
+
+FIRST_ERROR = " | first: "
+"""Between a retried dead letter's latest error and the one it was parked with."""
+
+
+async def _processed(store: EventStore, name: str, message_id: str) -> bool:
+    rows = await require(store, SqlStore).query(
+        "SELECT 1 FROM processed_messages WHERE consumer = :c AND message_id = :m",
+        {"c": name, "m": message_id},
+    )
+    return bool(rows)
 
 
 async def retry_inbox_dead_letters(
@@ -830,17 +876,20 @@ async def retry_inbox_dead_letters(
     for letter in await inbox_dead_letters(store, name):
         try:
             await retrier.process(letter.message())
-        except (StoreUnavailable, asyncio.CancelledError):
+        except StoreUnavailable:
             raise
         except Exception as exc:
-            failing += 1
-            logger.warning("inbox %s: dead letter %s failed again: %r", name, letter.id, exc)
-            async with store.transaction() as tx:
-                await tx.execute(
-                    "UPDATE inbox_dead_letters SET error = :e WHERE id = :i",
-                    {"e": repr(exc), "i": letter.id},
-                )
-            continue
+            if not await _processed(store, name, letter.message_id):
+                failing += 1
+                logger.warning("inbox %s: dead letter %s failed again: %r", name, letter.id, exc)
+                first = letter.error.split(FIRST_ERROR, 1)[-1]
+                async with store.transaction() as tx:
+                    await tx.execute(
+                        "UPDATE inbox_dead_letters SET error = :e WHERE id = :i",
+                        {"e": f"{exc!r}{FIRST_ERROR}{first}", "i": letter.id},
+                    )
+                continue
+            # another retry applied it meanwhile (its processed id won): done, not failing
         async with store.transaction() as tx:
             await tx.execute("DELETE FROM inbox_dead_letters WHERE id = :i", {"i": letter.id})
         fixed += 1

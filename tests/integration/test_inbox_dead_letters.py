@@ -76,6 +76,10 @@ async def test_retry_applies_once_and_removes_what_was_applied(store: EventStore
     assert await retry_inbox_dead_letters(store, NAME, handler=still_broken) == (0, 2)
     letters = await inbox_dead_letters(store, NAME)
     assert len(letters) == 2 and "still broken" in letters[0].error  # the new error
+    assert letters[0].error.endswith(" | first: ValueError('boom')")  # and the first
+    await retry_inbox_dead_letters(store, NAME, handler=still_broken)
+    (letter, _) = await inbox_dead_letters(store, NAME)
+    assert letter.error.count(" | first: ") == 1  # kept once, not piled up
     assert await _effects(store) == []
     assert await retry_inbox_dead_letters(store, NAME, handler=effect) == (2, 0)
     assert await inbox_dead_letters(store, NAME) == []
@@ -134,6 +138,31 @@ def test_cli_lists_retries_and_discards(url: str, capsys: pytest.CaptureFixture[
     assert asyncio.run(effects()) == [("m-1", 1)]
 
 
+class CallableHandler:
+    async def __call__(self, message: InboxMessage, tx: Tx) -> None:
+        await effect(message, tx)
+
+
+callable_handler = CallableHandler()
+
+
+def test_cli_edges(url: str, capsys: pytest.CaptureFixture[str]) -> None:
+    base = ["--store", url, "inbox", "dead-letters"]
+    assert main([*base, NAME, "--appends"]) == 1
+    assert "--appends" in capsys.readouterr().err
+
+    async def park_binary() -> None:
+        async with await chronik.connect(url) as s:
+            await _park(s, _message(3, b"\x00\xff"))
+
+    asyncio.run(park_binary())
+    assert main([*base, NAME, "--json"]) == 0
+    assert json.loads(capsys.readouterr().out)[-1]["data"] == "base64:AP8="  # not text
+    handler = "tests.integration.test_inbox_dead_letters:callable_handler"
+    assert main([*base, NAME, "--retry", handler, "--json"]) == 0  # an async __call__
+    assert json.loads(capsys.readouterr().out) == {"fixed": 3, "still_failing": 0}
+
+
 def test_cli_refuses_retry_without_a_name(
     sqlite_url: str, capsys: pytest.CaptureFixture[str]
 ) -> None:
@@ -141,3 +170,35 @@ def test_cli_refuses_retry_without_a_name(
     args = ["--store", sqlite_url, "inbox", "dead-letters", "--retry", "x:y"]
     assert main(args) == 1
     assert "NAME" in capsys.readouterr().err
+
+
+async def slow_effect(message: InboxMessage, tx: Tx) -> None:
+    await asyncio.sleep(0.2)
+    await effect(message, tx)
+
+
+async def test_two_retries_at_once_apply_each_message_once_and_report_no_failure(
+    store: EventStore,
+) -> None:
+    await _park(store, _message(1), _message(2), _message(3))
+    results = await asyncio.gather(
+        retry_inbox_dead_letters(store, NAME, handler=slow_effect),
+        retry_inbox_dead_letters(store, NAME, handler=slow_effect),
+    )
+    assert [failing for _, failing in results] == [0, 0]
+    assert sorted(await _effects(store)) == [("m-1", 1), ("m-2", 2), ("m-3", 3)]
+    assert await inbox_dead_letters(store, NAME) == []
+
+
+async def test_a_malformed_row_does_not_hide_the_others(store: EventStore) -> None:
+    await _park(store, _message(1))
+    async with store.transaction() as tx:
+        await tx.execute(
+            "INSERT INTO inbox_dead_letters (consumer, message_id, subject, data, headers, "
+            "error, deliveries, created_at) VALUES (:c, 'bad', 's', 'base64:hello!', "
+            "'not json', 'e', 1, 0)",
+            {"c": NAME},
+        )
+    good, bad = await inbox_dead_letters(store, NAME)
+    assert good.message() == _message(1)
+    assert bad.headers == {"": "not json"} and bad.data == b"base64:hello!"

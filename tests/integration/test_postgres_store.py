@@ -489,6 +489,18 @@ async def test_a_program_limit_is_the_statements_error_not_an_outage(
     await store.append("after-1", [NewEvent("E", {})])  # the store is fine
 
 
+async def test_a_statement_timeout_is_the_statements_error_not_an_outage(
+    store: PostgresEventStore,
+) -> None:
+    """57014 (statement_timeout, a cancel) fails the statement; as StoreUnavailable an inbox
+    retried it without spending a delivery, for ever."""
+    with pytest.raises(psycopg.errors.QueryCanceled):
+        async with store.transaction() as tx:
+            await tx.execute("SET LOCAL statement_timeout = '50ms'")
+            await tx.execute("SELECT pg_sleep(1)")
+    await store.append("after-1", [NewEvent("E", {})])  # the store is fine
+
+
 async def test_checkpoint_reads_in_transactions_are_serialised(store: PostgresEventStore) -> None:
     async with store.transaction() as tx:
         await tx.set_checkpoint("sub", 1)

@@ -37,10 +37,12 @@ from chronik.nats import (
     dedupe_key,
     ensure_stream,
     stored_payload,
+    stream_epoch,
     subject_for,
 )
 from chronik.scaleout import Leases, resize, workers_status
 from chronik.scaleout.inbox import (
+    UNORDERED_IN_FLIGHT,
     InboxPartition,
     PartitionedInbox,
     check_subject_partitions,
@@ -550,6 +552,26 @@ async def test_changed_consumer_settings_apply_on_restart(
         info = await js.consumer_info(stream, f"{INBOX}_p{p}of2")
         assert info.config.max_deliver == 6 and info.config.max_ack_pending == 1
         assert abs(info.config.ack_wait - 2.0) < 1e-3
+    async with _solo(store, nats_url, stream, ordered=False) as inbox:  # and back
+        await until(lambda: _true(len(inbox.owned()) == 2), "both partitions owned")
+        await asyncio.sleep(0.5)
+    for p in range(2):
+        info = await js.consumer_info(stream, f"{INBOX}_p{p}of2")
+        assert info.config.max_ack_pending == UNORDERED_IN_FLIGHT
+
+
+def test_a_stream_epoch_is_fixed_text_whatever_nats_py_gives() -> None:
+    from datetime import UTC, datetime, timedelta, timezone
+
+    class Info:
+        def __init__(self, created: object) -> None:
+            self.created = created
+
+    at = datetime(2026, 12, 6, 3, 13, 41, 799247, tzinfo=UTC)
+    assert stream_epoch(Info(at)) == "20261206T031341.799247Z"
+    assert stream_epoch(Info(at.astimezone(timezone(timedelta(hours=2))))) == stream_epoch(Info(at))
+    assert stream_epoch(Info("2026-12-06T03:13:41.799247Z")) == "20261206T031341.799247Z"
+    assert stream_epoch(object()) == ""  # nats-py 2.6: no created; the id stays STREAM:SEQ
 
 
 async def test_restarting_under_one_name_with_another_count_is_refused(
@@ -580,6 +602,8 @@ def test_overlaps_examples() -> None:
     assert overlaps("orders.*.order.Placed", "orders.>") and overlaps(">", "a.b.>")
     assert not overlaps("ordres.>", "orders.>") and not overlaps("orders", "orders.>")
     assert not overlaps("orders.*", "orders.*.x")
+    assert not overlaps("orders.*", "orders.*.>")  # two tokens: no room for a partition
+    assert overlaps("orders.*", "orders.>") and overlaps("orders.a.>", "orders.*.>")
 
 
 _filters = st.lists(st.sampled_from(["a", "b", "*", ">"]), min_size=1, max_size=4).filter(
@@ -677,6 +701,12 @@ async def test_subjects_no_partition_takes_published_after_start_are_reported(
 
         await until(reported, "an error naming the subject no partition takes")
         assert f"{stream}.7.acct.Added" in (inbox.last_error or "")
+        await js.purge_stream(stream, subject=f"{stream}.7.acct.Added")
+
+        async def cleared() -> bool:
+            return inbox.last_error is None
+
+        await until(cleared, "the report gone with the subject")
 
 
 def test_workers_status_shows_an_inbox_lag_from_jetstream(

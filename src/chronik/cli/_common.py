@@ -112,6 +112,15 @@ class Output:
             self.table(title, columns, [[row[c] for c in columns] for row in rows])
 
 
+def is_async_callable(obj: object) -> bool:
+    """An ``async def`` function, or an object whose ``__call__`` is one (a handler that
+    returns no awaitable would fail every message)."""
+    import inspect
+
+    call = getattr(obj, "__call__", None)  # noqa: B004
+    return inspect.iscoroutinefunction(obj) or inspect.iscoroutinefunction(call)
+
+
 def at_least(minimum: int) -> Callable[[str], int]:
     """An argparse ``type``: an integer >= ``minimum`` (a usage error otherwise)."""
 

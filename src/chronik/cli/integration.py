@@ -8,6 +8,7 @@ from typing import Any
 from chronik.cli._common import (
     Output,
     at_least,
+    is_async_callable,
     load_object,
     positive_float,
     require_extra,
@@ -124,19 +125,20 @@ async def cmd_relay_status(store: EventStore, args: argparse.Namespace, out: Out
 async def cmd_inbox_dead_letters(store: EventStore, args: argparse.Namespace, out: Output) -> int:
     """List an inbox's dead letters, retry them with a fixed handler, or discard one."""
     require_extra("nats", "chronik inbox dead-letters", "nats-py", "nats")
-    import inspect
-
     from chronik.errors import InvalidArgument
     from chronik.nats import (
         discard_inbox_dead_letter,
         inbox_dead_letters,
         retry_inbox_dead_letters,
+        stored_payload,
     )
 
     if (args.retry or args.discard) and not args.name:
         raise InvalidArgument("name", "--retry and --discard need the inbox's NAME")
     if args.retry and args.discard:
         raise InvalidArgument("--discard", "give --retry or --discard, not both")
+    if args.appends and not args.retry:
+        raise InvalidArgument("--appends", "applies with --retry only")
     if args.discard:
         found = await discard_inbox_dead_letter(store, args.name, args.discard)
         if out.as_json:
@@ -146,7 +148,7 @@ async def cmd_inbox_dead_letters(store: EventStore, args: argparse.Namespace, ou
         return 0 if found else 1
     if args.retry:
         handler = load_object(args.retry, "inbox dead-letters --retry")
-        if not inspect.iscoroutinefunction(handler):
+        if not is_async_callable(handler):
             raise LoadError(args.retry, "inbox dead-letters --retry", "not an async function")
         given: dict[str, Any] = {"append_handler" if args.appends else "handler": handler}
         fixed, failing = await retry_inbox_dead_letters(store, args.name, **given)
@@ -164,7 +166,7 @@ async def cmd_inbox_dead_letters(store: EventStore, args: argparse.Namespace, ou
             "error": d.error,
             "created_at": d.created_at,
             "headers": d.headers,
-            "data": d.data.decode("utf-8", "backslashreplace"),
+            "data": stored_payload(d.data),  # text, or base64:... when it is not
         }
         for d in await inbox_dead_letters(store, args.name)
     ]

@@ -6,7 +6,13 @@ import argparse
 from collections.abc import Sequence
 from typing import Any
 
-from chronik.cli._common import Output, at_least, positive_float, run_until_signal
+from chronik.cli._common import (
+    Output,
+    at_least,
+    is_async_callable,
+    positive_float,
+    run_until_signal,
+)
 from chronik.cli.projections import load_projections
 from chronik.errors import ChronikError, InvalidArgument
 from chronik.scaleout.status import GroupStatus
@@ -186,17 +192,13 @@ async def cmd_workers_inbox(store: EventStore, args: argparse.Namespace, out: Ou
     from chronik.cli._common import require_extra
 
     require_extra("nats", "chronik workers inbox", "nats-py", "nats")
-    import inspect
 
     from chronik.app import load_object
     from chronik.errors import LoadError
     from chronik.scaleout.inbox import PartitionedInbox
 
     handler = load_object(args.inbox_handler, "workers inbox")
-    if not (  # a plain function would run, return no awaitable and fail every message
-        inspect.iscoroutinefunction(handler)
-        or inspect.iscoroutinefunction(getattr(handler, "__call__", None))  # noqa: B004
-    ):
+    if not is_async_callable(handler):
         raise LoadError(args.inbox_handler, "workers inbox", "not an async function")
     if args.batch_size is not None and not args.unordered:
         raise InvalidArgument(

@@ -52,6 +52,10 @@ __all__ = ["InboxPartition", "PartitionedInbox", "inbox_group", "inbox_pending"]
 logger = logging.getLogger("chronik.scaleout")
 
 
+UNORDERED_IN_FLIGHT = 1000
+"""Messages in flight per partition of an unordered inbox (JetStream's default)."""
+
+
 def inbox_group(name: str) -> str:
     """The worker group of an inbox: ``inbox:NAME``."""
     return f"inbox:{name}"
@@ -153,6 +157,7 @@ class PartitionedInbox(PartitionedRunner):
         )  # fmt: skip
         self.servers = servers
         self._checked = time.monotonic()
+        self._unreachable_subjects: str | None = None
         self.inbox_name = name
         self.stream = stream
         self.prefix = prefix
@@ -160,7 +165,10 @@ class PartitionedInbox(PartitionedRunner):
             handler=handler, append_handler=append_handler,
             # ordered: one in flight, so a fetch asks for one (a fetch of more would wait out
             # its timeout for messages JetStream holds back until the first is acked)
-            batch_size=1 if ordered else batch_size, max_ack_pending=1 if ordered else None,
+            # unordered: an explicit limit, so that a consumer an ordered run made (one in
+            # flight) is brought back to many
+            batch_size=1 if ordered else batch_size,
+            max_ack_pending=1 if ordered else max(UNORDERED_IN_FLIGHT, batch_size),
             **options,
         )  # fmt: skip
 
@@ -175,10 +183,16 @@ class PartitionedInbox(PartitionedRunner):
         try:
             await check_subject_partitions(self.servers, self.stream, self.prefix, self.partitions)
         except InvalidArgument as exc:  # published since start: logged, the rest goes on
-            self.last_error = exc.reason
+            self.last_error = self._unreachable_subjects = exc.reason
             logger.error("%s: %s", self.name, exc.reason)
         except Exception:  # the broker is down: the partitions say so themselves
             pass
+        else:  # gone (purged, say): the report goes too
+            if self._unreachable_subjects is not None:
+                if self.last_error == self._unreachable_subjects:
+                    self.last_error = None
+                self._unreachable_subjects = None
+                logger.info("%s: every subject under the prefix is taken again", self.name)
 
     def _follower(self, partition: int, epoch: int) -> PartitionWorker:
         return InboxPartition(
@@ -258,10 +272,10 @@ async def check_subject_partitions(
     finally:
         await nc.close()
     taken = list(info.config.subjects or [])
-    if taken and not any(overlaps(f, f"{prefix}.>") for f in taken):
+    if taken and not any(overlaps(f, f"{prefix}.*.>") for f in taken):
         raise InvalidArgument(
             "prefix",
-            f"stream {stream} takes subjects {taken}, none under {prefix}.>: this inbox "
+            f"stream {stream} takes subjects {taken}, none under {prefix}.<p>.>: this inbox "
             "would never receive a message (a typo in the prefix, or the wrong stream?)",
         )
     depth = len(prefix.split("."))

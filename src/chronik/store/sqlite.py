@@ -831,11 +831,26 @@ class SqliteEventStore(EventStoreBase):
     async def query(
         self, sql: str, params: Sequence[Any] | Mapping[str, Any] = ()
     ) -> list[tuple[Any, ...]]:
-        """Run a read-only query (a read model, say) on the reader connection."""
+        """Run a read-only query (a read model, say) on the reader connection. An error of
+        the SQL itself (no such table, too many variables) is SQLite's own, as in a
+        transaction and as on PostgreSQL; the database's state (busy, locked, I/O) is
+        :class:`StoreUnavailable`."""
         self._check_open()
-        return await self._reader.run(
-            lambda: self._conn(self._reader).execute(sql, params).fetchall()
-        )
+
+        def run() -> list[tuple[Any, ...]] | sqlite3.Error:
+            try:
+                return self._conn(self._reader).execute(sql, params).fetchall()
+            except sqlite3.OperationalError as exc:
+                if _unavailable_error(exc):
+                    raise
+                return exc
+            except (sqlite3.ProgrammingError, sqlite3.IntegrityError, sqlite3.DataError) as exc:
+                return exc  # the SQL's or its parameters' (passed out of the reader thread)
+
+        result = await self._reader.run(run)
+        if isinstance(result, sqlite3.Error):
+            raise result
+        return result
 
     async def checkpoints(self) -> dict[str, int]:
         self._check_open()

@@ -41,6 +41,7 @@ from chronik.errors import (
     PayloadTooLarge,
     SerializationError,
     StoreFenced,
+    StoreUnavailable,
     StreamNotFound,
 )
 from chronik.events import (
@@ -620,6 +621,21 @@ class SqlStoreContract:
     async def test_declares_sql(self, store: EventStore) -> None:
         sql = require(store, SqlStore)
         assert sql.dialect  # "sqlite", "postgresql": for SQL text that differs
+
+    async def test_an_error_of_the_sql_is_not_an_outage(self, store: EventStore) -> None:
+        """A statement that fails the same way every time (no such table) is the database
+        driver's error from ``query()`` and from a transaction, never
+        :class:`StoreUnavailable`: a worker retries an outage for ever, but spends a
+        delivery (and then dead-letters) on a failing message."""
+        sql = require(store, SqlStore)
+        with pytest.raises(Exception) as raised:
+            await sql.query("SELECT * FROM contract_no_such_table")
+        assert not isinstance(raised.value, StoreUnavailable), raised.value
+        with pytest.raises(Exception) as raised:
+            async with sql.transaction() as tx:
+                await tx.execute("INSERT INTO contract_no_such_table VALUES (1)")
+        assert not isinstance(raised.value, StoreUnavailable), raised.value
+        assert await sql.query("SELECT 1") == [(1,)]  # and the store is fine
 
     async def test_sql_commits_and_rolls_back_with_the_checkpoint(self, store: EventStore) -> None:
         sql = require(store, SqlStore)
