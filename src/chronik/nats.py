@@ -840,10 +840,6 @@ async def discard_inbox_dead_letter(store: EventStore, name: str, message_id: st
     return row is not None
 
 
-FIRST_ERROR = " | first: "
-"""Between a retried dead letter's latest error and the one it was parked with."""
-
-
 async def _processed(store: EventStore, name: str, message_id: str) -> bool:
     rows = await require(store, SqlStore).query(
         "SELECT 1 FROM processed_messages WHERE consumer = :c AND message_id = :m",
@@ -867,30 +863,32 @@ async def retry_inbox_dead_letters(
     two retries run at once or the inbox had applied it after all; a dead letter is removed
     once its message is applied, and one that fails again stays, with the new error. A
     retried message takes effect after later messages of its stream, which went on
-    meanwhile."""
+    meanwhile. A dead letter failing again keeps the error it was parked with (the new
+    one is logged); one another retry applied meanwhile counts as neither."""
     retrier = Inbox(
         store, [], name=name, stream="", subject="", handler=handler,
         append_handler=append_handler,
     )  # fmt: skip
-    fixed = failing = 0
+    fixed = 0
+    still: list[InboxDeadLetter] = []
     for letter in await inbox_dead_letters(store, name):
         try:
             await retrier.process(letter.message())
         except StoreUnavailable:
             raise
         except Exception as exc:
-            if not await _processed(store, name, letter.message_id):
-                failing += 1
-                logger.warning("inbox %s: dead letter %s failed again: %r", name, letter.id, exc)
-                first = letter.error.split(FIRST_ERROR, 1)[-1]
-                async with store.transaction() as tx:
-                    await tx.execute(
-                        "UPDATE inbox_dead_letters SET error = :e WHERE id = :i",
-                        {"e": f"{exc!r}{FIRST_ERROR}{first}", "i": letter.id},
-                    )
-                continue
-            # another retry applied it meanwhile (its processed id won): done, not failing
+            # kept as it was (the error it was parked with); the new one is logged
+            logger.warning("inbox %s: dead letter %s failed again: %r", name, letter.id, exc)
+            still.append(letter)
+            continue
         async with store.transaction() as tx:
             await tx.execute("DELETE FROM inbox_dead_letters WHERE id = :i", {"i": letter.id})
         fixed += 1
+    failing = 0
+    for letter in still:  # applied meanwhile by another retry (its processed id won)?
+        if await _processed(store, name, letter.message_id):
+            async with store.transaction() as tx:
+                await tx.execute("DELETE FROM inbox_dead_letters WHERE id = :i", {"i": letter.id})
+        else:
+            failing += 1
     return fixed, failing

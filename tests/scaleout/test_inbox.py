@@ -751,5 +751,13 @@ def test_workers_status_shows_an_inbox_lag_from_jetstream(
         assert [p["lag"] for p in group["partitions"]] == [None, None]
         assert main([*base, "--nats", nats_url]) == 1
         assert "--stream" in capsys.readouterr().err
+        # the broker cannot say: the store's side is still shown, with a line saying why
+        for bad in (["--nats", "nats://127.0.0.1:1", "--stream", stream],
+                    ["--nats", nats_url, "--stream", "NOPE"]):  # fmt: skip
+            assert main([*base, *bad]) == 0
+            captured = capsys.readouterr()
+            (group,) = json.loads(captured.out)
+            assert [p["lag"] for p in group["partitions"]] == [None, None]
+            assert "lag unknown" in captured.err
     finally:
         asyncio.run(cleanup())

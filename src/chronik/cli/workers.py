@@ -32,7 +32,7 @@ async def cmd_workers_status(store: EventStore, args: argparse.Namespace, out: O
         from chronik.cli._common import require_extra
 
         require_extra("nats", "chronik workers status --nats", "nats-py", "nats")
-        groups = [await _with_inbox_lag(g, args.nats, args.stream) for g in groups]
+        groups = [await _with_inbox_lag(g, args.nats, args.stream, out) for g in groups]
     if out.as_json:
         out.json([g.to_dict() for g in groups])
         return 0
@@ -51,16 +51,29 @@ async def cmd_workers_status(store: EventStore, args: argparse.Namespace, out: O
     return 0
 
 
-async def _with_inbox_lag(group: GroupStatus, servers: str, stream: str) -> GroupStatus:
-    """An inbox group with each partition's lag: what JetStream holds for it unacked."""
+async def _with_inbox_lag(
+    group: GroupStatus, servers: str, stream: str, out: Output
+) -> GroupStatus:
+    """An inbox group with each partition's lag: what JetStream holds for it unacked. When
+    the broker cannot say (unreachable, no such stream), a line on stderr says why and the
+    lag stays unknown: the store's side of the status is still shown."""
     import dataclasses
 
+    from chronik.nats import StreamMissing
     from chronik.scaleout.inbox import inbox_pending
+    from chronik.subscriptions import describe
 
     kind, _, name = group.name.partition(":")
     if kind != "inbox" or not group.partitions:
         return group
-    pending = await inbox_pending(servers, stream, name, group.partitions[0].partitions)
+    try:
+        pending = await inbox_pending(servers, stream, name, group.partitions[0].partitions)
+    except StreamMissing:
+        out.note(f"{group.name}: lag unknown: no JetStream stream {stream!r} at {servers}")
+        return group
+    except Exception as exc:  # the broker's answer, not the store's: shown, not fatal
+        out.note(f"{group.name}: lag unknown: {describe(exc)}")
+        return group
     parts = [dataclasses.replace(x, lag=pending.get(x.partition)) for x in group.partitions]
     return dataclasses.replace(group, partitions=parts)
 

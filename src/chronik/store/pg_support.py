@@ -120,12 +120,10 @@ def _lost(exc: psycopg.Error) -> bool:
     """An error of the server or the connection (:class:`StoreUnavailable`), not of the
     SQL: psycopg files both under ``OperationalError``, but class 54 (a program limit: an
     index row too large, too many columns or arguments) fails the same statement every time,
-    and 57014 (``statement_timeout``, a cancel) is the statement's too, so they are the
-    statement's own errors; retrying them as an outage would hold a worker for ever."""
-    state = exc.sqlstate or ""
-    return isinstance(exc, psycopg.OperationalError) and not (
-        state.startswith("54") or state == "57014"
-    )
+    so it is the statement's own error; retrying it as an outage would hold a worker for
+    ever. (57014, a cancelled statement, stays an outage: a lock wait past
+    ``statement_timeout`` or an administrator's ``pg_cancel_backend`` pass.)"""
+    return isinstance(exc, psycopg.OperationalError) and not (exc.sqlstate or "").startswith("54")
 
 
 def _unavailable(exc: psycopg.Error) -> StoreUnavailable:
