@@ -9,8 +9,10 @@ from __future__ import annotations
 import argparse
 import asyncio
 import json
+import signal
 import subprocess
 import sys
+import time
 from collections.abc import Iterator
 from pathlib import Path
 from typing import Any
@@ -303,6 +305,7 @@ def test_missing_postgres_driver_names_the_extra(
 
 RELAY_WITHOUT_NATS = """
 import sys
+import time
 sys.modules["nats"] = None  # as if nats-py were not installed
 from chronik.cli.main import main
 sys.exit(main(sys.argv[1:]))
@@ -325,3 +328,47 @@ def test_relay_run_without_nats_py_exits_at_once(tmp_path: Path) -> None:
         "error: MissingDependency: chronik relay run needs nats-py, which is not installed: "
         "pip install 'chronik[nats]'"
     )
+
+
+def _chronik(tmp_path: Path, *args: str) -> tuple[subprocess.Popen[bytes], Path]:
+    err = tmp_path / "stderr.txt"
+    with open(err, "wb") as sink:
+        proc = subprocess.Popen(
+            [sys.executable, "-m", "chronik", *args], stdout=subprocess.DEVNULL, stderr=sink
+        )
+    return proc, err
+
+
+def _until(condition: Any, what: str, timeout: float = 30.0) -> None:
+    deadline = time.monotonic() + timeout
+    while not condition():
+        assert time.monotonic() < deadline, f"timed out waiting for {what}"
+        time.sleep(0.05)
+
+
+def test_wait_for_store_waits_and_a_signal_ends_the_wait_with_4(tmp_path: Path) -> None:
+    url = "postgresql://postgres@127.0.0.1:1/test"
+    proc, err = _chronik(tmp_path, "--store", url, "--wait-for-store", "stats")
+    try:
+        _until(lambda: "waiting for the store" in err.read_text(), "the waiting line")
+        assert proc.poll() is None  # still waiting, not exited 4
+        proc.send_signal(signal.SIGTERM)
+        assert proc.wait(30) == 4
+    finally:
+        if proc.poll() is None:
+            proc.kill()
+
+
+def test_wait_for_store_goes_on_once_the_store_can_be_reached(tmp_path: Path) -> None:
+    """A SQLite store in a folder that appears later (a volume mounted after start)."""
+    db = tmp_path / "later" / "events.db"
+    proc, err = _chronik(tmp_path, "--store", f"sqlite:///{db}", "--wait-for-store", "init")
+    try:
+        _until(lambda: "waiting for the store" in err.read_text(), "the waiting line")
+        assert proc.poll() is None
+        db.parent.mkdir()
+        assert proc.wait(30) == 0, err.read_text()
+        assert db.exists()
+    finally:
+        if proc.poll() is None:
+            proc.kill()

@@ -17,7 +17,9 @@ import argparse
 import asyncio
 import importlib
 import re
+import signal
 import sys
+import time
 import traceback
 from collections.abc import Sequence
 from typing import Any, NoReturn
@@ -257,6 +259,12 @@ def build_parser() -> argparse.ArgumentParser:
         default=argparse.SUPPRESS,
         help="show the traceback of an error",
     )
+    common.add_argument(
+        "--wait-for-store",
+        action="store_true",
+        default=argparse.SUPPRESS,
+        help="when the store cannot be reached, wait (retrying) instead of exiting 4",
+    )
     parser = ChronikParser(
         prog="chronik", description="Inspect and operate a chronik event store.", parents=[common]
     )
@@ -305,8 +313,43 @@ async def _run(args: argparse.Namespace, out: Output) -> int:
         return await standalone(args, out)
     handler: Handler = args.handler
     create = bool(getattr(args, "create_store", False))  # only `init` creates a store
-    async with await connect(args.store, create=create) as store:
+    if getattr(args, "wait_for_store", False):
+        store = await _connect_waiting(args.store, create, out)
+        if store is None:  # stopped while waiting: it never got the store
+            return EXIT_STATUS["unavailable"]
+    else:
+        store = await connect(args.store, create=create)
+    async with store:
         return await handler(store, args, out)
+
+
+async def _connect_waiting(url: str, create: bool, out: Output) -> EventStore | None:
+    """``connect()``, retried while the store is unavailable (a database still starting, a
+    network not up yet), with a line on stderr at the first failure and every 30 s after;
+    ``None`` when SIGTERM or SIGINT came first. Other errors (no such store, a bad URL)
+    are raised at once: waiting would not change them."""
+    from chronik.subscriptions import Backoff
+
+    stop = asyncio.Event()
+    loop = asyncio.get_running_loop()
+    signals = (signal.SIGTERM, signal.SIGINT)
+    for sig in signals:
+        loop.add_signal_handler(sig, stop.set)
+    backoff = Backoff(first=0.2, most=5.0)
+    said = -1e9
+    try:
+        while not stop.is_set():
+            try:
+                return await connect(url, create=create)
+            except StoreUnavailable as exc:
+                if time.monotonic() - said >= 30.0:
+                    said = time.monotonic()
+                    out.note(f"waiting for the store ({exc}); Ctrl-C or SIGTERM stops")
+            await backoff.sleep(stop)
+        return None
+    finally:
+        for sig in signals:
+            loop.remove_signal_handler(sig)
 
 
 def _flag(argv: Sequence[str], flag: str) -> bool:
