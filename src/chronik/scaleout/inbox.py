@@ -231,6 +231,22 @@ class PartitionedInbox(PartitionedRunner):
             )
 
 
+async def _connect_once(servers: str | Sequence[str]) -> Any:
+    """A NATS connection for one question: one quick attempt per server (nats-py's
+    ``max_reconnect_attempts=0`` would mean "retry forever"), its errors left to the
+    caller to report once."""
+    import nats
+
+    async def quiet(exc: Exception) -> None:
+        pass
+
+    urls = [servers] if isinstance(servers, str) else list(servers)
+    return await nats.connect(
+        urls, connect_timeout=2, max_reconnect_attempts=1, reconnect_time_wait=0.2,
+        allow_reconnect=False, error_cb=quiet,
+    )  # fmt: skip
+
+
 def overlaps(a: str, b: str) -> bool:
     """Whether two NATS subject filters (``*`` one token, ``>`` the rest) can match one
     subject."""
@@ -250,19 +266,9 @@ async def check_subject_partitions(
 ) -> None:
     """:class:`InvalidArgument` naming a subject under ``prefix`` in ``stream`` whose
     partition token is not ``0 .. partitions-1``."""
-    import nats
     import nats.js.errors
 
-    urls = [servers] if isinstance(servers, str) else list(servers)
-
-    async def quiet(exc: Exception) -> None:
-        pass  # the caller reports the failure once
-
-    # one quick attempt per server (0 would mean "retry forever" to nats-py)
-    nc = await nats.connect(
-        urls, connect_timeout=2, max_reconnect_attempts=1, reconnect_time_wait=0.2,
-        allow_reconnect=False, error_cb=quiet,
-    )  # fmt: skip
+    nc = await _connect_once(servers)
     try:
         try:
             info = await nc.jetstream().stream_info(stream, subjects_filter=f"{prefix}.>")
@@ -297,18 +303,9 @@ async def inbox_pending(
     """Per partition of inbox ``name``, the messages JetStream holds for it that are not
     acked yet (not delivered, plus delivered and unacked): the inbox's lag. A partition
     whose consumer does not exist yet is left out."""
-    import nats
     import nats.js.errors
 
-    urls = [servers] if isinstance(servers, str) else list(servers)
-
-    async def quiet(exc: Exception) -> None:
-        pass  # the caller reports the failure
-
-    nc = await nats.connect(
-        urls, connect_timeout=2, max_reconnect_attempts=1, reconnect_time_wait=0.2,
-        allow_reconnect=False, error_cb=quiet,
-    )  # fmt: skip
+    nc = await _connect_once(servers)
     pending: dict[int, int] = {}
     try:
         js = nc.jetstream()
